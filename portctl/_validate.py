@@ -1,0 +1,73 @@
+"""Validation of every name that becomes a store key, a path or a port."""
+
+from __future__ import annotations
+
+import re
+
+from portctl.errors import InvalidInput
+
+# A service name is one DNS label in lowercase, with '_' allowed because the plan's own names
+# use it (admin_ui, mcp_memory). Consul's DNS interface shows '_' as '-'.
+SERVICE_NAME_FORM = (
+    "1-63 characters: lowercase letters, digits, '_' or '-', starting with a letter "
+    "and ending with a letter or digit (e.g. postgres, admin_ui, mcp-tools)"
+)
+_SERVICE_NAME = re.compile(r"^[a-z](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
+
+HOST_FORM = "a host name or IP address: letters, digits, '.', '-', ':' or '_', at most 253"
+_HOST = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9._:-]{0,251}[A-Za-z0-9_])?$")
+
+KEY_FORM = "'/'-separated segments of letters, digits, '.', '_', '-', ':' or '@', none of them '.' or '..'"
+_KEY_SEGMENT = re.compile(r"^[A-Za-z0-9._:@-]+$")
+
+PROTOCOLS = ("tcp", "udp")
+
+
+def service_name(value: str, field: str = "service") -> str:
+    if not isinstance(value, str) or not _SERVICE_NAME.match(value):
+        raise InvalidInput(field, value, SERVICE_NAME_FORM)
+    return value
+
+
+def host(value: str, field: str = "host") -> str:
+    if not isinstance(value, str) or not _HOST.match(value) or ".." in value:
+        raise InvalidInput(field, value, HOST_FORM)
+    return value
+
+
+def port(value: object, field: str = "port", *, low: int = 1) -> int:
+    """A TCP/UDP port as an int in [low, 65535]; strings of digits are accepted (CLI, TOML)."""
+    expected = f"an integer from {low} to 65535"
+    if isinstance(value, bool):
+        raise InvalidInput(field, value, expected)
+    if isinstance(value, str):
+        if not value.strip().isdigit():
+            raise InvalidInput(field, value, expected)
+        value = int(value)
+    if not isinstance(value, int) or not low <= value <= 65535:
+        raise InvalidInput(field, value, expected)
+    return value
+
+
+def protocol(value: str, field: str = "protocol") -> str:
+    if value not in PROTOCOLS:
+        raise InvalidInput(field, value, " or ".join(PROTOCOLS))
+    return value
+
+
+def key(value: str, field: str = "key") -> str:
+    """A store key: relative, no empty, '.' or '..' segments, so no prefix can be escaped."""
+    if not isinstance(value, str) or not value or value.startswith("/") or value.endswith("/"):
+        raise InvalidInput(field, value, KEY_FORM)
+    for segment in value.split("/"):
+        if segment in (".", "..") or not _KEY_SEGMENT.match(segment):
+            raise InvalidInput(field, value, KEY_FORM)
+    return value
+
+
+def prefix(value: str, field: str = "prefix") -> str:
+    """A key prefix: empty (everything) or a key, optionally ending in '/'."""
+    if value == "":
+        return value
+    key(value.removesuffix("/"), field)
+    return value

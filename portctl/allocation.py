@@ -1,0 +1,398 @@
+"""Port allocation: never one (host, port, protocol) for two services, even under races.
+
+Two kinds of key live in the store for each allocation, written together in one transaction:
+
+* ``allocations/<host>/<environment>/<service>`` - the allocation record (JSON),
+* ``ports/<host>/<protocol>/<port>`` - the claim on the port, naming its service.
+
+Creating a claim is create-if-absent, so of two allocators racing for one port exactly one
+wins; the loser moves on to its next candidate. A claim whose allocation record no longer
+points at it (a crash between steps of an older tool, a hand-edited store) is stale and is taken
+over with compare-and-set on its version.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from portctl import _validate
+from portctl.backends.base import Capability, Create, Delete, Entry, Operation, Put, Store
+from portctl.config import Settings
+from portctl.errors import (
+    InvalidInput,
+    PortConflict,
+    RangeExhausted,
+    ServiceNotFound,
+    StoreCorrupt,
+    VersionConflict,
+)
+from portctl.kernel import BindResult, KernelPorts, bind_test, kernel_ports
+from portctl.policy import ServiceSpec
+
+__all__ = ["Allocation", "AllocationResult", "PortAllocator"]
+
+REQUIRED = Capability.CAS | Capability.TXN
+_ATTEMPTS = 50  # lost races before giving up; each loss means another allocator made progress
+
+
+@dataclass(frozen=True)
+class Allocation:
+    service: str
+    environment: str
+    host: str
+    port: int
+    protocol: str
+    type: str
+    allocated_at: str
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: object, where: str = "allocation") -> Allocation:
+        if not isinstance(raw, dict):
+            raise InvalidInput(where, raw, "an object with service, environment, host, port, protocol, type")
+        try:
+            return cls(
+                service=_validate.service_name(raw["service"], f"{where}.service"),
+                environment=_validate.service_name(raw["environment"], f"{where}.environment"),
+                host=_validate.host(raw["host"], f"{where}.host"),
+                port=_validate.port(raw["port"], f"{where}.port"),
+                protocol=_validate.protocol(raw.get("protocol", "tcp"), f"{where}.protocol"),
+                type=_validate.service_name(raw.get("type", "custom"), f"{where}.type"),
+                allocated_at=str(raw.get("allocated_at") or _now()),
+            )
+        except KeyError as e:
+            raise InvalidInput(f"{where}.{e.args[0]}", None, "a value (the field is required)") from None
+
+
+@dataclass(frozen=True)
+class AllocationResult:
+    allocation: Allocation
+    changed: bool  # False: it was already so (allocation is idempotent)
+    reason: str  # how the port was chosen
+    skipped: tuple[str, ...] = ()  # candidates passed over, and why
+    previous_port: int | None = None  # set when an allocation moved
+
+
+@dataclass
+class _Candidate:
+    port: int
+    reason: str
+    requested: bool = False
+
+
+@dataclass
+class _View:
+    """One read of this host's claims and records, to judge candidates without more I/O."""
+
+    claims: dict[int, Entry] = field(default_factory=dict)
+    records: dict[str, Allocation] = field(default_factory=dict)  # key -> record
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def allocation_key(host: str, environment: str, service: str) -> str:
+    return f"allocations/{host}/{environment}/{service}"
+
+
+def claim_key(host: str, protocol: str, port: int) -> str:
+    return f"ports/{host}/{protocol}/{port}"
+
+
+class PortAllocator:
+    """Allocates, lists and releases ports for one host in one store.
+
+    ``bind`` and ``kernel`` are the host probes; a test may pass its own to simulate a host.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings | None = None,
+        *,
+        bind: Callable[[int, str], BindResult] = bind_test,
+        kernel: KernelPorts | None = None,
+    ) -> None:
+        store.require(REQUIRED)
+        self.store = store
+        self.settings = settings or Settings()
+        self.policy = self.settings.policy
+        self.host = self.settings.host
+        self._bind = bind
+        self._kernel = kernel
+
+    @property
+    def kernel(self) -> KernelPorts:
+        if self._kernel is None:
+            self._kernel = kernel_ports()
+        return self._kernel
+
+    # Reading -------------------------------------------------------------------------
+
+    def get(self, service: str, environment: str | None = None) -> Allocation | None:
+        env = self.policy.environment(environment)
+        entry = self.store.get(allocation_key(self.host, env, _validate.service_name(service)))
+        return _record(entry) if entry else None
+
+    def allocations(self, environment: str | None = None, *, all_hosts: bool = False) -> list[Allocation]:
+        env = self.policy.environment(environment) if environment else None
+        prefix = "allocations/" if all_hosts else f"allocations/{self.host}/"
+        found = [_record(e) for e in self.store.list(prefix)]
+        found = [a for a in found if env is None or a.environment == env]
+        return sorted(found, key=lambda a: (a.host, a.environment, a.service))
+
+    # Allocating ------------------------------------------------------------------------
+
+    def allocate(
+        self,
+        service: str,
+        *,
+        port: int | None = None,
+        type: str | None = None,
+        environment: str | None = None,
+        protocol: str | None = None,
+    ) -> AllocationResult:
+        """The port of ``service`` in ``environment``: the one it has, the one asked for, or a
+        free one chosen by the policy (environment port, standard, alternatives, type range)."""
+        env = self.policy.environment(environment)
+        spec = self.policy.spec(service, type, protocol)
+        if port is not None:
+            port = _validate.port(port)
+            self._check_privilege(port)
+        for _ in range(_ATTEMPTS):
+            view = self._read_view(spec.protocol)
+            key = allocation_key(self.host, env, spec.name)
+            current = view.records.get(key)
+            if current and current.protocol == spec.protocol and port in (None, current.port):
+                return AllocationResult(current, False, "already allocated")
+            try:
+                return self._claim_first(spec, env, port, view)
+            except VersionConflict:
+                continue  # another allocator changed the store between our read and write
+        raise VersionConflict(
+            allocation_key(self.host, env, spec.name),
+            f"gave up allocating {spec.name!r} after {_ATTEMPTS} lost races",
+        )
+
+    def allocate_all(self, environment: str | None = None) -> list[AllocationResult]:
+        return [self.allocate(name, environment=environment) for name in self.settings.stack_services()]
+
+    def _claim_first(self, spec: ServiceSpec, env: str, port: int | None, view: _View) -> AllocationResult:
+        skipped: list[str] = []
+        for cand in self._candidates(spec, env, port):
+            why_not = self._why_not(cand, spec, env, view)
+            if why_not is None:
+                result = self._write(spec, env, cand, view, tuple(skipped))
+                if result is not None:
+                    return result
+                why_not = "taken by a concurrent allocation"
+            if cand.requested:
+                raise PortConflict(
+                    cand.port,
+                    spec.protocol,
+                    why_not,
+                    "release it first, or omit --port to let portctl choose",
+                )
+            skipped.append(f"{cand.port}: {why_not}")
+        stype = self.policy.service_type(spec.type)
+        raise RangeExhausted(spec.name, f"the {stype.name} range {stype.range_text}", skipped)
+
+    def _candidates(self, spec: ServiceSpec, env: str, port: int | None) -> Iterator[_Candidate]:
+        if port is not None:
+            yield _Candidate(port, "requested", requested=True)
+            return
+        preferred = spec.preferred(env)
+        for i, p in enumerate(preferred):
+            yield _Candidate(p, "standard port" if i == 0 else "alternative port")
+        stype = self.policy.service_type(spec.type)
+        others = self._standard_ports_of_others(spec.name)
+        kernel = self.kernel
+        for p in range(stype.low, stype.high + 1):
+            if p not in preferred and p not in others and kernel.dynamic_pick_allowed(p):
+                yield _Candidate(p, f"first free port of the {stype.name} range {stype.range_text}")
+
+    def _standard_ports_of_others(self, name: str) -> set[int]:
+        """Range scans leave other known services' standard ports for them."""
+        return {
+            p
+            for s in self.policy.services.values()
+            if s.name != name
+            for p in s.preferred(self.policy.default_environment)
+        } | {p for s in self.policy.services.values() if s.name != name for p in s.ports.values()}
+
+    def _why_not(self, cand: _Candidate, spec: ServiceSpec, env: str, view: _View) -> str | None:
+        claim = view.claims.get(cand.port)
+        if claim is not None and _claim_is_live(claim, view):
+            owner = _claim_owner(claim)
+            if owner != (spec.name, env):
+                return f"allocated to {owner[0]} ({owner[1]})"
+        if self.kernel.needs_privilege(cand.port):
+            return _privilege_text(self.kernel)
+        result = self._bind(cand.port, spec.protocol)
+        if not result.free:
+            return f"in use on this host ({result.reason})"
+        return None
+
+    def _write(
+        self, spec: ServiceSpec, env: str, cand: _Candidate, view: _View, skipped: tuple[str, ...]
+    ) -> AllocationResult | None:
+        key = allocation_key(self.host, env, spec.name)
+        record = Allocation(spec.name, env, self.host, cand.port, spec.protocol, spec.type, _now())
+        current = self.store.get(key)
+        ops: list[Operation] = [_claim_op(self.host, record, view.claims.get(cand.port))]
+        if current is None:
+            ops.append(Create(key, _dump(record)))
+        else:
+            ops.append(Put(key, _dump(record), current.version))
+            ops.extend(_release_claim_ops(self.host, _record(current), self.store))
+        try:
+            self.store.transact(ops)
+        except VersionConflict as e:
+            if e.key == ops[0].key:
+                return None  # someone claimed this port first: try the next candidate
+            raise
+        previous = _record(current).port if current else None
+        return AllocationResult(record, True, cand.reason, skipped, previous)
+
+    def _check_privilege(self, port: int) -> None:
+        if self.kernel.needs_privilege(port):
+            raise InvalidInput("port", port, f"a port this process may bind: {_privilege_text(self.kernel)}")
+
+    def _read_view(self, protocol: str) -> _View:
+        claims = {}
+        for entry in self.store.list(f"ports/{self.host}/{protocol}/"):
+            claims[int(entry.key.rsplit("/", 1)[1])] = entry
+        records = {e.key: _record(e) for e in self.store.list(f"allocations/{self.host}/")}
+        return _View(claims, records)
+
+    # Releasing -----------------------------------------------------------------------
+
+    def release(self, service: str, environment: str | None = None) -> Allocation:
+        env = self.policy.environment(environment)
+        key = allocation_key(self.host, env, _validate.service_name(service))
+        for _ in range(_ATTEMPTS):
+            entry = self.store.get(key)
+            if entry is None:
+                known = [a.service for a in self.allocations(env)]
+                raise ServiceNotFound(service, known, f"allocated in {env} on {self.host}")
+            record = _record(entry)
+            try:
+                self.store.transact(
+                    [Delete(key, entry.version), *_release_claim_ops(self.host, record, self.store)]
+                )
+            except VersionConflict:
+                continue
+            return record
+        raise VersionConflict(key, f"gave up releasing {service!r} after {_ATTEMPTS} lost races")
+
+    # Importing -----------------------------------------------------------------------
+
+    def import_allocations(self, allocations: Sequence[Allocation]) -> list[AllocationResult]:
+        """Record documented allocations as they are, all or none, without bind tests (the
+        services may already be running on them). A port held by another service refuses all."""
+        for alloc in allocations:
+            self.policy.environment(alloc.environment, "environment")
+        _refuse_duplicates(allocations)
+        ops: list[Operation] = []
+        results: list[AllocationResult] = []
+        for alloc in allocations:
+            result, alloc_ops = self._import_ops(alloc)
+            ops.extend(alloc_ops)
+            results.append(result)
+        if ops:
+            self.store.transact(ops)
+        return results
+
+    def _import_ops(self, alloc: Allocation) -> tuple[AllocationResult, list[Operation]]:
+        key = allocation_key(alloc.host, alloc.environment, alloc.service)
+        current = self.store.get(key)
+        if current and _record(current).port == alloc.port and _record(current).protocol == alloc.protocol:
+            return AllocationResult(_record(current), False, "already allocated"), []
+        claim = self.store.get(claim_key(alloc.host, alloc.protocol, alloc.port))
+        if claim is not None:
+            owner = _claim_owner(claim)
+            owner_rec = self.store.get(allocation_key(alloc.host, owner[1], owner[0]))
+            if (
+                owner != (alloc.service, alloc.environment)
+                and owner_rec
+                and _record(owner_rec).port == alloc.port
+            ):
+                raise PortConflict(
+                    alloc.port,
+                    alloc.protocol,
+                    f"{owner[0]} ({owner[1]}) on {alloc.host}",
+                    "nothing was imported; release it first",
+                )
+        ops: list[Operation] = [_claim_op(alloc.host, alloc, claim)]
+        if current is None:
+            ops.append(Create(key, _dump(alloc)))
+        else:
+            ops.append(Put(key, _dump(alloc), current.version))
+            ops.extend(_release_claim_ops(alloc.host, _record(current), self.store))
+        previous = _record(current).port if current else None
+        return AllocationResult(alloc, True, "imported", (), previous), ops
+
+
+def _refuse_duplicates(allocations: Sequence[Allocation]) -> None:
+    seen: dict[tuple[str, str, int], str] = {}
+    for a in allocations:
+        slot = (a.host, a.protocol, a.port)
+        if slot in seen and seen[slot] != f"{a.service} ({a.environment})":
+            raise PortConflict(
+                a.port,
+                a.protocol,
+                seen[slot],
+                f"the file also gives it to {a.service} ({a.environment}); nothing was imported",
+            )
+        seen[slot] = f"{a.service} ({a.environment})"
+
+
+def _claim_op(host: str, record: Allocation, existing: Entry | None) -> Operation:
+    key = claim_key(host, record.protocol, record.port)
+    value = json.dumps({"service": record.service, "environment": record.environment})
+    return Create(key, value) if existing is None else Put(key, value, existing.version)
+
+
+def _release_claim_ops(host: str, record: Allocation, store: Store) -> list[Operation]:
+    claim = store.get(claim_key(host, record.protocol, record.port))
+    if claim is not None and _claim_owner(claim) == (record.service, record.environment):
+        return [Delete(claim.key, claim.version)]
+    return []
+
+
+def _claim_owner(claim: Entry) -> tuple[str, str]:
+    try:
+        raw = json.loads(claim.value)
+        return str(raw["service"]), str(raw["environment"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise StoreCorrupt(claim.key, "the port claim is not the JSON portctl writes") from e
+
+
+def _claim_is_live(claim: Entry, view: _View) -> bool:
+    service, env = _claim_owner(claim)
+    host = claim.key.split("/")[1]
+    record = view.records.get(allocation_key(host, env, service))
+    return record is not None and record.port == int(claim.key.rsplit("/", 1)[1])
+
+
+def _record(entry: Entry) -> Allocation:
+    try:
+        return Allocation.from_dict(json.loads(entry.value), entry.key)
+    except ValueError as e:  # InvalidInput is a ValueError too
+        raise StoreCorrupt(entry.key, f"the allocation record is not valid ({e})") from e
+
+
+def _dump(record: Allocation) -> str:
+    return json.dumps(record.to_dict(), sort_keys=True)
+
+
+def _privilege_text(kernel: KernelPorts) -> str:
+    return (
+        f"ports below {kernel.unprivileged_start} need root or CAP_NET_BIND_SERVICE, which this process lacks"
+    )

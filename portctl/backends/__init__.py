@@ -1,0 +1,94 @@
+"""Stores, chosen by URL scheme.
+
+Built-in schemes resolve from a table without scanning installed packages (start-up stays
+fast); any other scheme is looked up in the ``portctl.stores`` entry-point group, so a
+third-party store installs like a plugin. A store's client library is imported only here, when
+a URL of its scheme is opened.
+"""
+
+from __future__ import annotations
+
+import importlib
+from urllib.parse import urlsplit
+
+from portctl.backends.base import (
+    Capability,
+    Change,
+    ChangeBatch,
+    Check,
+    Create,
+    Delete,
+    Entry,
+    Operation,
+    Put,
+    Store,
+)
+from portctl.errors import InvalidInput
+
+__all__ = [
+    "Capability",
+    "Change",
+    "ChangeBatch",
+    "Check",
+    "Create",
+    "Delete",
+    "Entry",
+    "Operation",
+    "Put",
+    "Store",
+    "known_schemes",
+    "open_store",
+    "store_class",
+]
+
+ENTRY_POINT_GROUP = "portctl.stores"
+
+_BUILTIN = {
+    "file": "portctl.backends.file:JsonFileStore",
+}
+
+URL_FORM = (
+    "a store URL such as file:///var/lib/portctl/store.json, etcd://127.0.0.1:2379 or consul://127.0.0.1:8500"
+)
+
+
+def _load(target: str) -> type[Store]:
+    module_name, _, attr = target.partition(":")
+    cls: type[Store] = getattr(importlib.import_module(module_name), attr)
+    return cls
+
+
+def _entry_points() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_schemes() -> list[str]:
+    return sorted(set(_BUILTIN) | set(_entry_points()))
+
+
+def store_class(scheme: str) -> type[Store]:
+    target = _BUILTIN.get(scheme) or _entry_points().get(scheme)
+    if target is None:
+        raise InvalidInput("store", f"{scheme}://", f"one of the schemes {', '.join(known_schemes())}")
+    return _load(target)
+
+
+def open_store(url: str, require: Capability = Capability.NONE) -> Store:
+    """Open the store ``url`` names and check it can do what ``require`` asks.
+
+    >>> store = open_store("file:///tmp/portctl-doc.json")  # doctest: +SKIP
+    """
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if not scheme:
+        raise InvalidInput("store", url, URL_FORM)
+    cls = store_class(scheme)
+    missing = require & ~cls.capabilities
+    if missing:
+        # Checked before connecting: a cutover on a store without compare-and-set fails here,
+        # not halfway through.
+        from portctl.errors import CapabilityMissing
+
+        raise CapabilityMissing(url, ", ".join(missing.names()))
+    return cls.from_url(url)

@@ -1,0 +1,205 @@
+"""The backend-neutral store interface.
+
+A store is a small key/value registry with the operations every engine portctl supports can
+do atomically: the JSON file (lock + atomic replace), etcd (txn on revisions) and Consul (KV
+``cas`` and ``/v1/txn``). Engine details - Consul's ModifyIndex and sessions, etcd's revisions
+and leases - stay inside each store: the interface speaks only of
+
+* an opaque **version** token per entry (changes on every write of that key),
+* **conditional operations** (create-if-absent, compare-and-set, delete-if-version) that may be
+  grouped into one all-or-nothing :meth:`Store.transact`,
+* a **TTL** per entry, kept alive with :meth:`Store.refresh`,
+* a **change feed**: :meth:`Store.watch` from an opaque position; a position the store can no
+  longer serve (compacted history, an index that went backwards) comes back as ``reset=True``,
+  and the reader re-reads with :meth:`Store.list`.
+
+Keys are relative, '/'-separated and validated (no '..', no empty segments), so a store that
+lives under a key prefix can never be escaped.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from portctl import _validate
+from portctl.errors import CapabilityMissing
+
+__all__ = [
+    "Capability",
+    "Change",
+    "ChangeBatch",
+    "Check",
+    "Create",
+    "Delete",
+    "Entry",
+    "Operation",
+    "Put",
+    "Store",
+]
+
+
+class Capability(enum.Flag):
+    """What a store can do; declared by each store class, checked when it is opened."""
+
+    NONE = 0
+    CAS = enum.auto()  # conditional writes on a version token
+    TXN = enum.auto()  # several conditional operations as one atomic unit
+    WATCH = enum.auto()  # a change feed from a position
+    TTL = enum.auto()  # entries that vanish unless refreshed
+    MULTI_HOST = enum.auto()  # one registry shared by many hosts
+
+    def names(self) -> list[str]:
+        return [c.name.lower().replace("_", "-") for c in Capability if c and c in self and c.name]
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: str
+    version: str
+    ttl: float | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: Literal["put", "delete"]
+    key: str
+    entry: Entry | None  # None for a delete
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    position: str
+    changes: tuple[Change, ...] = ()
+    reset: bool = False  # the position was too old: re-read everything with list()
+
+
+@dataclass(frozen=True)
+class Create:
+    """Write ``value`` at ``key`` only if the key is absent."""
+
+    key: str
+    value: str
+    ttl: float | None = None
+
+
+@dataclass(frozen=True)
+class Put:
+    """Write ``value`` at ``key`` only if its version is still ``version`` (compare-and-set)."""
+
+    key: str
+    value: str
+    version: str
+    ttl: float | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Remove ``key``; with a version, only if it still has that version."""
+
+    key: str
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    """Write nothing; fail the transaction unless ``key`` has ``version`` (None: is absent)."""
+
+    key: str
+    version: str | None
+
+
+Operation = Create | Put | Delete | Check
+
+
+class Store(abc.ABC):
+    """A registry engine. Subclasses declare ``capabilities`` and ``scheme``."""
+
+    scheme: ClassVar[str]
+    capabilities: ClassVar[Capability]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: str) -> Store:
+        """Open the store a URL names (``file:///path``, ``etcd://h:2379``, ...)."""
+
+    @property
+    @abc.abstractmethod
+    def url(self) -> str:
+        """The URL this store was opened with, credentials removed."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> Entry | None:
+        """The entry at ``key`` with its version, or None."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> list[Entry]:
+        """Every live entry whose key starts with ``prefix``, sorted by key."""
+
+    @abc.abstractmethod
+    def transact(self, operations: Sequence[Operation]) -> dict[str, Entry]:
+        """Apply every operation or none.
+
+        Returns the new entries written, by key. Raises :class:`~portctl.errors.KeyExists` when a
+        :class:`Create` finds its key, :class:`~portctl.errors.VersionConflict` when any other
+        condition fails; nothing is written then.
+        """
+
+    @abc.abstractmethod
+    def refresh(self, key: str) -> Entry:
+        """Restart the TTL of ``key`` (keep-alive). Raises NotFound if it already expired."""
+
+    @abc.abstractmethod
+    def position(self) -> str:
+        """The change-feed position now; watch from here to see only later changes."""
+
+    @abc.abstractmethod
+    def watch(self, prefix: str, position: str, timeout: float) -> ChangeBatch:
+        """Changes under ``prefix`` after ``position``; blocks up to ``timeout`` seconds for one."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook; stores without resources need nothing
+        """Release connections, watches and leases."""
+
+    def describe(self) -> str:
+        """One line for ``portctl status``."""
+        return self.url
+
+    # Conveniences built on transact(), so every store gets the same semantics.
+
+    def create(self, key: str, value: str, ttl: float | None = None) -> Entry:
+        return self.transact([Create(key, value, ttl)])[key]
+
+    def compare_and_set(self, key: str, value: str, version: str, ttl: float | None = None) -> Entry:
+        return self.transact([Put(key, value, version, ttl)])[key]
+
+    def delete(self, key: str, version: str | None = None) -> None:
+        self.transact([Delete(key, version)])
+
+    def require(self, needed: Capability) -> None:
+        """Fail at once, naming the capability, if this store cannot do what is asked."""
+        missing = needed & ~self.capabilities
+        if missing:
+            raise CapabilityMissing(self.url, ", ".join(missing.names()))
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_operations(operations: Sequence[Operation]) -> None:
+    """Validate keys and reject two operations on one key (ambiguous in every engine)."""
+    seen: set[str] = set()
+    for op in operations:
+        _validate.key(op.key)
+        if op.key in seen:
+            raise ValueError(f"transaction names key {op.key!r} twice")
+        seen.add(op.key)
+        ttl = getattr(op, "ttl", None)
+        if ttl is not None and ttl <= 0:
+            raise ValueError(f"ttl for {op.key!r} must be positive, got {ttl}")

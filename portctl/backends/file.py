@@ -1,0 +1,461 @@
+"""The JSON-file store: the default, for one host, with no server.
+
+On disk (``schema`` 1)::
+
+    {"format": "portctl-store", "schema": 1, "revision": 7, "compacted": 0,
+     "entries": {"allocations/web-1/production/postgres":
+                   {"value": "{...}", "version": 7, "ttl": null, "expires": null}},
+     "deleted": {"ports/web-1/tcp/5432": 6}}
+
+* Every write holds an exclusive ``flock`` on ``<path>.lock`` (processes and threads alike),
+  re-reads the file, checks every condition, and replaces the file atomically: a temp file in
+  the same folder, fsync, ``os.replace``, fsync of the folder. The previous file is kept as
+  ``<path>.bak`` (a hard link, no copy).
+* ``revision`` counts writes; each key written takes the revision as its version; deletions
+  leave a tombstone so :meth:`JsonFileStore.watch` can report them. Only the newest
+  ``TOMBSTONES`` tombstones are kept; a watcher older than that gets ``reset=True``, like an
+  etcd watch on a compacted revision.
+* Readers take no lock (``os.replace`` is atomic) and re-parse only when the file's inode,
+  mtime or size changed.
+* A file that is empty, not JSON, not ours or from a newer schema is refused with
+  :class:`~portctl.errors.StoreCorrupt` and never overwritten.
+* New files are created ``0o644``: only the owner may write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+from portctl import _validate
+from portctl.backends.base import (
+    Capability,
+    Change,
+    ChangeBatch,
+    Check,
+    Create,
+    Delete,
+    Entry,
+    Operation,
+    Put,
+    Store,
+    check_operations,
+)
+from portctl.errors import (
+    InvalidInput,
+    KeyExists,
+    NotFound,
+    StoreCorrupt,
+    StoreTimeout,
+    StoreUnavailable,
+    VersionConflict,
+)
+
+FORMAT = "portctl-store"
+SCHEMA = 1
+TOMBSTONES = 1000
+FILE_MODE = 0o644
+LOCK_TIMEOUT = 10.0
+POLL_INTERVAL = 0.02
+
+Doc = dict[str, Any]
+
+
+def _empty_doc() -> Doc:
+    return {
+        "format": FORMAT,
+        "schema": SCHEMA,
+        "revision": 0,
+        "compacted": 0,
+        "entries": {},
+        "deleted": {},
+    }
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    inode: int
+    mtime_ns: int
+    size: int
+
+
+class JsonFileStore(Store):
+    scheme: ClassVar[str] = "file"
+    capabilities: ClassVar[Capability] = Capability.CAS | Capability.TXN | Capability.WATCH | Capability.TTL
+
+    def __init__(self, path: str, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
+        self.path = os.path.abspath(path)
+        self.lock_path = self.path + ".lock"
+        self.backup_path = self.path + ".bak"
+        self.lock_timeout = lock_timeout
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder):
+            raise InvalidInput(
+                "store",
+                self.path,
+                f"a path in an existing folder ({folder} does not exist: create it, or choose "
+                "another path with --store or PORTCTL_STORE)",
+            )
+        if os.path.isdir(self.path):
+            raise InvalidInput("store", self.path, "a file path, not a folder")
+        self._mutex = threading.RLock()
+        self._stamp: _Stamp | None = None
+        self._doc: Doc = _empty_doc()
+        self._bytes = b""
+
+    @classmethod
+    def from_url(cls, url: str) -> JsonFileStore:
+        return cls(path_from_url(url))
+
+    @property
+    def url(self) -> str:
+        return "file://" + self.path
+
+    def describe(self) -> str:
+        doc = self._read()
+        return (
+            f"JSON file {self.path} (schema {SCHEMA}, revision {doc['revision']}, {len(doc['entries'])} keys)"
+        )
+
+    # Reading ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        _validate.key(key)
+        raw = self._read()["entries"].get(key)
+        if raw is None or _expired(raw, time.time()):
+            return None
+        return _entry(key, raw)
+
+    def list(self, prefix: str = "") -> list[Entry]:
+        _validate.prefix(prefix)
+        now = time.time()
+        entries = self._read()["entries"]
+        return [
+            _entry(k, raw)
+            for k, raw in sorted(entries.items())
+            if k.startswith(prefix) and not _expired(raw, now)
+        ]
+
+    def position(self) -> str:
+        return str(self._read()["revision"])
+
+    def watch(self, prefix: str, position: str, timeout: float) -> ChangeBatch:
+        _validate.prefix(prefix)
+        since = _position(position)
+        deadline = time.monotonic() + timeout
+        while True:
+            doc = self._read()
+            if _has_expired(doc, prefix):
+                doc = self._write_locked([])  # purge, so the expiry shows as a delete
+            batch = _changes_since(doc, prefix, since)
+            if batch.changes or batch.reset or time.monotonic() >= deadline:
+                return batch
+            time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+
+    # Writing ---------------------------------------------------------------------------
+
+    def transact(self, operations: Sequence[Operation]) -> dict[str, Entry]:
+        check_operations(operations)
+        doc = self._write_locked(operations)
+        return {
+            op.key: _entry(op.key, doc["entries"][op.key])
+            for op in operations
+            if isinstance(op, (Create, Put))
+        }
+
+    def refresh(self, key: str) -> Entry:
+        _validate.key(key)
+        with self._locked():
+            doc = self._read_for_write()
+            raw = doc["entries"].get(key)
+            now = time.time()
+            if raw is None or _expired(raw, now):
+                raise NotFound(f"key {key!r} does not exist or its TTL already expired")
+            if raw.get("ttl"):
+                new = dict(doc)
+                new["entries"] = dict(doc["entries"])
+                new["entries"][key] = {**raw, "expires": now + raw["ttl"]}
+                self._replace(new)
+                raw = new["entries"][key]
+        return _entry(key, raw)
+
+    def _write_locked(self, operations: Sequence[Operation]) -> Doc:
+        with self._locked():
+            doc = self._read_for_write()
+            new = _apply(doc, operations, time.time())
+            if new is not doc:
+                self._replace(new)
+            return new
+
+    # File handling ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._mutex:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            except OSError as e:
+                raise _unwritable(self.path, e) from e
+            try:
+                self._flock(fd)
+                yield
+            finally:
+                os.close(fd)  # closing the descriptor releases the lock
+
+    def _flock(self, fd: int) -> None:
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreTimeout(
+                        f"store {self.path} is locked by another process for over "
+                        f"{self.lock_timeout:g}s ({self.lock_path}); retry, or find the holder "
+                        f"with: fuser {self.lock_path}"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.01)
+            else:
+                return
+
+    def _read(self) -> Doc:
+        with self._mutex:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                self._stamp, self._doc, self._bytes = None, _empty_doc(), b""
+                return self._doc
+            except OSError as e:
+                raise StoreUnavailable(f"cannot read store {self.path}: {e.strerror}") from e
+            stamp = _Stamp(st.st_ino, st.st_mtime_ns, st.st_size)
+            if stamp != self._stamp:
+                self._doc = self._parse()
+                self._stamp = stamp
+            return self._doc
+
+    def _read_for_write(self) -> Doc:
+        # Under the lock, trust only the bytes on disk: a stat stamp can repeat when an inode is
+        # reused within one mtime tick. Comparing bytes still spares the parse.
+        self._stamp = None
+        return self._read()
+
+    def _parse(self) -> Doc:
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            self._bytes = b""
+            return _empty_doc()
+        except OSError as e:
+            raise StoreUnavailable(f"cannot read store {self.path}: {e.strerror}") from e
+        if data != self._bytes or not data:
+            self._doc = parse_document(data, self.path, self._backup())
+            self._bytes = data
+        return self._doc
+
+    def _backup(self) -> str | None:
+        return self.backup_path if os.path.exists(self.backup_path) else None
+
+    def _replace(self, doc: Doc) -> None:
+        data = json.dumps(doc, separators=(",", ":")).encode()
+        folder = os.path.dirname(self.path)
+        tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            mode = _mode_of(self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+            try:
+                os.fchmod(fd, mode)
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._keep_backup()
+            os.replace(tmp, self.path)
+            _fsync_dir(folder)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _unwritable(self.path, e) from e
+        st = os.stat(self.path)
+        self._stamp = _Stamp(st.st_ino, st.st_mtime_ns, st.st_size)
+        self._doc, self._bytes = doc, data
+
+    def _keep_backup(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        link = self.backup_path + ".tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
+        os.link(self.path, link)
+        os.replace(link, self.backup_path)
+
+
+# Pure document logic, shared by reads and writes ---------------------------------------
+
+
+def path_from_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path:
+        raise InvalidInput("store", url, "file:///absolute/path/store.json (or file:relative/path.json)")
+    return unquote(parts.path)
+
+
+def parse_document(data: bytes, path: str, backup: str | None) -> Doc:
+    if not data.strip():
+        raise StoreCorrupt(path, "the file is empty (truncated write or disk full?)", backup)
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f" (line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise StoreCorrupt(path, f"the file is not valid JSON{where}", backup) from e
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise StoreCorrupt(path, f'the file is not a portctl store (no "format": "{FORMAT}")', backup)
+    schema = doc.get("schema")
+    if not isinstance(schema, int) or schema < 1:
+        raise StoreCorrupt(path, f"schema {schema!r} is not a schema number", backup)
+    if schema > SCHEMA:
+        raise StoreCorrupt(
+            path,
+            f"it was written by a newer portctl (schema {schema}; this one reads up to "
+            f"{SCHEMA}): upgrade portctl to use it",
+            None,
+        )
+    _check_shape(doc, path, backup)
+    return doc
+
+
+def _check_shape(doc: Doc, path: str, backup: str | None) -> None:
+    ints = all(isinstance(doc.get(k), int) for k in ("revision", "compacted"))
+    maps = isinstance(doc.get("entries"), dict) and isinstance(doc.get("deleted"), dict)
+    if not (ints and maps):
+        raise StoreCorrupt(path, "the file lacks revision, compacted, entries or deleted", backup)
+    for key, raw in doc["entries"].items():
+        if not (
+            isinstance(raw, dict)
+            and isinstance(raw.get("value"), str)
+            and isinstance(raw.get("version"), int)
+        ):
+            raise StoreCorrupt(path, f"entry {key!r} is malformed", backup)
+
+
+def _expired(raw: dict[str, Any], now: float) -> bool:
+    expires = raw.get("expires")
+    return expires is not None and expires <= now
+
+
+def _has_expired(doc: Doc, prefix: str) -> bool:
+    now = time.time()
+    return any(k.startswith(prefix) and _expired(r, now) for k, r in doc["entries"].items())
+
+
+def _entry(key: str, raw: dict[str, Any]) -> Entry:
+    return Entry(key, raw["value"], str(raw["version"]), raw.get("ttl"))
+
+
+def _position(position: str) -> int:
+    if not position.isdigit():
+        raise InvalidInput("position", position, "a position returned by this file store")
+    return int(position)
+
+
+def _changes_since(doc: Doc, prefix: str, since: int) -> ChangeBatch:
+    revision = doc["revision"]
+    if since < doc["compacted"] or since > revision:
+        return ChangeBatch(str(revision), (), reset=True)
+    found: list[tuple[int, Change]] = []
+    for key, raw in doc["entries"].items():
+        if raw["version"] > since and key.startswith(prefix):
+            found.append((raw["version"], Change("put", key, _entry(key, raw))))
+    for key, rev in doc["deleted"].items():
+        if rev > since and key.startswith(prefix) and key not in doc["entries"]:
+            found.append((rev, Change("delete", key, None)))
+    found.sort(key=lambda pair: (pair[0], pair[1].key))
+    return ChangeBatch(str(revision), tuple(change for _, change in found))
+
+
+def _apply(doc: Doc, operations: Sequence[Operation], now: float) -> Doc:
+    """The document after ``operations``, or ``doc`` itself when nothing changes."""
+    entries: dict[str, Any] = doc["entries"]
+    live = {k: r for k, r in entries.items() if not _expired(r, now)}
+    for op in operations:
+        _check_condition(op, live.get(op.key))
+    expired = entries.keys() - live.keys()
+    writes = [op for op in operations if not isinstance(op, Check)]
+    if not writes and not expired:
+        return doc
+    revision = doc["revision"] + 1
+    new_entries = dict(live)
+    deleted = dict(doc["deleted"])
+    for key in expired:
+        deleted[key] = revision
+    for op in writes:
+        if isinstance(op, Delete):
+            if new_entries.pop(op.key, None) is not None:
+                deleted[op.key] = revision
+        else:
+            new_entries[op.key] = _raw(op, revision, now)
+            deleted.pop(op.key, None)
+    compacted = doc["compacted"]
+    if len(deleted) > TOMBSTONES:
+        ordered = sorted(deleted.items(), key=lambda kv: kv[1])
+        cut = len(deleted) - TOMBSTONES
+        compacted = max(compacted, ordered[cut - 1][1])
+        deleted = dict(ordered[cut:])
+    return {
+        "format": FORMAT,
+        "schema": SCHEMA,
+        "revision": revision,
+        "compacted": compacted,
+        "entries": new_entries,
+        "deleted": deleted,
+    }
+
+
+def _check_condition(op: Operation, current: dict[str, Any] | None) -> None:
+    have = None if current is None else str(current["version"])
+    if isinstance(op, Create) and have is not None:
+        raise KeyExists(op.key)
+    conditional = isinstance(op, (Put, Check)) or (isinstance(op, Delete) and op.version is not None)
+    if conditional and have != op.version:
+        raise VersionConflict(op.key)
+
+
+def _raw(op: Create | Put, revision: int, now: float) -> dict[str, Any]:
+    expires = now + op.ttl if op.ttl else None
+    return {"value": op.value, "version": revision, "ttl": op.ttl, "expires": expires}
+
+
+def _mode_of(path: str) -> int:
+    try:
+        return os.stat(path).st_mode & 0o777 & ~0o022
+    except FileNotFoundError:
+        return FILE_MODE
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unwritable(path: str, e: OSError) -> StoreUnavailable:
+    folder = os.path.dirname(path)
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreUnavailable(
+            f"cannot write store {path}: {e.strerror} in {folder}; choose a writable path "
+            "with --store or PORTCTL_STORE, or fix the folder's permissions"
+        )
+    return StoreUnavailable(f"cannot write store {path}: {e.strerror}")

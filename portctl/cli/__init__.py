@@ -1,0 +1,40 @@
+"""The ``portctl`` command: a thin layer over the library, one sub-app per command group."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from portctl._version import __version__
+from portctl.cli import ports
+
+app = typer.Typer(
+    name="portctl",
+    help="End port conflicts: see what holds each port, allocate conflict-free ports, and "
+    "write the files your deploy needs.\n\nExit codes: 0 ok, 1 conflicts or unhealthy, "
+    "2 usage, 3 store unavailable.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(ports.app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"portctl {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """End port conflicts on shared hosts."""
+
+
+def main() -> None:
+    app()

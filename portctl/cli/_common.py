@@ -1,0 +1,70 @@
+"""What every command shares: the common options, error handling, and the opened store."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+
+from portctl.allocation import PortAllocator
+from portctl.backends import open_store
+from portctl.backends.base import Store
+from portctl.cli._output import fail
+from portctl.config import Settings, StoreChoice, load_settings, resolve_store
+from portctl.errors import PortctlError
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        metavar="URL",
+        help="Store URL (file:///path.json, etcd://..., consul://...). Default: the config "
+        "file's store, then $PORTCTL_STORE, then the default JSON file.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON envelope for scripts.")]
+EnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        "-e",
+        envvar="PORTCTL_ENV",
+        metavar="ENV",
+        help="Environment: production, development, staging or one from the config.",
+        show_default=False,
+    ),
+]
+
+
+@dataclass
+class Opened:
+    settings: Settings
+    choice: StoreChoice
+    store: Store
+
+    def allocator(self) -> PortAllocator:
+        return PortAllocator(self.store, self.settings)
+
+
+@contextlib.contextmanager
+def handled(as_json: bool) -> Iterator[None]:
+    """Turn a PortctlError into its message and exit code; let typer's own exits through."""
+    try:
+        yield
+    except PortctlError as error:
+        fail(as_json, error)
+
+
+@contextlib.contextmanager
+def opened(store_flag: str | None) -> Iterator[Opened]:
+    settings = load_settings()
+    choice = resolve_store(store_flag, settings)
+    store = open_store(choice.url)
+    try:
+        yield Opened(settings, choice, store)
+    finally:
+        store.close()

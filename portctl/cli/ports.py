@@ -1,0 +1,340 @@
+"""Port commands: status, allocate, release, env, export, import."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from portctl import __version__
+from portctl.allocation import Allocation, AllocationResult
+from portctl.cli._common import EnvOption, JsonOption, StoreOption, handled, opened
+from portctl.cli._output import ExitCode, emit, exit_code_for, note, table
+from portctl.documents import export_document, parse_export, render_env, write_atomically
+from portctl.errors import InvalidInput, PortctlError
+from portctl.kernel import kernel_ports
+
+app = typer.Typer()
+
+ServiceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--service",
+        "-s",
+        metavar="NAME",
+        help="Service name, e.g. postgres or admin_ui.",
+        show_default=False,
+    ),
+]
+OutputOption = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Write to FILE atomically instead of stdout.",
+        show_default=False,
+    ),
+]
+
+
+def _allocation_rows(allocations: list[Allocation], with_host: bool) -> list[list[object]]:
+    return [
+        [
+            a.service,
+            a.environment,
+            *([a.host] if with_host else []),
+            a.port,
+            a.protocol,
+            a.type,
+            a.allocated_at,
+        ]
+        for a in allocations
+    ]
+
+
+def _allocations_table(allocations: list[Allocation], with_host: bool = False) -> str:
+    headers = [
+        "SERVICE",
+        "ENV",
+        *(["HOST"] if with_host else []),
+        "PORT",
+        "PROTO",
+        "TYPE",
+        "ALLOCATED",
+    ]
+    if not allocations:
+        return "no allocations yet (try: portctl allocate --service postgres)"
+    return table(headers, _allocation_rows(allocations, with_host))
+
+
+@app.command()
+def status(
+    env: EnvOption = None,
+    all_hosts: Annotated[bool, typer.Option("--all-hosts", help="Show every host in the store.")] = False,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the store in use (and why), this host, and the allocations.
+
+    Example: portctl status --env development
+    """
+    with handled(as_json), opened(store) as ctx:
+        kernel = kernel_ports()
+        allocations = ctx.allocator().allocations(env, all_hosts=all_hosts)
+        data = {
+            "version": __version__,
+            "store": {
+                "url": ctx.choice.url,
+                "source": ctx.choice.source,
+                "capabilities": ctx.store.capabilities.names(),
+                "detail": ctx.store.describe(),
+            },
+            "config": ctx.settings.path,
+            "host": ctx.settings.host,
+            "default_environment": ctx.settings.policy.default_environment,
+            "ephemeral_range": [kernel.ephemeral_low, kernel.ephemeral_high],
+            "allocations": [a.to_dict() for a in allocations],
+        }
+
+        def human() -> str:
+            head = table(
+                ["", ""],
+                [
+                    ["store", f"{ctx.choice.url}  (chosen by: {ctx.choice.source})"],
+                    ["", ctx.store.describe()],
+                    ["config", ctx.settings.path or "none (built-in policy)"],
+                    ["host", ctx.settings.host],
+                    [
+                        "ephemeral",
+                        f"{kernel.ephemeral_low}-{kernel.ephemeral_high} (never chosen for you)",
+                    ],
+                ],
+            ).split("\n", 1)[1]
+            return head + "\n\n" + _allocations_table(allocations, all_hosts)
+
+        emit(as_json, data, human)
+
+
+def _describe(result: AllocationResult) -> str:
+    a = result.allocation
+    text = f"{a.service} ({a.environment}): {a.port}/{a.protocol}  [{result.reason}]"
+    if result.previous_port is not None:
+        text += f"  moved from {result.previous_port}"
+    return text
+
+
+def _result_data(result: AllocationResult) -> dict[str, object]:
+    return {
+        **result.allocation.to_dict(),
+        "changed": result.changed,
+        "reason": result.reason,
+        "skipped": list(result.skipped),
+        "previous_port": result.previous_port,
+    }
+
+
+@app.command()
+def allocate(
+    service: ServiceOption = None,
+    port: Annotated[
+        str | None,
+        typer.Option(
+            "--port",
+            "-p",
+            metavar="N",
+            help="Ask for this port; refused, naming the holder, if it is taken.",
+            show_default=False,
+        ),
+    ] = None,
+    type_: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            "-t",
+            metavar="TYPE",
+            help="Service type "
+            "whose range to choose from: system, user, database, cache, custom, api, "
+            "monitoring, dynamic.",
+            show_default=False,
+        ),
+    ] = None,
+    env: EnvOption = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol",
+            metavar="tcp|udp",
+            help="Default: the service's protocol (tcp).",
+            show_default=False,
+        ),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Allocate every configured service.")] = False,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Give a service a conflict-free port, or show the one it has.
+
+    The same service and environment always get the same port back. Without --port, portctl
+    tries the environment's standard port, then the plan's alternative, then the first free
+    port of the service type's range, proving each free with a bind test.
+
+    Example: portctl allocate --service postgres --port 5433
+    """
+    with handled(as_json):
+        if all_:
+            if service or port:
+                raise InvalidInput("--all", "with --service/--port", "--all alone, or --service S")
+            _allocate_all(env, store, as_json)
+            return
+        if not service:
+            raise InvalidInput("--service", None, "a service name (or --all)")
+        with opened(store) as ctx:
+            result = ctx.allocator().allocate(
+                service, port=_port(port), type=type_, environment=env, protocol=protocol
+            )
+        for reason in result.skipped:
+            note(f"skipped {reason}")
+        emit(as_json, _result_data(result), _describe(result))
+
+
+def _allocate_all(env: str | None, store: str | None, as_json: bool) -> None:
+    rows: list[dict[str, Any]] = []
+    failed = False
+    with opened(store) as ctx:
+        allocator = ctx.allocator()
+        for name in ctx.settings.stack_services():
+            try:
+                rows.append(_result_data(allocator.allocate(name, environment=env)))
+            except PortctlError as e:
+                if exit_code_for(e) != ExitCode.CONFLICT:
+                    raise
+                failed = True
+                rows.append({"service": name, "error": {"code": e.code, "message": e.message}})
+
+    def human() -> str:
+        return table(
+            ["SERVICE", "PORT", "RESULT"],
+            [
+                [
+                    r["service"],
+                    r.get("port", "-"),
+                    r["error"]["message"] if "error" in r else r["reason"],
+                ]
+                for r in rows
+            ],
+        )
+
+    emit(as_json, rows, human, ExitCode.CONFLICT if failed else ExitCode.OK)
+
+
+def _port(value: str | None) -> int | None:
+    if value is None:
+        return None
+    from portctl._validate import port
+
+    return port(value)
+
+
+@app.command()
+def release(
+    service: ServiceOption = None,
+    env: EnvOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Give a service's port back to the pool.
+
+    Example: portctl release --service redis --env staging
+    """
+    with handled(as_json):
+        if not service:
+            raise InvalidInput("--service", None, "a service name")
+        with opened(store) as ctx:
+            gone = ctx.allocator().release(service, env)
+        emit(
+            as_json,
+            gone.to_dict(),
+            f"released {gone.port}/{gone.protocol} from {gone.service} ({gone.environment})",
+        )
+
+
+@app.command()
+def env(
+    env: EnvOption = None,
+    output: OutputOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the environment's ports as dotenv lines (POSTGRES_PORT=5433) for .env.ports.
+
+    Example: portctl env --env staging > .env.ports
+    """
+    with handled(as_json), opened(store) as ctx:
+        environment = ctx.settings.policy.environment(env)
+        allocations = ctx.allocator().allocations(environment)
+        text = render_env(allocations, environment, ctx.settings.host)
+        if not allocations:
+            note(f"no allocations in {environment} yet (try: portctl allocate --all --env {environment})")
+        _write_or_print(output, text, as_json, {a.service: a.port for a in allocations})
+
+
+@app.command("export")
+def export_(
+    output: OutputOption = None,
+    env: EnvOption = None,
+    all_hosts: Annotated[bool, typer.Option("--all-hosts", help="Every host, not just this one.")] = False,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the allocations as port_config.json (documented schema) for review and import.
+
+    Example: portctl export -o port_config.json
+    """
+    with handled(as_json), opened(store) as ctx:
+        allocations = ctx.allocator().allocations(env, all_hosts=all_hosts)
+        document = export_document(allocations)
+        _write_or_print(output, json.dumps(document, indent=2) + "\n", as_json, document)
+
+
+@app.command("import")
+def import_(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="A port_config.json, or - for stdin.")],
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Record the allocations of a port_config.json in the store: all of them or none.
+
+    Example: portctl import port_config.json
+    """
+    with handled(as_json):
+        text = _read_input(file)
+        allocations = parse_export(text, file)
+        with opened(store) as ctx:
+            results = ctx.allocator().import_allocations(allocations)
+        data = [_result_data(r) for r in results]
+        changed = sum(r.changed for r in results)
+        emit(as_json, data, f"imported {changed} allocation(s); {len(results) - changed} already so")
+
+
+def _read_input(file: str) -> str:
+    if file == "-":
+        return sys.stdin.read()
+    try:
+        with open(file) as f:
+            return f.read()
+    except OSError as e:
+        raise InvalidInput("FILE", file, f"a readable file ({e.strerror})") from e
+
+
+def _write_or_print(output: str | None, text: str, as_json: bool, data: object) -> None:
+    if output:
+        try:
+            write_atomically(output, text)
+        except OSError as e:
+            raise InvalidInput("--output", output, f"a writable path ({e.strerror})") from e
+        emit(as_json, {"written": output, "content": data}, f"wrote {output}")
+    else:
+        emit(as_json, data, text.rstrip("\n"))

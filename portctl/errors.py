@@ -1,0 +1,166 @@
+"""The one exception tree of portctl.
+
+Every error the library raises on purpose is a :class:`PortctlError`; the CLI catches that
+class only and maps each branch to an exit code::
+
+    PortctlError
+    ├── InvalidInput(field, value, expected)      exit 2  bad name, port, URL, config value
+    │   └── CapabilityMissing(store, capability)  exit 2  store cannot do what was asked
+    ├── NotFound                                  exit 1
+    │   └── ServiceNotFound(name, known)
+    ├── PortConflict(port, protocol, holder)      exit 1  port taken in the store or on the host
+    ├── RangeExhausted(service, type)             exit 1  no free port left to choose
+    ├── VersionConflict(key)                      exit 1  compare-and-set lost a race
+    │   └── KeyExists(key)                                create-if-absent found the key
+    └── StoreError                                exit 3
+        ├── StoreUnavailable                              server down, file unreadable
+        │   └── StoreTimeout
+        └── StoreCorrupt(path, backup)                    refused, never overwritten
+
+Stores translate their client library's exceptions into this tree at their own boundary,
+chaining the original with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CapabilityMissing",
+    "InvalidInput",
+    "KeyExists",
+    "NotFound",
+    "PortConflict",
+    "PortctlError",
+    "RangeExhausted",
+    "ServiceNotFound",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreTimeout",
+    "StoreUnavailable",
+    "VersionConflict",
+]
+
+
+class PortctlError(Exception):
+    """Base of every error portctl raises on purpose."""
+
+    code = "error"
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class InvalidInput(PortctlError, ValueError):
+    """A value given by a user or a config file is not of the accepted form."""
+
+    code = "invalid_input"
+
+    def __init__(self, field: str, value: object, expected: str) -> None:
+        self.field = field
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{field}: {value!r} is not valid; expected {expected}")
+
+
+class CapabilityMissing(InvalidInput):
+    """The chosen store lacks a capability the operation needs (checked when it is opened)."""
+
+    code = "capability_missing"
+
+    def __init__(self, store: str, capability: str, hint: str = "") -> None:
+        expected = f"a store that supports {capability}"
+        if hint:
+            expected += f" ({hint})"
+        super().__init__("store", store, expected)
+        self.capability = capability
+
+
+class NotFound(PortctlError, LookupError):
+    code = "not_found"
+
+
+class ServiceNotFound(NotFound):
+    def __init__(self, name: str, known: list[str] | None = None, where: str = "") -> None:
+        self.name = name
+        self.known = sorted(known or [])
+        text = f"service {name!r} is not {where or 'known'}"
+        if self.known:
+            shown = ", ".join(self.known[:20])
+            more = f" and {len(self.known) - 20} more" if len(self.known) > 20 else ""
+            text += f"; known: {shown}{more}"
+        super().__init__(text)
+
+
+class PortConflict(PortctlError):
+    """A port is already held: by another service in the store, or by something on the host."""
+
+    code = "port_conflict"
+
+    def __init__(self, port: int, protocol: str, holder: str, hint: str = "") -> None:
+        self.port = port
+        self.protocol = protocol
+        self.holder = holder
+        text = f"port {port}/{protocol} is held by {holder}"
+        if hint:
+            text += f"; {hint}"
+        super().__init__(text)
+
+
+class RangeExhausted(PortctlError):
+    """Every candidate port for a service was taken, in use, or not ours to choose."""
+
+    code = "range_exhausted"
+
+    def __init__(self, service: str, where: str, skipped: list[str]) -> None:
+        self.service = service
+        self.skipped = skipped
+        text = f"no free port for {service!r} in {where}"
+        if skipped:
+            text += " (" + "; ".join(skipped[:5]) + ("; ..." if len(skipped) > 5 else "") + ")"
+        super().__init__(text + "; free one, or give --port or --type")
+
+
+class VersionConflict(PortctlError):
+    """A compare-and-set or conditional delete lost: the key changed since it was read."""
+
+    code = "version_conflict"
+
+    def __init__(self, key: str, detail: str = "") -> None:
+        self.key = key
+        super().__init__(detail or f"key {key!r} changed since it was read")
+
+
+class KeyExists(VersionConflict):
+    code = "key_exists"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, f"key {key!r} already exists")
+
+
+class StoreError(PortctlError):
+    code = "store_error"
+
+
+class StoreUnavailable(StoreError):
+    code = "store_unavailable"
+
+
+class StoreTimeout(StoreUnavailable):
+    code = "store_timeout"
+
+
+class StoreCorrupt(StoreError):
+    """The store's data cannot be trusted; it is left exactly as found."""
+
+    code = "store_corrupt"
+
+    def __init__(self, path: str, problem: str, backup: str | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        self.backup = backup
+        text = f"store {path} is unusable: {problem}; it was left untouched"
+        if backup:
+            text += f"; the previous good copy is {backup} (restore it with: cp {backup} {path})"
+        else:
+            text += "; move it aside to start an empty store"
+        super().__init__(text)
