@@ -56,9 +56,8 @@ def main() -> None:
         p90 = statistics.quantiles(times, n=10)[-1]
         print(f"{name:<22}{med:>10.1f}{p90:>9.1f}{med - base:>+11.1f}")
     over = statistics.median(results["portctl status"]) - base
-    print(
-        f"\ntarget: status within 150 ms of a bare start -> {'met' if over <= 150 else 'MISSED'} ({over:.0f} ms)"
-    )
+    verdict = "met" if over <= 150 else "MISSED"
+    print(f"\ntarget: status within 150 ms of a bare start -> {verdict} ({over:.0f} ms)")
 
 
 if __name__ == "__main__":

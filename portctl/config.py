@@ -52,6 +52,11 @@ HOST_ENV = "PORTCTL_HOST"
 ENV_ENV = "PORTCTL_ENV"
 
 
+def default_host() -> str:
+    name = os.environ.get(HOST_ENV) or socket.gethostname() or "localhost"
+    return _validate.host(name, HOST_ENV if os.environ.get(HOST_ENV) else "host")
+
+
 @dataclass(frozen=True)
 class Settings:
     policy: Policy = field(default_factory=default_policy)
@@ -68,11 +73,6 @@ class Settings:
 class StoreChoice:
     url: str
     source: str  # "--store flag", "config file /x/portctl.toml", "PORTCTL_STORE", "default"
-
-
-def default_host() -> str:
-    name = os.environ.get(HOST_ENV) or socket.gethostname() or "localhost"
-    return _validate.host(name, HOST_ENV if os.environ.get(HOST_ENV) else "host")
 
 
 def find_config(start: str | None = None) -> str | None:

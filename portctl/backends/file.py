@@ -426,8 +426,9 @@ def _check_condition(op: Operation, current: dict[str, Any] | None) -> None:
     have = None if current is None else str(current["version"])
     if isinstance(op, Create) and have is not None:
         raise KeyExists(op.key)
-    conditional = isinstance(op, (Put, Check)) or (isinstance(op, Delete) and op.version is not None)
-    if conditional and have != op.version:
+    expected = None if isinstance(op, Create) else op.version
+    conditional = isinstance(op, (Put, Check)) or (isinstance(op, Delete) and expected is not None)
+    if conditional and have != expected:
         raise VersionConflict(op.key)
 
 
