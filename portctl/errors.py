@@ -92,7 +92,10 @@ class ServiceNotFound(NotFound):
 
 
 class PortConflict(PortctlError):
-    """A port is already held: by another service in the store, or by something on the host."""
+    """A port is already held: by another service in the store, or by something on the host.
+
+    ``holder`` says who, e.g. ``allocated to postgres (production)`` or ``in use on this host
+    (0.0.0.0:5432/tcp already in use)``."""
 
     code = "port_conflict"
 
@@ -100,7 +103,7 @@ class PortConflict(PortctlError):
         self.port = port
         self.protocol = protocol
         self.holder = holder
-        text = f"port {port}/{protocol} is held by {holder}"
+        text = f"port {port}/{protocol} is not available: {holder}"
         if hint:
             text += f"; {hint}"
         super().__init__(text)
