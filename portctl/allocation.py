@@ -90,7 +90,8 @@ class _View:
     """One read of this host's claims and records, to judge candidates without more I/O."""
 
     claims: dict[int, Entry] = field(default_factory=dict)
-    records: dict[str, Allocation] = field(default_factory=dict)  # key -> record
+    entries: dict[str, Entry] = field(default_factory=dict)  # allocation key -> its entry
+    records: dict[str, Allocation] = field(default_factory=dict)  # allocation key -> record
 
 
 def _now() -> str:
@@ -244,7 +245,9 @@ class PortAllocator:
     ) -> AllocationResult | None:
         key = allocation_key(self.host, env, spec.name)
         record = Allocation(spec.name, env, self.host, cand.port, spec.protocol, spec.type, _now())
-        current = self.store.get(key)
+        # The record as read with the view: if another allocator wrote it since, the condition
+        # fails and the caller re-reads, so two racing calls for one service agree on its port.
+        current = view.entries.get(key)
         ops: list[Operation] = [_claim_op(self.host, record, view.claims.get(cand.port))]
         if current is None:
             ops.append(Create(key, _dump(record)))
@@ -268,8 +271,8 @@ class PortAllocator:
         claims = {}
         for entry in self.store.list(f"ports/{self.host}/{protocol}/"):
             claims[int(entry.key.rsplit("/", 1)[1])] = entry
-        records = {e.key: _record(e) for e in self.store.list(f"allocations/{self.host}/")}
-        return _View(claims, records)
+        entries = {e.key: e for e in self.store.list(f"allocations/{self.host}/")}
+        return _View(claims, entries, {k: _record(e) for k, e in entries.items()})
 
     # Releasing -----------------------------------------------------------------------
 

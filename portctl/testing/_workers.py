@@ -60,3 +60,17 @@ def allocate_many(url: str, worker: int, count: int, host: str, start: Any) -> l
         ]
     finally:
         store.close()
+
+
+def allocate_same(url: str, service: str, host: str, start: Any) -> int:
+    """Allocate one service that every worker asks for at once; the port this worker was told."""
+    from portctl.allocation import PortAllocator
+    from portctl.config import Settings
+
+    store = open_store(url)
+    try:
+        allocator = PortAllocator(store, Settings(host=host))
+        _wait(start)
+        return allocator.allocate(service, type="dynamic").allocation.port
+    finally:
+        store.close()

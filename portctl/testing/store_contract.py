@@ -232,3 +232,12 @@ class StoreContract:
         records = store.list("allocations/contract-host/production/")
         claims = store.list("ports/contract-host/tcp/")
         assert len(records) == len(claims) == RACERS * per_worker
+
+    def test_allocators_racing_for_one_service_agree_on_its_port(self, store_url: str, store: Store) -> None:
+        told = _race(_workers.allocate_same, lambda i: (store_url, "shared", "contract-host"), RACERS)
+        assert len(set(told)) == 1  # every caller was told the same port
+        [record] = store.list("allocations/contract-host/production/")
+        assert f'"port": {told[0]}' in record.value
+        assert [c.key for c in store.list("ports/contract-host/tcp/")] == [
+            f"ports/contract-host/tcp/{told[0]}"
+        ]

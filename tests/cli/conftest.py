@@ -163,10 +163,14 @@ def sh(tmp_path: Path, cli_env: dict[str, str]) -> Run:
 
 
 @pytest.fixture
-def seeded_store(run: Run, store_path: Path) -> bytes:
-    """A store holding one allocation (service ``seed``, a free 7xxx port); its bytes."""
-    port = free_port()
-    result = run("allocate", "--service", "seed", "--port", port)
+def seed_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def seeded_store(run: Run, store_path: Path, seed_port: int) -> bytes:
+    """A store holding one allocation (service ``seed`` on ``seed_port``); its bytes."""
+    result = run("allocate", "--service", "seed", "--port", seed_port)
     assert result.returncode == 0, result.stderr
     return store_path.read_bytes()
 
