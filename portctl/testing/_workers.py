@@ -62,8 +62,8 @@ def allocate_many(url: str, worker: int, count: int, host: str, start: Any) -> l
         store.close()
 
 
-def allocate_same(url: str, service: str, host: str, start: Any) -> int:
-    """Allocate one service that every worker asks for at once; the port this worker was told."""
+def allocate_same(url: str, count: int, host: str, start: Any) -> list[int]:
+    """Allocate services ``shared-0``... that every worker asks for too; the ports it was told."""
     from portctl.allocation import PortAllocator
     from portctl.config import Settings
 
@@ -71,6 +71,6 @@ def allocate_same(url: str, service: str, host: str, start: Any) -> int:
     try:
         allocator = PortAllocator(store, Settings(host=host))
         _wait(start)
-        return allocator.allocate(service, type="dynamic").allocation.port
+        return [allocator.allocate(f"shared-{i}", type="dynamic").allocation.port for i in range(count)]
     finally:
         store.close()
