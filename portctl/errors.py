@@ -59,7 +59,8 @@ class InvalidInput(PortctlError, ValueError):
         self.field = field
         self.value = value
         self.expected = expected
-        super().__init__(f"{field}: {value!r} is not valid; expected {expected}")
+        shown = "missing" if value is None else f"{value!r} is not valid"
+        super().__init__(f"{field}: {shown}; expected {expected}")
 
 
 class CapabilityMissing(InvalidInput):
@@ -157,12 +158,14 @@ class StoreCorrupt(StoreError):
 
     code = "store_corrupt"
 
-    def __init__(self, path: str, problem: str, backup: str | None = None) -> None:
+    def __init__(self, path: str, problem: str, backup: str | None = None, advice: str = "") -> None:
         self.path = path
         self.problem = problem
         self.backup = backup
         text = f"store {path} is unusable: {problem}; it was left untouched"
-        if backup:
+        if advice:
+            text += f"; {advice}"
+        elif backup:
             text += f"; the previous good copy is {backup} (restore it with: cp {backup} {path})"
         else:
             text += "; move it aside to start an empty store"

@@ -327,9 +327,8 @@ def parse_document(data: bytes, path: str, backup: str | None) -> Doc:
     if schema > SCHEMA:
         raise StoreCorrupt(
             path,
-            f"it was written by a newer portctl (schema {schema}; this one reads up to "
-            f"{SCHEMA}): upgrade portctl to use it",
-            None,
+            f"it was written by a newer portctl (schema {schema}; this one reads up to {SCHEMA})",
+            advice="upgrade portctl to use it",
         )
     _check_shape(doc, path, backup)
     return doc

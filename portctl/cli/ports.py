@@ -189,7 +189,7 @@ def allocate(
                 raise InvalidInput("--all", "with --service/--port", "--all alone, or --service S")
             _allocate_all(env, store, as_json)
             return
-        if not service:
+        if service is None:
             raise InvalidInput("--service", None, "a service name (or --all)")
         with opened(store) as ctx:
             result = ctx.allocator().allocate(
@@ -250,7 +250,7 @@ def release(
     Example: portctl release --service redis --env staging
     """
     with handled(as_json):
-        if not service:
+        if service is None:
             raise InvalidInput("--service", None, "a service name")
         with opened(store) as ctx:
             gone = ctx.allocator().release(service, env)

@@ -242,13 +242,13 @@ def test_environments_get_their_own_ports_and_stay_apart(run: Run) -> None:
     redis = run("allocate", "--service", "redis", "--env", "staging")
     assert redis.returncode == 0, redis.stderr
     outputs = {}
-    for env in ports:
+    for env, port in ports.items():
         shown = run("env", "--env", env)
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.splitlines()[0] == f"# portctl: {env} ports on {HOST}"
         outputs[env] = shown.stdout
         values = parse_env(shown.stdout)
-        assert values["POSTGRES_PORT"] == ports[env]
+        assert values["POSTGRES_PORT"] == port
         assert ("REDIS_PORT" in values) == (env == "staging")
     assert len(set(outputs.values())) == 3
 
