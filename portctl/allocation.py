@@ -14,12 +14,13 @@ over with compare-and-set on its version.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from portctl import _validate
-from portctl.backends.base import Capability, Create, Delete, Entry, Operation, Put, Store
+from portctl.backends.base import Capability, Check, Create, Delete, Entry, Operation, Put, Store
 from portctl.config import Settings
 from portctl.errors import (
     InvalidInput,
@@ -35,7 +36,10 @@ from portctl.policy import ServiceSpec
 __all__ = ["Allocation", "AllocationResult", "PortAllocator"]
 
 REQUIRED = Capability.CAS | Capability.TXN
-_ATTEMPTS = 50  # lost races before giving up; each loss means another allocator made progress
+# Lost races before giving up. Each loss means another allocator made progress, so this
+# bounds only pathological cases (thousands of allocators hammering one store).
+_ATTEMPTS = 1000
+_SPREAD = 8  # after k lost races, pick among the first min(k, _SPREAD) + 1 free range ports
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class _Candidate:
     port: int
     reason: str
     requested: bool = False
+    scanned: bool = False  # from the type's range, not the service's own ports
 
 
 @dataclass
@@ -92,6 +97,11 @@ class _View:
     claims: dict[int, Entry] = field(default_factory=dict)
     entries: dict[str, Entry] = field(default_factory=dict)  # allocation key -> its entry
     records: dict[str, Allocation] = field(default_factory=dict)  # allocation key -> record
+    taken: dict[int, tuple[str, str]] = field(default_factory=dict)  # port -> live (service, env)
+
+
+class _LostRace(Exception):
+    """Another allocator wrote first; re-read and try again."""
 
 
 def _now() -> str:
@@ -127,6 +137,8 @@ class PortAllocator:
         self.host = self.settings.host
         self._bind = bind
         self._kernel = kernel
+        self._records_cache: dict[str, tuple[str, Allocation]] = {}
+        self._owners_cache: dict[str, tuple[str, tuple[str, str]]] = {}
 
     @property
     def kernel(self) -> KernelPorts:
@@ -166,33 +178,35 @@ class PortAllocator:
         if port is not None:
             port = _validate.port(port)
             self._check_privilege(port)
-        for _ in range(_ATTEMPTS):
+        key = allocation_key(self.host, env, spec.name)
+        for losses in range(_ATTEMPTS):
             view = self._read_view(spec.protocol)
-            key = allocation_key(self.host, env, spec.name)
             current = view.records.get(key)
             if current and current.protocol == spec.protocol and port in (None, current.port):
                 return AllocationResult(current, False, "already allocated")
             try:
-                return self._claim_first(spec, env, port, view)
-            except VersionConflict:
+                return self._claim_first(spec, env, port, view, spread=min(losses, _SPREAD))
+            except _LostRace:
                 continue  # another allocator changed the store between our read and write
-        raise VersionConflict(
-            allocation_key(self.host, env, spec.name),
-            f"gave up allocating {spec.name!r} after {_ATTEMPTS} lost races",
-        )
+        raise VersionConflict(key, f"gave up allocating {spec.name!r} after {_ATTEMPTS} lost races")
 
     def allocate_all(self, environment: str | None = None) -> list[AllocationResult]:
         return [self.allocate(name, environment=environment) for name in self.settings.stack_services()]
 
-    def _claim_first(self, spec: ServiceSpec, env: str, port: int | None, view: _View) -> AllocationResult:
+    def _claim_first(
+        self, spec: ServiceSpec, env: str, port: int | None, view: _View, spread: int
+    ) -> AllocationResult:
         skipped: list[str] = []
-        for cand in self._candidates(spec, env, port):
+        # Racing allocators all reach for the lowest free port; one that lost a race spreads
+        # out over the next few free ones, so they stop colliding on every step.
+        skip = random.randrange(spread + 1) if spread else 0  # noqa: S311 - not security
+        for cand in self._candidates(spec, env, port, view):
             why_not = self._why_not(cand, spec, env, view)
+            if why_not is None and cand.scanned and skip:
+                skip -= 1
+                continue
             if why_not is None:
-                result = self._write(spec, env, cand, view, tuple(skipped))
-                if result is not None:
-                    return result
-                why_not = "taken by a concurrent allocation"
+                return self._write(spec, env, cand, view, tuple(skipped))
             if cand.requested:
                 raise PortConflict(
                     cand.port,
@@ -200,11 +214,12 @@ class PortAllocator:
                     why_not,
                     "release it first, or omit --port to let portctl choose",
                 )
-            skipped.append(f"{cand.port}: {why_not}")
+            if not cand.scanned:
+                skipped.append(f"{cand.port}: {why_not}")
         stype = self.policy.service_type(spec.type)
         raise RangeExhausted(spec.name, f"the {stype.name} range {stype.range_text}", skipped)
 
-    def _candidates(self, spec: ServiceSpec, env: str, port: int | None) -> Iterator[_Candidate]:
+    def _candidates(self, spec: ServiceSpec, env: str, port: int | None, view: _View) -> Iterator[_Candidate]:
         if port is not None:
             yield _Candidate(port, "requested", requested=True)
             return
@@ -212,11 +227,12 @@ class PortAllocator:
         for i, p in enumerate(preferred):
             yield _Candidate(p, "standard port" if i == 0 else "alternative port")
         stype = self.policy.service_type(spec.type)
-        others = self._standard_ports_of_others(spec.name)
-        kernel = self.kernel
+        avoid = self._standard_ports_of_others(spec.name) | set(preferred) | view.taken.keys()
+        allowed = self.kernel.dynamic_pick_allowed
+        reason = f"first free port of the {stype.name} range {stype.range_text}"
         for p in range(stype.low, stype.high + 1):
-            if p not in preferred and p not in others and kernel.dynamic_pick_allowed(p):
-                yield _Candidate(p, f"first free port of the {stype.name} range {stype.range_text}")
+            if p not in avoid and allowed(p):
+                yield _Candidate(p, reason, scanned=True)
 
     def _standard_ports_of_others(self, name: str) -> set[int]:
         """Range scans leave other known services' standard ports for them."""
@@ -228,11 +244,9 @@ class PortAllocator:
         } | {p for s in self.policy.services.values() if s.name != name for p in s.ports.values()}
 
     def _why_not(self, cand: _Candidate, spec: ServiceSpec, env: str, view: _View) -> str | None:
-        claim = view.claims.get(cand.port)
-        if claim is not None and _claim_is_live(claim, view):
-            owner = _claim_owner(claim)
-            if owner != (spec.name, env):
-                return f"allocated to {owner[0]} ({owner[1]})"
+        owner = view.taken.get(cand.port)
+        if owner is not None and owner != (spec.name, env):
+            return f"allocated to {owner[0]} ({owner[1]})"
         if self.kernel.needs_privilege(cand.port):
             return _privilege_text(self.kernel)
         result = self._bind(cand.port, spec.protocol)
@@ -242,13 +256,13 @@ class PortAllocator:
 
     def _write(
         self, spec: ServiceSpec, env: str, cand: _Candidate, view: _View, skipped: tuple[str, ...]
-    ) -> AllocationResult | None:
+    ) -> AllocationResult:
         key = allocation_key(self.host, env, spec.name)
         record = Allocation(spec.name, env, self.host, cand.port, spec.protocol, spec.type, _now())
         # The record as read with the view: if another allocator wrote it since, the condition
         # fails and the caller re-reads, so two racing calls for one service agree on its port.
         current = view.entries.get(key)
-        ops: list[Operation] = [_claim_op(self.host, record, view.claims.get(cand.port))]
+        ops = self._claim_ops(record, view.claims.get(cand.port))
         if current is None:
             ops.append(Create(key, _dump(record)))
         else:
@@ -257,9 +271,7 @@ class PortAllocator:
         try:
             self.store.transact(ops)
         except VersionConflict as e:
-            if e.key == ops[0].key:
-                return None  # someone claimed this port first: try the next candidate
-            raise
+            raise _LostRace from e
         previous = _record(current).port if current else None
         return AllocationResult(record, True, cand.reason, skipped, previous)
 
@@ -268,11 +280,55 @@ class PortAllocator:
             raise InvalidInput("port", port, f"a port this process may bind: {_privilege_text(self.kernel)}")
 
     def _read_view(self, protocol: str) -> _View:
-        claims = {}
+        view = _View()
+        for entry in self.store.list(f"allocations/{self.host}/"):
+            view.entries[entry.key] = entry
+            view.records[entry.key] = self._parsed(entry)
         for entry in self.store.list(f"ports/{self.host}/{protocol}/"):
-            claims[int(entry.key.rsplit("/", 1)[1])] = entry
-        entries = {e.key: e for e in self.store.list(f"allocations/{self.host}/")}
-        return _View(claims, entries, {k: _record(e) for k, e in entries.items()})
+            port = int(entry.key.rsplit("/", 1)[1])
+            view.claims[port] = entry
+            owner = self._owner(entry)
+            record = view.records.get(allocation_key(self.host, owner[1], owner[0]))
+            if record is not None and record.port == port and record.protocol == protocol:
+                view.taken[port] = owner  # a claim its record no longer points at is stale
+        return view
+
+    def _claim_ops(self, record: Allocation, existing: Entry | None) -> list[Operation]:
+        """Claim ``record``'s port: create the claim, or take over a stale one.
+
+        A claim is stale when its owner's record does not point at it. That judgement must still
+        hold when the transaction commits, so the owner's record is read once more and the
+        transaction is made conditional on it (a Check); otherwise an allocator that read the
+        claim just before its record was written would steal a live port.
+        """
+        key = claim_key(record.host, record.protocol, record.port)
+        value = json.dumps({"service": record.service, "environment": record.environment})
+        if existing is None:
+            return [Create(key, value)]
+        ops: list[Operation] = [Put(key, value, existing.version)]
+        service, env = self._owner(existing)
+        owner_key = allocation_key(record.host, env, service)
+        if owner_key != allocation_key(record.host, record.environment, record.service):
+            owner = self.store.get(owner_key)
+            if owner is not None and self._parsed(owner).port == record.port:
+                raise _LostRace  # the claim came alive since the view was read
+            ops.append(Check(owner_key, owner.version if owner else None))
+        return ops
+
+    def _parsed(self, entry: Entry) -> Allocation:
+        """Records parsed once per version: a view is read on every attempt."""
+        cached = self._records_cache.get(entry.key)
+        if cached is None or cached[0] != entry.version:
+            cached = (entry.version, _record(entry))
+            self._records_cache[entry.key] = cached
+        return cached[1]
+
+    def _owner(self, claim: Entry) -> tuple[str, str]:
+        cached = self._owners_cache.get(claim.key)
+        if cached is None or cached[0] != claim.version:
+            cached = (claim.version, _claim_owner(claim))
+            self._owners_cache[claim.key] = cached
+        return cached[1]
 
     # Releasing -----------------------------------------------------------------------
 
@@ -305,7 +361,13 @@ class PortAllocator:
         ops: list[Operation] = []
         results: list[AllocationResult] = []
         for alloc in allocations:
-            result, alloc_ops = self._import_ops(alloc)
+            try:
+                result, alloc_ops = self._import_ops(alloc)
+            except _LostRace:
+                raise VersionConflict(
+                    claim_key(alloc.host, alloc.protocol, alloc.port),
+                    f"port {alloc.port} was allocated while importing; nothing was imported, retry",
+                ) from None
             ops.extend(alloc_ops)
             results.append(result)
         if ops:
@@ -329,10 +391,10 @@ class PortAllocator:
                 raise PortConflict(
                     alloc.port,
                     alloc.protocol,
-                    f"{owner[0]} ({owner[1]}) on {alloc.host}",
+                    f"allocated to {owner[0]} ({owner[1]}) on {alloc.host}",
                     "nothing was imported; release it first",
                 )
-        ops: list[Operation] = [_claim_op(alloc.host, alloc, claim)]
+        ops = self._claim_ops(alloc, claim)
         if current is None:
             ops.append(Create(key, _dump(alloc)))
         else:
@@ -356,12 +418,6 @@ def _refuse_duplicates(allocations: Sequence[Allocation]) -> None:
         seen[slot] = f"{a.service} ({a.environment})"
 
 
-def _claim_op(host: str, record: Allocation, existing: Entry | None) -> Operation:
-    key = claim_key(host, record.protocol, record.port)
-    value = json.dumps({"service": record.service, "environment": record.environment})
-    return Create(key, value) if existing is None else Put(key, value, existing.version)
-
-
 def _release_claim_ops(host: str, record: Allocation, store: Store) -> list[Operation]:
     claim = store.get(claim_key(host, record.protocol, record.port))
     if claim is not None and _claim_owner(claim) == (record.service, record.environment):
@@ -375,13 +431,6 @@ def _claim_owner(claim: Entry) -> tuple[str, str]:
         return str(raw["service"]), str(raw["environment"])
     except (ValueError, KeyError, TypeError) as e:
         raise StoreCorrupt(claim.key, "the port claim is not the JSON portctl writes") from e
-
-
-def _claim_is_live(claim: Entry, view: _View) -> bool:
-    service, env = _claim_owner(claim)
-    host = claim.key.split("/")[1]
-    record = view.records.get(allocation_key(host, env, service))
-    return record is not None and record.port == int(claim.key.rsplit("/", 1)[1])
 
 
 def _record(entry: Entry) -> Allocation:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from portctl import _validate
-from portctl.errors import CapabilityMissing
+from portctl.errors import CapabilityMissing, InvalidInput
 
 __all__ = [
     "Capability",
@@ -198,8 +198,8 @@ def check_operations(operations: Sequence[Operation]) -> None:
     for op in operations:
         _validate.key(op.key)
         if op.key in seen:
-            raise ValueError(f"transaction names key {op.key!r} twice")
+            raise InvalidInput("transaction", op.key, "each key at most once in one transaction")
         seen.add(op.key)
         ttl = getattr(op, "ttl", None)
         if ttl is not None and ttl <= 0:
-            raise ValueError(f"ttl for {op.key!r} must be positive, got {ttl}")
+            raise InvalidInput(f"ttl of {op.key}", ttl, "a positive number of seconds")

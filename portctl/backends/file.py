@@ -24,6 +24,7 @@ On disk (``schema`` 1)::
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
@@ -111,6 +112,8 @@ class JsonFileStore(Store):
         self._stamp: _Stamp | None = None
         self._doc: Doc = _empty_doc()
         self._bytes = b""
+        self._keys: list[str] | None = None  # sorted keys of self._doc, built on demand
+        self._entries: dict[str, tuple[int, Entry]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> JsonFileStore:
@@ -130,20 +133,37 @@ class JsonFileStore(Store):
 
     def get(self, key: str) -> Entry | None:
         _validate.key(key)
-        raw = self._read()["entries"].get(key)
-        if raw is None or _expired(raw, time.time()):
-            return None
-        return _entry(key, raw)
+        with self._mutex:
+            raw = self._read()["entries"].get(key)
+            if raw is None or _expired(raw, time.time()):
+                return None
+            return self._entry(key, raw)
 
     def list(self, prefix: str = "") -> list[Entry]:
         _validate.prefix(prefix)
         now = time.time()
-        entries = self._read()["entries"]
-        return [
-            _entry(k, raw)
-            for k, raw in sorted(entries.items())
-            if k.startswith(prefix) and not _expired(raw, now)
-        ]
+        with self._mutex:
+            entries = self._read()["entries"]
+            if self._keys is None:
+                self._keys = sorted(entries)
+            keys = self._keys
+            found = []
+            for i in range(bisect.bisect_left(keys, prefix), len(keys)):
+                key = keys[i]
+                if not key.startswith(prefix):
+                    break
+                raw = entries[key]
+                if not _expired(raw, now):
+                    found.append(self._entry(key, raw))
+            return found
+
+    def _entry(self, key: str, raw: dict[str, Any]) -> Entry:
+        """Entries are rebuilt only for keys whose version changed since the last read."""
+        cached = self._entries.get(key)
+        if cached is None or cached[0] != raw["version"]:
+            cached = (raw["version"], _entry(key, raw))
+            self._entries[key] = cached
+        return cached[1]
 
     def position(self) -> str:
         return str(self._read()["revision"])
@@ -234,13 +254,14 @@ class JsonFileStore(Store):
             try:
                 st = os.stat(self.path)
             except FileNotFoundError:
-                self._stamp, self._doc, self._bytes = None, _empty_doc(), b""
+                self._set_doc(_empty_doc(), b"")
+                self._stamp = None
                 return self._doc
             except OSError as e:
                 raise StoreUnavailable(f"cannot read store {self.path}: {e.strerror}") from e
             stamp = _Stamp(st.st_ino, st.st_mtime_ns, st.st_size)
             if stamp != self._stamp:
-                self._doc = self._parse()
+                self._parse()
                 self._stamp = stamp
             return self._doc
 
@@ -255,14 +276,20 @@ class JsonFileStore(Store):
             with open(self.path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            self._bytes = b""
-            return _empty_doc()
+            self._set_doc(_empty_doc(), b"")
+            return self._doc
         except OSError as e:
             raise StoreUnavailable(f"cannot read store {self.path}: {e.strerror}") from e
         if data != self._bytes or not data:
-            self._doc = parse_document(data, self.path, self._backup())
-            self._bytes = data
+            self._set_doc(parse_document(data, self.path, self._backup()), data)
         return self._doc
+
+    def _set_doc(self, doc: Doc, data: bytes) -> None:
+        if doc is not self._doc:
+            self._keys = None
+            if len(self._entries) > 2 * len(doc["entries"]) + 64:
+                self._entries.clear()  # forget deleted keys now and then
+        self._doc, self._bytes = doc, data
 
     def _backup(self) -> str | None:
         return self.backup_path if os.path.exists(self.backup_path) else None
@@ -289,7 +316,7 @@ class JsonFileStore(Store):
             raise _unwritable(self.path, e) from e
         st = os.stat(self.path)
         self._stamp = _Stamp(st.st_ino, st.st_mtime_ns, st.st_size)
-        self._doc, self._bytes = doc, data
+        self._set_doc(doc, data)
 
     def _keep_backup(self) -> None:
         if not os.path.exists(self.path):

@@ -224,7 +224,7 @@ class StoreContract:
         assert sorted(values) == list(range(1, RACERS * per_worker + 1))  # no doubled update
 
     def test_allocators_racing_never_share_a_port(self, store_url: str, store: Store) -> None:
-        per_worker = 15
+        per_worker = 30
         ports = _race(_workers.allocate_many, lambda i: (store_url, i, per_worker, "contract-host"), RACERS)
         flat = [p for worker in ports for p in worker]
         doubled = [p for p, n in collections.Counter(flat).items() if n > 1]
