@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 from portctl import _validate
@@ -51,9 +51,13 @@ class Allocation:
     protocol: str
     type: str
     allocated_at: str
+    compose: str | None = None  # "project/service" when allocated for a compose stack
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        out = asdict(self)
+        if self.compose is None:
+            del out["compose"]
+        return out
 
     @classmethod
     def from_dict(cls, raw: object, where: str = "allocation") -> Allocation:
@@ -68,6 +72,7 @@ class Allocation:
                 protocol=_validate.protocol(raw.get("protocol", "tcp"), f"{where}.protocol"),
                 type=_validate.service_name(raw.get("type", "custom"), f"{where}.type"),
                 allocated_at=str(raw.get("allocated_at") or _now()),
+                compose=_compose_owner(raw.get("compose"), f"{where}.compose"),
             )
         except KeyError as e:
             raise InvalidInput(f"{where}.{e.args[0]}", None, "a value (the field is required)") from None
@@ -100,8 +105,34 @@ class _View:
     taken: dict[int, tuple[str, str]] = field(default_factory=dict)  # port -> live (service, env)
 
 
+@dataclass(frozen=True)
+class _Request:
+    spec: ServiceSpec
+    env: str
+    port: int | None  # asked for explicitly: this one or an error
+    prefer: tuple[int, ...] = ()
+    avoid: frozenset[int] = frozenset()
+    compose: str | None = None
+
+    def satisfied_by(self, current: Allocation) -> bool:
+        """Whether the service's current allocation already answers this request."""
+        if current.protocol != self.spec.protocol:
+            return False
+        if self.port is not None:
+            return current.port == self.port
+        return current.port not in self.avoid
+
+
 class _LostRace(Exception):
     """Another allocator wrote first; re-read and try again."""
+
+
+def _compose_owner(value: object, field_name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.count("/") != 1 or not all(value.split("/")):
+        raise InvalidInput(field_name, value, "PROJECT/SERVICE of a compose stack")
+    return value
 
 
 def _now() -> str:
@@ -170,43 +201,67 @@ class PortAllocator:
         type: str | None = None,
         environment: str | None = None,
         protocol: str | None = None,
+        prefer: Sequence[int] = (),
+        avoid: Collection[int] = (),
+        compose: str | None = None,
     ) -> AllocationResult:
         """The port of ``service`` in ``environment``: the one it has, the one asked for, or a
-        free one chosen by the policy (environment port, standard, alternatives, type range)."""
+        free one chosen by the policy (environment port, standard, alternatives, type range).
+
+        ``prefer`` ports are tried before the policy's (a compose file's published port);
+        ``avoid`` ports are never chosen, and a service holding one is moved off it (a port a
+        foreign container or process took since it was allocated). ``compose`` records the
+        compose ``project/service`` the port is published by, so checks know its own container.
+        """
         env = self.policy.environment(environment)
         spec = self.policy.spec(service, type, protocol)
         if port is not None:
             port = _validate.port(port)
             self._check_privilege(port)
+        request = _Request(
+            spec, env, port, tuple(_validate.port(p) for p in prefer), frozenset(avoid), compose
+        )
         key = allocation_key(self.host, env, spec.name)
         for losses in range(_ATTEMPTS):
-            view = self._read_view(spec.protocol)
-            current = view.records.get(key)
-            if current and current.protocol == spec.protocol and port in (None, current.port):
-                return AllocationResult(current, False, "already allocated")
             try:
-                return self._claim_first(spec, env, port, view, spread=min(losses, _SPREAD))
+                return self._attempt(request, key, spread=min(losses, _SPREAD))
             except _LostRace:
                 continue  # another allocator changed the store between our read and write
         raise VersionConflict(key, f"gave up allocating {spec.name!r} after {_ATTEMPTS} lost races")
 
+    def _attempt(self, request: _Request, key: str, spread: int) -> AllocationResult:
+        spec, env, compose = request.spec, request.env, request.compose
+        view = self._read_view(spec.protocol)
+        current = view.records.get(key)
+        if current and compose is not None and current.compose not in (None, compose):
+            raise PortConflict(
+                current.port,
+                current.protocol,
+                f"{spec.name} ({env}) is allocated to compose stack {current.compose}",
+                "give this stack's port its own ${NAME_PORT} variable, or use another --env",
+            )
+        if current and request.satisfied_by(current):
+            if compose is not None and current.compose is None:
+                current = self._tag(view.entries[key], current, compose)
+            return AllocationResult(current, False, "already allocated")
+        return self._claim_first(request, view, spread)
+
     def allocate_all(self, environment: str | None = None) -> list[AllocationResult]:
         return [self.allocate(name, environment=environment) for name in self.settings.stack_services()]
 
-    def _claim_first(
-        self, spec: ServiceSpec, env: str, port: int | None, view: _View, spread: int
-    ) -> AllocationResult:
+    def _claim_first(self, request: _Request, view: _View, spread: int) -> AllocationResult:
+        spec, env = request.spec, request.env
         skipped: list[str] = []
         # Racing allocators all reach for the lowest free port; one that lost a race spreads
         # out over the next few free ones, so they stop colliding on every step.
         skip = random.randrange(spread + 1) if spread else 0  # noqa: S311 - not security
-        for cand in self._candidates(spec, env, port, view):
+        for cand in self._candidates(request, view):
             why_not = self._why_not(cand, spec, env, view)
             if why_not is None and cand.scanned and skip:
                 skip -= 1
                 continue
             if why_not is None:
-                return self._write(spec, env, cand, view, tuple(skipped))
+                return self._write(request, cand, view, tuple(skipped))
             if cand.requested:
                 raise PortConflict(
                     cand.port,
@@ -219,19 +274,29 @@ class PortAllocator:
         stype = self.policy.service_type(spec.type)
         raise RangeExhausted(spec.name, f"the {stype.name} range {stype.range_text}", skipped)
 
-    def _candidates(self, spec: ServiceSpec, env: str, port: int | None, view: _View) -> Iterator[_Candidate]:
-        if port is not None:
-            yield _Candidate(port, "requested", requested=True)
+    def _candidates(self, request: _Request, view: _View) -> Iterator[_Candidate]:
+        if request.port is not None:
+            yield _Candidate(request.port, "requested", requested=True)
             return
-        preferred = spec.preferred(env)
-        for i, p in enumerate(preferred):
-            yield _Candidate(p, "standard port" if i == 0 else "alternative port")
+        spec = request.spec
+        named = [
+            *((p, "declared port") for p in request.prefer),
+            *(
+                (p, "standard port" if i == 0 else "alternative port")
+                for i, p in enumerate(spec.preferred(request.env))
+            ),
+        ]
+        seen: set[int] = set(request.avoid)
+        for p, reason in named:
+            if p not in seen:
+                seen.add(p)
+                yield _Candidate(p, reason)
         stype = self.policy.service_type(spec.type)
-        avoid = self._standard_ports_of_others(spec.name) | set(preferred) | view.taken.keys()
+        skip = self._standard_ports_of_others(spec.name) | seen | view.taken.keys()
         allowed = self.kernel.dynamic_pick_allowed
         reason = f"first free port of the {stype.name} range {stype.range_text}"
         for p in range(stype.low, stype.high + 1):
-            if p not in avoid and allowed(p):
+            if p not in skip and allowed(p):
                 yield _Candidate(p, reason, scanned=True)
 
     def _standard_ports_of_others(self, name: str) -> set[int]:
@@ -254,11 +319,23 @@ class PortAllocator:
             return f"in use on this host ({result.reason})"
         return None
 
+    def _tag(self, entry: Entry, current: Allocation, compose: str) -> Allocation:
+        """Note the compose stack on an allocation made before it was known; the port stays."""
+        tagged = replace(current, compose=compose)
+        try:
+            self.store.compare_and_set(entry.key, _dump(tagged), entry.version)
+        except VersionConflict:
+            raise _LostRace from None
+        return tagged
+
     def _write(
-        self, spec: ServiceSpec, env: str, cand: _Candidate, view: _View, skipped: tuple[str, ...]
+        self, request: _Request, cand: _Candidate, view: _View, skipped: tuple[str, ...]
     ) -> AllocationResult:
+        spec, env = request.spec, request.env
         key = allocation_key(self.host, env, spec.name)
-        record = Allocation(spec.name, env, self.host, cand.port, spec.protocol, spec.type, _now())
+        record = Allocation(
+            spec.name, env, self.host, cand.port, spec.protocol, spec.type, _now(), request.compose
+        )
         # The record as read with the view: if another allocator wrote it since, the condition
         # fails and the caller re-reads, so two racing calls for one service agree on its port.
         current = view.entries.get(key)

@@ -12,10 +12,11 @@ class only and maps each branch to an exit code::
     ├── RangeExhausted(service, type)             exit 1  no free port left to choose
     ├── VersionConflict(key)                      exit 1  compare-and-set lost a race
     │   └── KeyExists(key)                                create-if-absent found the key
-    └── StoreError                                exit 3
-        ├── StoreUnavailable                              server down, file unreadable
-        │   └── StoreTimeout
-        └── StoreCorrupt(path, backup)                    refused, never overwritten
+    ├── StoreError                                exit 3
+    │   ├── StoreUnavailable                              server down, file unreadable
+    │   │   └── StoreTimeout
+    │   └── StoreCorrupt(path, backup)                    refused, never overwritten
+    └── DockerUnavailable(endpoint, why)          exit 3  a command that needs Docker cannot reach it
 
 Stores translate their client library's exceptions into this tree at their own boundary,
 chaining the original with ``raise ... from``.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 __all__ = [
     "CapabilityMissing",
+    "DockerUnavailable",
     "InvalidInput",
     "KeyExists",
     "NotFound",
@@ -170,3 +172,14 @@ class StoreCorrupt(StoreError):
         else:
             text += "; move it aside to start an empty store"
         super().__init__(text)
+
+
+class DockerUnavailable(PortctlError):
+    """Docker is absent, stopped or refuses us, and the command cannot go on without it."""
+
+    code = "docker_unavailable"
+
+    def __init__(self, endpoint: str, why: str) -> None:
+        self.endpoint = endpoint
+        self.why = why
+        super().__init__(f"Docker at {endpoint}: {why}")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from portctl._version import __version__
-from portctl.cli import ports
+from portctl.cli import host, ports, stack
 
 app = typer.Typer(
     name="portctl",
@@ -19,6 +19,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(ports.app)
+app.add_typer(host.app)
+app.add_typer(stack.app)
 
 
 def _version(value: bool) -> None:

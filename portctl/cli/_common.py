@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,7 +14,10 @@ from portctl.backends import open_store
 from portctl.backends.base import Store
 from portctl.cli._output import fail
 from portctl.config import Settings, StoreChoice, load_settings, resolve_store
-from portctl.errors import PortctlError
+from portctl.errors import InvalidInput, PortctlError
+
+if TYPE_CHECKING:
+    from portctl.compose import ComposeProject
 
 StoreOption = Annotated[
     str | None,
@@ -38,6 +41,31 @@ EnvOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+ComposeFilesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--file",
+        "-f",
+        metavar="FILE",
+        help="A compose file (repeatable, merged in order like docker compose -f).",
+        show_default=False,
+    ),
+]
+
+
+def load_project(files: list[str] | None) -> ComposeProject | None:
+    """The compose project of ``-f`` files, or None without any."""
+    return require_project(files) if files else None
+
+
+def require_project(files: list[str] | None) -> ComposeProject:
+    if not files:
+        raise InvalidInput("-f", None, "one or more compose files, e.g. -f docker-compose.production.yml")
+    from portctl.compose import load_compose
+
+    return load_compose(files)
 
 
 @dataclass

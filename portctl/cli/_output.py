@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import typer
 
 from portctl.errors import (
+    DockerUnavailable,
     InvalidInput,
     NotFound,
     PortConflict,
@@ -31,13 +32,13 @@ class ExitCode(enum.IntEnum):
     OK = 0
     CONFLICT = 1  # conflicts, unhealthy services, nothing found
     USAGE = 2  # bad input: names, ports, URLs, config
-    STORE_UNAVAILABLE = 3  # the store is down, locked, unreadable or corrupt
+    STORE_UNAVAILABLE = 3  # the store (or Docker, for commands that need it) is down or corrupt
 
 
 def exit_code_for(error: PortctlError) -> ExitCode:
     if isinstance(error, InvalidInput):
         return ExitCode.USAGE
-    if isinstance(error, StoreError):
+    if isinstance(error, (StoreError, DockerUnavailable)):
         return ExitCode.STORE_UNAVAILABLE
     if isinstance(error, (PortConflict, RangeExhausted, VersionConflict, NotFound)):
         return ExitCode.CONFLICT

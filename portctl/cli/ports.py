@@ -10,7 +10,15 @@ import typer
 
 from portctl import __version__
 from portctl.allocation import Allocation, AllocationResult
-from portctl.cli._common import EnvOption, JsonOption, StoreOption, handled, opened
+from portctl.cli._common import (
+    ComposeFilesOption,
+    EnvOption,
+    JsonOption,
+    StoreOption,
+    handled,
+    opened,
+    require_project,
+)
 from portctl.cli._output import ExitCode, emit, exit_code_for, note, table
 from portctl.documents import export_document, parse_export, render_env, write_atomically
 from portctl.errors import InvalidInput, PortctlError
@@ -171,7 +179,14 @@ def allocate(
             show_default=False,
         ),
     ] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Allocate every configured service.")] = False,
+    all_: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Allocate every configured service, or with -f every published port of the compose files.",
+        ),
+    ] = False,
+    files: ComposeFilesOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -181,14 +196,22 @@ def allocate(
     tries the environment's standard port, then the plan's alternative, then the first free
     port of the service type's range, proving each free with a bind test.
 
+    With -f, every published port of the compose files is allocated, trying the declared
+    port first and moving off any port that another container or process holds.
+
     Example: portctl allocate --service postgres --port 5433
     """
     with handled(as_json):
         if all_:
             if service or port:
                 raise InvalidInput("--all", "with --service/--port", "--all alone, or --service S")
-            _allocate_all(env, store, as_json)
+            if files:
+                _allocate_stack(files, env, store, as_json)
+            else:
+                _allocate_all(env, store, as_json)
             return
+        if files:
+            raise InvalidInput("-f", files[0], "-f together with --all (allocate every published port)")
         if service is None:
             raise InvalidInput("--service", None, "a service name (or --all)")
         with opened(store) as ctx:
@@ -228,6 +251,33 @@ def _allocate_all(env: str | None, store: str | None, as_json: bool) -> None:
         )
 
     emit(as_json, rows, human, ExitCode.CONFLICT if failed else ExitCode.OK)
+
+
+def _allocate_stack(files: list[str], env: str | None, store: str | None, as_json: bool) -> None:
+    from portctl.holders import HostPorts
+    from portctl.stack import allocate_stack
+
+    project = require_project(files)
+    host = HostPorts()
+    with opened(store) as ctx:
+        results = allocate_stack(ctx.allocator(), project, env, host)
+    for notice in host.notices:
+        note(f"note: {notice}")
+    for _, result in results:
+        for reason in result.skipped:
+            note(f"{result.allocation.service}: skipped {reason}")
+    rows = [
+        {**_result_data(r), "compose_service": sp.mapping.service, "declared": sp.declared}
+        for sp, r in results
+    ]
+
+    def human() -> str:
+        return table(
+            ["SERVICE", "DECLARED", "PORT", "RESULT"],
+            [[r["service"], r["declared"], r["port"], r["reason"]] for r in rows],
+        )
+
+    emit(as_json, rows, human)
 
 
 def _port(value: str | None) -> int | None:

@@ -1,0 +1,132 @@
+"""Host commands: who holds a port, and the conflict check the plan runs before a deploy."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from portctl import _validate
+from portctl.cli._common import (
+    ComposeFilesOption,
+    EnvOption,
+    JsonOption,
+    StoreOption,
+    handled,
+    load_project,
+    opened,
+)
+from portctl.cli._output import ExitCode, emit, note, table
+from portctl.errors import InvalidInput
+
+app = typer.Typer()
+
+
+@app.command()
+def who(
+    port: Annotated[str, typer.Argument(metavar="PORT", help="The port to look up.")],
+    protocol: Annotated[str, typer.Option("--protocol", metavar="tcp|udp", help="Protocol.")] = "tcp",
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show what holds a port: processes, containers, and portctl's own allocations.
+
+    One line per holder: what `lsof -i :PORT` and `docker ps` would tell. Exits 1 when
+    something holds the port, 0 when it is free.
+
+    Example: portctl who 5432
+    """
+    from portctl.holders import HostPorts
+
+    with handled(as_json):
+        number = _validate.port(port)
+        _validate.protocol(protocol)
+        host = HostPorts()
+        holders = host.holders(number, protocol)
+        with opened(store) as ctx:
+            allocated = [
+                a
+                for a in ctx.allocator().allocations(all_hosts=False)
+                if a.port == number and a.protocol == protocol
+            ]
+        for notice in host.notices:
+            note(f"note: {notice}")
+        lines = [h.describe() for h in holders]
+        lines += [
+            f"{number}/{protocol}: allocated to {a.service} ({a.environment}) in {ctx.choice.url}"
+            for a in allocated
+        ]
+        data = {
+            "port": number,
+            "protocol": protocol,
+            "holders": [h.to_dict() for h in holders],
+            "allocations": [a.to_dict() for a in allocated],
+            "notices": host.notices,
+        }
+        busy = any(h.blocking for h in holders)
+        emit(
+            as_json,
+            data,
+            "\n".join(lines) or f"{number}/{protocol} is free",
+            ExitCode.CONFLICT if busy else ExitCode.OK,
+        )
+
+
+@app.command()
+def check(
+    service: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--service",
+            "-s",
+            metavar="NAME",
+            help="Check only this service (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    files: ComposeFilesOption = None,
+    env: EnvOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check every allocated or compose-declared port for conflicts; exit 1 if any.
+
+    Each conflict names its holder: a process (pid, name, user, command) or a container
+    (name, compose project/service, image). A port held by the service's own container or
+    process is not a conflict; a stopped container that would take a port back is a warning.
+    This is the plan's check_ports.sh, fit for a CI gate.
+
+    Example: portctl check -f docker-compose.production.yml
+    """
+    from portctl.checking import check_ports, targets
+    from portctl.holders import HostPorts
+
+    with handled(as_json):
+        project = load_project(files)
+        with opened(store) as ctx:
+            to_check = targets(ctx.allocator(), env, project, service or ())
+        if not to_check:
+            raise InvalidInput(
+                "check", "nothing", "allocations or a compose file with published ports (-f FILE)"
+            )
+        report = check_ports(to_check, HostPorts())
+        for notice in report.notices:
+            note(f"note: {notice}")
+
+        def human() -> str:
+            rows = []
+            for f in report.findings:
+                t = f.target
+                status = "CONFLICT" if f.conflicts else "warning" if f.warnings else "ok"
+                rows.append([t.service, f"{t.port}/{t.protocol}", status, t.source])
+                rows += [["", "", "", f"held by {h.describe()}"] for h in f.conflicts]
+                rows += [["", "", "", f"stopped: {h.describe()}"] for h in f.warnings]
+            summary = f"\n{len(report.conflicts)} conflict(s) in {len(report.findings)} port(s)"
+            return table(["SERVICE", "PORT", "STATUS", "DETAIL"], rows) + summary
+
+        data = {
+            "ok": report.ok,
+            "findings": [f.to_dict() for f in report.findings],
+            "notices": report.notices,
+        }
+        emit(as_json, data, human, ExitCode.OK if report.ok else ExitCode.CONFLICT)
