@@ -26,12 +26,15 @@ def two_ports() -> tuple[int, int]:
 
 
 def test_check_names_a_process_holding_a_declared_port(run: Run, tmp_path: Path, listening_port: int) -> None:
-    base = _write(tmp_path, f"""\
+    base = _write(
+        tmp_path,
+        f"""\
         services:
           web:
             image: nginx
             ports: ["{listening_port}:80"]
-    """)
+    """,
+    )
     result = run("check", "-f", str(base))
     assert result.returncode == 1, result.stderr
     assert f"{listening_port}/tcp" in result.stdout
@@ -43,13 +46,16 @@ def test_check_names_a_process_holding_a_declared_port(run: Run, tmp_path: Path,
 def test_allocate_all_f_moves_off_a_held_port_and_override_replaces_it(
     run: Run, tmp_path: Path, listening_port: int
 ) -> None:
-    base = _write(tmp_path, f"""\
+    base = _write(
+        tmp_path,
+        f"""\
         name: shop
         services:
           web:
             image: nginx
             ports: ["{listening_port}:80", "9443:443"]
-    """)
+    """,
+    )
     allocated = run("allocate", "--all", "-f", str(base), "--json")
     assert allocated.returncode == 0, allocated.stderr
     rows = {r["service"]: r for r in json.loads(allocated.stdout)["data"]}
@@ -69,16 +75,21 @@ def test_allocate_all_f_moves_off_a_held_port_and_override_replaces_it(
     assert f"WEB_443_PORT={rows['web_443']['port']}" in env.stdout
 
 
-def test_env_names_follow_the_base_files_variables(run: Run, tmp_path: Path, two_ports: tuple[int, int]) -> None:
+def test_env_names_follow_the_base_files_variables(
+    run: Run, tmp_path: Path, two_ports: tuple[int, int]
+) -> None:
     first, second = two_ports
-    base = _write(tmp_path, f"""\
+    base = _write(
+        tmp_path,
+        f"""\
         services:
           nginx:
             image: nginx
             ports:
               - "${{NGINX_HTTP_PORT:-{first}}}:80"
               - "${{NGINX_HTTPS_PORT:-{second}}}:443"
-    """)
+    """,
+    )
     assert run("allocate", "--all", "-f", str(base)).returncode == 0
     env = run("env").stdout
     assert f"NGINX_HTTP_PORT={first}" in env
@@ -111,7 +122,9 @@ def test_override_of_an_unallocated_service_is_refused(run: Run, tmp_path: Path,
     assert not store_path.exists()
 
 
-def test_reversed_mapping_is_refused_with_the_right_one(run: Run, tmp_path: Path, two_ports: tuple[int, int]) -> None:
+def test_reversed_mapping_is_refused_with_the_right_one(
+    run: Run, tmp_path: Path, two_ports: tuple[int, int]
+) -> None:
     host_port, other = two_ports
     assert run("allocate", "--service", "web", "--port", str(host_port)).returncode == 0
     base = _write(tmp_path, f"services:\n  web:\n    image: nginx\n    ports: ['{other}:{host_port}']\n")
@@ -130,8 +143,11 @@ def test_bad_port_mappings_are_refused_and_nothing_written(
     run: Run, tmp_path: Path, store_path: Path, seeded_store: bytes, entry: str, shown: str
 ) -> None:
     base = _write(tmp_path, f"services:\n  api:\n    image: x\n    ports:\n      - {entry}\n")
-    for args in (("check", "-f", str(base)), ("allocate", "--all", "-f", str(base)),
-                 ("override", "-f", str(base), "-o", str(tmp_path / "o.yml"))):
+    for args in (
+        ("check", "-f", str(base)),
+        ("allocate", "--all", "-f", str(base)),
+        ("override", "-f", str(base), "-o", str(tmp_path / "o.yml")),
+    ):
         result = run(*args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         line = error_line(result)
@@ -142,7 +158,9 @@ def test_bad_port_mappings_are_refused_and_nothing_written(
     assert not (tmp_path / "o.yml").exists()
 
 
-def test_compose_file_that_does_not_parse(run: Run, tmp_path: Path, store_path: Path, seeded_store: bytes) -> None:
+def test_compose_file_that_does_not_parse(
+    run: Run, tmp_path: Path, store_path: Path, seeded_store: bytes
+) -> None:
     base = _write(tmp_path, "services:\n  api:\n    ports: [\n")
     result = run("check", "-f", str(base))
     assert result.returncode == 2
@@ -155,7 +173,9 @@ def test_compose_file_that_does_not_parse(run: Run, tmp_path: Path, store_path: 
 def test_check_of_an_unknown_service_names_what_is_known(run: Run, seeded_store: bytes) -> None:
     result = run("check", "--service", "ghost")
     assert result.returncode == 1
-    assert "'ghost' is not allocated in production nor in the compose files; known: seed" in error_line(result)
+    assert "'ghost' is not allocated in production nor in the compose files; known: seed" in error_line(
+        result
+    )
 
 
 def test_who_a_free_port_and_a_bad_one(run: Run) -> None:

@@ -110,9 +110,9 @@ def plan_host(tmp_path, docker, docker_host, busybox_image, compose_bin):
     yield {"env": env, "dir": new_dir, "base": base, "stray_pid": stray.pid, "old_file": old_file}
     stray.terminate()
     stray.wait()
-    subprocess.run([compose_bin, "-f", str(old_file), "down"], env=env, capture_output=True, check=False)
+    subprocess.run([*compose_bin, "-f", str(old_file), "down"], env=env, capture_output=True, check=False)
     subprocess.run(
-        [compose_bin, "-p", "orchestra", "-f", str(base), "down"],
+        [*compose_bin, "-p", "orchestra", "-f", str(base), "down"],
         env=env,
         capture_output=True,
         check=False,
