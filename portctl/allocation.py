@@ -151,6 +151,9 @@ class PortAllocator:
     """Allocates, lists and releases ports for one host in one store.
 
     ``bind`` and ``kernel`` are the host probes; a test may pass its own to simulate a host.
+    ``published`` names a container that publishes a port without any listener a bind test
+    would meet (Docker's userland proxy off, or a stopped container that takes the port back
+    when started); see :func:`portctl.containers.publisher`.
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class PortAllocator:
         *,
         bind: Callable[[int, str], BindResult] = bind_test,
         kernel: KernelPorts | None = None,
+        published: Callable[[int, str], str | None] | None = None,
     ) -> None:
         store.require(REQUIRED)
         self.store = store
@@ -168,6 +172,7 @@ class PortAllocator:
         self.host = self.settings.host
         self._bind = bind
         self._kernel = kernel
+        self._published = published
         self._records_cache: dict[str, tuple[str, Allocation]] = {}
         self._owners_cache: dict[str, tuple[str, tuple[str, str]]] = {}
 
@@ -317,6 +322,9 @@ class PortAllocator:
         result = self._bind(cand.port, spec.protocol)
         if not result.free:
             return f"in use on this host ({result.reason})"
+        holder = self._published(cand.port, spec.protocol) if self._published else None
+        if holder:
+            return f"published by {holder}"
         return None
 
     def _tag(self, entry: Entry, current: Allocation, compose: str) -> Allocation:

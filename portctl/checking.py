@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portctl.allocation import PortAllocator
-from portctl.compose import ComposeProject
 from portctl.errors import ServiceNotFound
 from portctl.holders import HostPorts, PortHolder, own_holder
-from portctl.stack import reversed_mappings, stack_ports
+
+if TYPE_CHECKING:  # compose support (and PyYAML) is loaded only when a compose file is given
+    from portctl.compose import ComposeProject
 
 __all__ = ["CheckReport", "Finding", "Target", "check_ports", "targets"]
 
@@ -82,6 +83,8 @@ def targets(
     allocations = {a.service: a for a in allocator.allocations(env)}
     found: dict[str, Target] = {}
     if project is not None:
+        from portctl.stack import reversed_mappings, stack_ports
+
         ports = stack_ports(project)
         reversed_mappings(ports, allocations)
         for sp in ports:

@@ -1,9 +1,10 @@
 """Containers and the ports they publish, read from the Docker Engine API.
 
-portctl talks to the Engine API directly over its socket with ``http.client`` instead of
-importing the Docker SDK: the SDK's import alone (requests, urllib3) costs more start-up time
-than a whole ``portctl check`` may take. ``DOCKER_HOST`` is honoured (``unix://``,
-``tcp://``; TLS with ``DOCKER_TLS_VERIFY`` and ``DOCKER_CERT_PATH`` as the Docker CLI does).
+portctl talks to the Engine API directly over its socket (plain HTTP/1.0 on the Unix socket;
+``http.client`` for TCP and TLS) instead of importing the Docker SDK: the SDK's import alone
+(requests, urllib3) costs more start-up time than a whole ``portctl check`` may take.
+``DOCKER_HOST`` is honoured (``unix://``, ``tcp://``; TLS with ``DOCKER_TLS_VERIFY`` and
+``DOCKER_CERT_PATH`` as the Docker CLI does).
 
 Running containers report what they publish now. A stopped container reports nothing in the
 list, but its port bindings come back when it restarts: those are read from the container's
@@ -17,19 +18,20 @@ conditions into :class:`~portctl.errors.DockerUnavailable` for commands that nee
 from __future__ import annotations
 
 import errno
-import http.client
 import json
 import os
 import socket
-import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from portctl.errors import DockerUnavailable
 
-__all__ = ["Container", "DockerScan", "PublishedPort", "docker_endpoint", "scan_containers"]
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["Container", "DockerScan", "PublishedPort", "docker_endpoint", "publisher", "scan_containers"]
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -89,55 +91,81 @@ def docker_endpoint() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+def _unix_get(path: str, target: str, timeout: float) -> tuple[int, bytes]:
+    """GET over the daemon's Unix socket with a plain HTTP/1.0 exchange: the daemon answers
+    and closes, so no HTTP library (and its import time) is needed for the common case."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(f"GET {target} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {head[:40]!r}")
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    return int(status_line[1]), body
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+
+def _dechunk(body: bytes) -> bytes:
+    out, rest = [], body
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out.append(rest[:size])
+        rest = rest[size + 2 :]
+    return b"".join(out)
 
 
-def _connection(endpoint: str, timeout: float) -> http.client.HTTPConnection:
+def _tcp_get(endpoint: str, target: str, timeout: float) -> tuple[int, bytes]:
+    import http.client
+
     parts = urlsplit(endpoint)
-    if parts.scheme == "unix":
-        return _UnixConnection(parts.path, timeout)
-    if parts.scheme in ("tcp", "http", "https"):
-        host, port = parts.hostname or "127.0.0.1", parts.port
-        if os.environ.get("DOCKER_TLS_VERIFY") or parts.scheme == "https":
-            return http.client.HTTPSConnection(host, port or 2376, timeout=timeout, context=_tls())
-        return http.client.HTTPConnection(host, port or 2375, timeout=timeout)
-    raise DockerUnavailable(endpoint, "DOCKER_HOST must be unix:///path or tcp://host:port")
+    host, port = parts.hostname or "127.0.0.1", parts.port
+    conn: http.client.HTTPConnection
+    if os.environ.get("DOCKER_TLS_VERIFY") or parts.scheme == "https":
+        conn = http.client.HTTPSConnection(host, port or 2376, timeout=timeout, context=_tls())
+    else:
+        conn = http.client.HTTPConnection(host, port or 2375, timeout=timeout)
+    try:
+        conn.request("GET", target, headers={"Host": "docker"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    except http.client.HTTPException as e:
+        raise ValueError(str(e)) from e
+    finally:
+        conn.close()
 
 
 def _tls() -> ssl.SSLContext:
+    import ssl
+
     folder = os.environ.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker")
     context = ssl.create_default_context(cafile=os.path.join(folder, "ca.pem"))
     context.load_cert_chain(os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem"))
     return context
 
 
-def _get(endpoint: str, path: str, timeout: float) -> Any:
-    conn = _connection(endpoint, timeout)
+def _get(endpoint: str, target: str, timeout: float) -> Any:
+    scheme = urlsplit(endpoint).scheme
+    if scheme not in ("unix", "tcp", "http", "https"):
+        raise DockerUnavailable(endpoint, "DOCKER_HOST must be unix:///path or tcp://host:port")
     try:
-        conn.request("GET", path, headers={"Host": "docker"})
-        response = conn.getresponse()
-        body = response.read()
+        if scheme == "unix":
+            status, body = _unix_get(urlsplit(endpoint).path, target, timeout)
+        else:
+            status, body = _tcp_get(endpoint, target, timeout)
     except OSError as e:
         raise DockerUnavailable(endpoint, _why(endpoint, e)) from e
-    except http.client.HTTPException as e:
+    except ValueError as e:
         raise DockerUnavailable(endpoint, f"bad answer from the Docker API ({e})") from e
-    finally:
-        conn.close()
-    if response.status >= 400:
-        raise DockerUnavailable(endpoint, f"Docker API answered {response.status} to GET {path}")
+    if status >= 400:
+        raise DockerUnavailable(endpoint, f"Docker API answered {status} to GET {target}")
     return json.loads(body)
 
 
@@ -215,3 +243,20 @@ def _bindings(bindings: dict[str, Any]) -> tuple[PublishedPort, ...]:
                     )
                 )
     return tuple(sorted(found, key=lambda p: (p.port, p.protocol, p.host_ip)))
+
+
+def publisher(scan: DockerScan | None = None) -> Callable[[int, str], str | None]:
+    """A check for the allocator: the container publishing a port, or None. Docker is asked
+    once, and only when a candidate port has passed the bind test."""
+    cache: list[DockerScan] = [scan] if scan is not None else []
+
+    def published(port: int, protocol: str) -> str | None:
+        if not cache:
+            cache.append(scan_containers())
+        found = cache[0].publishing(port, protocol)
+        if not found:
+            return None
+        c = found[0]
+        return c.describe() if c.running else f"{c.describe()} ({c.state}; publishes it again when started)"
+
+    return published

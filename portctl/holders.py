@@ -2,8 +2,9 @@
 
 :class:`HostPorts` joins the kernel's listener table (:mod:`portctl.scan`) with Docker's view
 (:mod:`portctl.containers`): a ``docker-proxy`` listener is reported as the container it serves;
-a container that publishes a port without a proxy (userland proxy off, iptables only) is still
-reported; a stopped container whose bindings return on restart is a warning.
+a container that publishes a port without a proxy (userland proxy off: iptables rules, and
+at most a placeholder listener held by dockerd) is still reported as the container; a stopped
+container whose bindings return on restart is a warning.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from portctl.scan import Listener, ListenerScan, ProcessInfo, blocks
 
 __all__ = ["HostPorts", "PortHolder"]
 
-PROXY = "docker-proxy"
+# Processes that hold a published port for a container: docker-proxy, or dockerd itself, which
+# keeps a placeholder listener on the port when the userland proxy is off.
+PROXIES = ("docker-proxy", "dockerd")
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ class HostPorts:
         return _merge_containers(holders)
 
     def _proxied(self, owner: ProcessInfo, port: int, protocol: str) -> Container | None:
-        if owner.name != PROXY:
+        if owner.name not in PROXIES:
             return None
         args = _proxy_args(owner.cmdline)
         container = self.docker.by_address(args.get("-container-ip", ""))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,6 +18,7 @@ from portctl.errors import InvalidInput, PortctlError
 
 if TYPE_CHECKING:
     from portctl.compose import ComposeProject
+    from portctl.containers import DockerScan
 
 StoreOption = Annotated[
     str | None,
@@ -74,8 +75,19 @@ class Opened:
     choice: StoreChoice
     store: Store
 
-    def allocator(self) -> PortAllocator:
-        return PortAllocator(self.store, self.settings)
+    def allocator(self, docker: DockerScan | None = None) -> PortAllocator:
+        """An allocator that also refuses ports containers publish. Docker is asked (and its
+        client imported) only when a candidate port passes the bind test."""
+        checker: list[Callable[[int, str], str | None]] = []
+
+        def published(port: int, protocol: str) -> str | None:
+            if not checker:
+                from portctl.containers import publisher
+
+                checker.append(publisher(docker))
+            return checker[0](port, protocol)
+
+        return PortAllocator(self.store, self.settings, published=published)
 
 
 @contextlib.contextmanager

@@ -260,7 +260,7 @@ def _allocate_stack(files: list[str], env: str | None, store: str | None, as_jso
     project = require_project(files)
     host = HostPorts()
     with opened(store) as ctx:
-        results = allocate_stack(ctx.allocator(), project, env, host)
+        results = allocate_stack(ctx.allocator(host.docker), project, env, host)
     for notice in host.notices:
         note(f"note: {notice}")
     for _, result in results:

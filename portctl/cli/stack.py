@@ -106,12 +106,20 @@ def deploy(
     Example: portctl deploy -f docker-compose.production.yml
     """
     from portctl.deploy import deploy as run_deploy
+    from portctl.holders import HostPorts
 
     with handled(as_json):
         project = require_project(files)
         with opened(store) as ctx:
+            host = HostPorts()
             report = run_deploy(
-                ctx.allocator(), project, environment=env, env_file=env_file, override_file=output, wait=wait
+                ctx.allocator(host.docker),
+                project,
+                environment=env,
+                env_file=env_file,
+                override_file=output,
+                wait=wait,
+                host=host,
             )
         for notice in report.notices:
             note(f"note: {notice}")

@@ -33,46 +33,85 @@ def _wait_for(endpoint: str, process: subprocess.Popen, log: Path, seconds: floa
     pytest.fail(f"dockerd did not answer on {endpoint}:\n{tail}")
 
 
+class Engine:
+    """One dockerd for the whole session, restarted when a test needs the other proxy mode."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.endpoint = f"unix://{root}/docker.sock"
+        self.process: subprocess.Popen | None = None
+        self.userland_proxy: bool | None = None
+
+    def ensure(self, userland_proxy: bool) -> str:
+        if self.process is not None and self.userland_proxy == userland_proxy:
+            return self.endpoint
+        self.stop()
+        log = self.root / "dockerd.log"
+        argv = [
+            "dockerd",
+            "--storage-driver",
+            "vfs",
+            "--host",
+            self.endpoint,
+            "--data-root",
+            str(self.root / "data"),
+            "--exec-root",
+            str(self.root / "exec"),
+            "--pidfile",
+            str(self.root / "docker.pid"),
+            f"--userland-proxy={str(userland_proxy).lower()}",
+        ]
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.userland_proxy = userland_proxy
+        _wait_for(self.endpoint, self.process, log)
+        return self.endpoint
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        _docker(
+            self.endpoint, "rm", "-f", *_docker(self.endpoint, "ps", "-aq", check=False).split(), check=False
+        )
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+
 @pytest.fixture(scope="session")
-def docker_host(tmp_path_factory):
-    """The endpoint of a Docker engine these tests own (or PORTCTL_TEST_DOCKER_HOST's)."""
-    given = os.environ.get("PORTCTL_TEST_DOCKER_HOST")
-    if given:
-        yield given
+def engine(tmp_path_factory):
+    if os.environ.get("PORTCTL_TEST_DOCKER_HOST"):
+        yield None
         return
     if not shutil.which("dockerd"):
         pytest.skip("dockerd is not installed (Debian package docker.io; .ci/run installs it)")
     if os.geteuid() != 0:
         pytest.skip("dockerd needs root to start here")
-    root = Path(tmp_path_factory.mktemp("docker", numbered=True))
-    endpoint = f"unix://{root}/docker.sock"
-    log = root / "dockerd.log"
-    argv = [
-        "dockerd",
-        "--storage-driver",
-        "vfs",
-        "--host",
-        endpoint,
-        "--data-root",
-        str(root / "data"),
-        "--exec-root",
-        str(root / "exec"),
-        "--pidfile",
-        str(root / "docker.pid"),
-    ]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    started = Engine(Path(tmp_path_factory.mktemp("docker", numbered=True)))
     try:
-        _wait_for(endpoint, process, log)
-        yield endpoint
+        yield started
     finally:
-        _docker(endpoint, "rm", "-f", *_docker(endpoint, "ps", "-aq").split(), check=False)
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        started.stop()
+
+
+@pytest.fixture
+def docker_host(engine):
+    """The endpoint of a Docker engine with its default userland proxy (docker-proxy)."""
+    return os.environ["PORTCTL_TEST_DOCKER_HOST"] if engine is None else engine.ensure(userland_proxy=True)
+
+
+@pytest.fixture
+def docker_host_no_proxy(engine):
+    """An engine that publishes ports with iptables alone: no listener a bind test would meet."""
+    if engine is None:
+        pytest.skip("PORTCTL_TEST_DOCKER_HOST is given, so the tests cannot restart its daemon")
+    return engine.ensure(userland_proxy=False)
 
 
 def _docker(endpoint: str, *args: str, check: bool = True) -> str:
@@ -88,14 +127,15 @@ def _docker(endpoint: str, *args: str, check: bool = True) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def docker(docker_host):
     """Run the docker CLI against the test engine."""
     return lambda *args, check=True: _docker(docker_host, *args, check=check)
 
 
 @pytest.fixture(scope="session")
-def busybox_image(docker, tmp_path_factory):
+def busybox_rootfs(tmp_path_factory) -> Path:
+    """A tar of a root file system holding Debian's static busybox: a whole image, offline."""
     busybox = shutil.which("busybox")
     if busybox is None:
         pytest.skip("busybox is not installed (Debian package busybox-static; .ci/run installs it)")
@@ -106,7 +146,13 @@ def busybox_image(docker, tmp_path_factory):
     (rootfs / "bin" / "sh").symlink_to("busybox")
     tar = rootfs.parent / "busybox-rootfs.tar"
     subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
-    docker("import", str(tar), IMAGE)
+    return tar
+
+
+@pytest.fixture
+def busybox_image(docker, busybox_rootfs):
+    if IMAGE not in docker("images", "--format", "{{.Repository}}:{{.Tag}}"):
+        docker("import", str(busybox_rootfs), IMAGE)
     return IMAGE
 
 
