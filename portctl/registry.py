@@ -1,0 +1,464 @@
+"""Service entries with health checks, in any store.
+
+Keys (under the store's own prefix)::
+
+    registry/<environment>/<service>/<id>/entry    the registration (JSON, ServiceEntry)
+    registry/<environment>/<service>/<id>/health   its health (JSON, HealthRecord)
+
+Health is kept apart from the entry so that checks rewrite only the small health key, and a
+change feed on ``registry/`` tells resolvers about both. The health policy is the same for every
+store: ``passing``, ``warning`` or ``critical``; a TTL check that was not renewed in time is
+critical whoever reads it; flap damping needs ``successes_before_passing`` passing results in a
+row before a service turns passing, and ``failures_before_critical`` failures before it turns
+critical (see :func:`damp`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from portctl import _validate
+from portctl.allocation import PortAllocator
+from portctl.backends.base import Create, Delete, Entry, Operation, Put, Store
+from portctl.config import Settings
+from portctl.errors import InvalidInput, NotFound, ServiceNotFound, StoreCorrupt, VersionConflict
+
+__all__ = [
+    "CheckSpec",
+    "HealthRecord",
+    "Instance",
+    "Registry",
+    "ServiceEntry",
+    "Status",
+    "damp",
+    "parse_check",
+    "parse_duration",
+]
+
+DURATION_FORM = "a duration like 500ms, 15s, 10m or 1h (a number and a unit: ms, s, m, h)"
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+ID_FORM = "1-128 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+CHECK_FORM = "tcp, http://HOST:PORT/PATH (or https://), ttl:DURATION such as ttl:15s, or none"
+
+
+class Status(enum.StrEnum):
+    PASSING = "passing"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+def parse_duration(value: str | float, field_name: str = "duration") -> float:
+    """Seconds in a duration string; bare numbers are refused (``15`` is ambiguous)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value).strip())
+        if not match:
+            raise InvalidInput(field_name, value, DURATION_FORM)
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0 < seconds <= 30 * 24 * 3600:
+        raise InvalidInput(field_name, value, DURATION_FORM + ", more than 0 and at most 30 days")
+    return seconds
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    kind: str = "none"  # "tcp", "http", "ttl" or "none"
+    url: str | None = None  # http checks
+    interval: float = 5.0
+    timeout: float = 2.0
+    ttl: float | None = None  # ttl checks: how long a pass lasts
+    deregister_after: float | None = None  # critical this long: the agent removes the entry
+    successes_before_passing: int = 1
+    failures_before_critical: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> CheckSpec:
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        return cls(**known)
+
+    def describe(self) -> str:
+        if self.kind == "http":
+            return f"http {self.url} every {self.interval:g}s"
+        if self.kind == "ttl":
+            return f"ttl {self.ttl:g}s"
+        if self.kind == "tcp":
+            return f"tcp every {self.interval:g}s"
+        return "none"
+
+
+def parse_check(
+    text: str | None,
+    *,
+    interval: str | None = None,
+    timeout: str | None = None,
+    deregister_after: str | None = None,
+    successes_before_passing: int = 1,
+    failures_before_critical: int = 1,
+) -> CheckSpec:
+    """A check from the CLI's ``--check`` form; ``None`` means a TCP check."""
+    text = (text or "tcp").strip()
+    kind, url, ttl = "tcp", None, None
+    if text.startswith("ttl:"):
+        kind, ttl = "ttl", parse_duration(text.removeprefix("ttl:"), "--check ttl")
+    elif text.startswith(("http://", "https://")):
+        parts = urlsplit(text)
+        if not parts.hostname or parts.port is None:
+            raise InvalidInput("--check", text, "http://HOST:PORT/PATH with a host and a port")
+        kind, url = "http", text
+    elif text in ("tcp", "none"):
+        kind = text
+    else:
+        raise InvalidInput("--check", text, CHECK_FORM)
+    for name, count in (
+        ("--successes-before-passing", successes_before_passing),
+        ("--failures-before-critical", failures_before_critical),
+    ):
+        if not 1 <= count <= 100:
+            raise InvalidInput(name, count, "a count from 1 to 100")
+    return CheckSpec(
+        kind=kind,
+        url=url,
+        interval=parse_duration(interval, "--interval") if interval else 5.0,
+        timeout=parse_duration(timeout, "--timeout") if timeout else 2.0,
+        ttl=ttl,
+        deregister_after=parse_duration(deregister_after, "--deregister-after") if deregister_after else None,
+        successes_before_passing=successes_before_passing,
+        failures_before_critical=failures_before_critical,
+    )
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    id: str
+    service: str
+    environment: str
+    host: str
+    address: str
+    port: int
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+    check: CheckSpec = field(default_factory=CheckSpec)
+    registered_at: float = 0.0
+    pid: int | None = None  # the process that registered it, for zombie reconciliation
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["tags"] = list(self.tags)
+        out["meta"] = dict(self.meta)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ServiceEntry:
+        return cls(
+            id=raw["id"],
+            service=raw["service"],
+            environment=raw["environment"],
+            host=raw["host"],
+            address=raw["address"],
+            port=int(raw["port"]),
+            tags=tuple(raw.get("tags", ())),
+            meta=dict(raw.get("meta", {})),
+            check=CheckSpec.from_dict(raw.get("check", {})),
+            registered_at=float(raw.get("registered_at", 0.0)),
+            pid=raw.get("pid"),
+        )
+
+
+@dataclass(frozen=True)
+class HealthRecord:
+    status: Status = Status.CRITICAL
+    output: str = ""
+    updated_at: float = 0.0
+    pending: Status | None = None  # a result seen but not yet often enough to change status
+    streak: int = 0  # how many times in a row ``pending`` was seen
+    critical_since: float | None = None
+    expires_at: float | None = None  # ttl checks: critical after this time without a renewal
+
+    def effective(self, now: float | None = None) -> Status:
+        if self.expires_at is not None and (now or time.time()) >= self.expires_at:
+            return Status.CRITICAL
+        return self.status
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = self.status.value
+        out["pending"] = self.pending.value if self.pending else None
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> HealthRecord:
+        return cls(
+            status=Status(raw["status"]),
+            output=str(raw.get("output", "")),
+            updated_at=float(raw.get("updated_at", 0.0)),
+            pending=Status(raw["pending"]) if raw.get("pending") else None,
+            streak=int(raw.get("streak", 0)),
+            critical_since=raw.get("critical_since"),
+            expires_at=raw.get("expires_at"),
+        )
+
+
+def damp(record: HealthRecord, result: Status, output: str, check: CheckSpec, now: float) -> HealthRecord:
+    """The health after one more check result, with flap damping: a change of status needs
+    ``successes_before_passing`` (to passing) or ``failures_before_critical`` (to critical)
+    results in a row; warning applies at once."""
+    if result == record.status:
+        return replace(record, output=output, updated_at=now, pending=None, streak=0)
+    streak = record.streak + 1 if record.pending == result else 1
+    needed = {Status.PASSING: check.successes_before_passing, Status.CRITICAL: check.failures_before_critical}
+    if streak < needed.get(result, 1):
+        return replace(record, output=output, updated_at=now, pending=result, streak=streak)
+    since = (record.critical_since or now) if result == Status.CRITICAL else None
+    return HealthRecord(result, output, now, None, 0, since, record.expires_at)
+
+
+@dataclass(frozen=True)
+class Instance:
+    entry: ServiceEntry
+    health: HealthRecord
+    status: Status  # effective now (an expired TTL reads as critical)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.entry.to_dict(),
+            "status": self.status.value,
+            "output": self.health.output,
+            "updated_at": self.health.updated_at,
+        }
+
+
+def entry_key(environment: str, service: str, instance: str) -> str:
+    return f"registry/{environment}/{service}/{instance}/entry"
+
+
+def health_key(environment: str, service: str, instance: str) -> str:
+    return f"registry/{environment}/{service}/{instance}/health"
+
+
+def _instance_id(value: str) -> str:
+    if not _ID.match(value) or ".." in value:
+        raise InvalidInput("--id", value, ID_FORM)
+    return value
+
+
+class Registry:
+    """Registrations and their health for one environment set, in one store."""
+
+    def __init__(self, store: Store, settings: Settings | None = None) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+        self.policy = self.settings.policy
+        self.host = self.settings.host
+
+    # Registering -----------------------------------------------------------------------
+
+    def register(
+        self,
+        service: str,
+        *,
+        port: int | None = None,
+        address: str | None = None,
+        instance_id: str | None = None,
+        tags: Sequence[str] = (),
+        meta: Mapping[str, str] | None = None,
+        check: CheckSpec | None = None,
+        environment: str | None = None,
+        pid: int | None = None,
+        initial: tuple[Status, str] | None = None,
+    ) -> Instance:
+        """Register (or re-register) one instance. Without ``port`` the service's allocation in
+        this environment gives it; ``initial`` is the first check's result, if one was run."""
+        env = self.policy.environment(environment)
+        _validate.service_name(service)
+        check = check or CheckSpec("tcp")
+        port = self._port(service, env, port)
+        address = _validate.host(address, "--address") if address else "127.0.0.1"
+        self._check_target(check, port, env)
+        instance = _instance_id(instance_id or f"{service}-{self.host.lower()}-{port}")
+        for tag in tags:
+            _validate.service_name(tag, "--tag")
+        entry = ServiceEntry(
+            instance,
+            service,
+            env,
+            self.host,
+            address,
+            port,
+            tuple(tags),
+            dict(meta or {}),
+            check,
+            time.time(),
+            pid,
+        )
+        self._write(entry, self._first_health(check, initial))
+        return self.instance(instance, env)
+
+    def _port(self, service: str, env: str, port: int | None) -> int:
+        if port is not None:
+            return _validate.port(port, "--port")
+        allocator = PortAllocator(self.store, self.settings)
+        allocation = allocator.get(service, env)
+        if allocation is None:
+            known = [a.service for a in allocator.allocations(env)]
+            hint = f"portctl allocate --service {service}"
+            raise ServiceNotFound(service, known, f"allocated in {env}; give --port N, or run: {hint}")
+        return allocation.port
+
+    def _check_target(self, check: CheckSpec, port: int, env: str) -> None:
+        if check.kind != "http" or check.url is None:
+            return
+        target = urlsplit(check.url).port
+        allocated = {a.port for a in PortAllocator(self.store, self.settings).allocations(env)}
+        if target != port and target not in allocated:
+            raise InvalidInput(
+                "--check",
+                check.url,
+                f"an HTTP URL on the service's port {port} or another "
+                "allocated port (nobody allocated the port it names)",
+            )
+
+    @staticmethod
+    def _first_health(check: CheckSpec, initial: tuple[Status, str] | None) -> HealthRecord:
+        now = time.time()
+        if check.kind == "none":
+            return HealthRecord(Status.PASSING, "no check", now)
+        if check.kind == "ttl":
+            return HealthRecord(Status.CRITICAL, "waiting for the first TTL pass", now, critical_since=now)
+        if initial is None:
+            return HealthRecord(Status.CRITICAL, "not checked yet", now, critical_since=now)
+        status, output = initial
+        return HealthRecord(status, output, now, critical_since=now if status == Status.CRITICAL else None)
+
+    def _write(self, entry: ServiceEntry, health: HealthRecord) -> None:
+        ekey = entry_key(entry.environment, entry.service, entry.id)
+        hkey = health_key(entry.environment, entry.service, entry.id)
+        for _ in range(20):
+            current, current_health = self.store.get(ekey), self.store.get(hkey)
+            ops: list[Operation] = [
+                _upsert(ekey, json.dumps(entry.to_dict(), sort_keys=True), current),
+                _upsert(hkey, json.dumps(health.to_dict(), sort_keys=True), current_health),
+            ]
+            try:
+                self.store.transact(ops)
+            except VersionConflict:
+                continue
+            return
+        raise VersionConflict(ekey, f"gave up registering {entry.id!r}: the store kept changing")
+
+    def deregister(self, instance_id: str, environment: str | None = None) -> ServiceEntry:
+        found = self.instance(instance_id, environment)
+        e = found.entry
+        self.store.transact(
+            [
+                Delete(entry_key(e.environment, e.service, e.id)),
+                Delete(health_key(e.environment, e.service, e.id)),
+            ]
+        )
+        return e
+
+    # Health ------------------------------------------------------------------------------
+
+    def record_result(self, instance: Instance, result: Status, output: str) -> HealthRecord | None:
+        """Apply one check result with damping; None if the entry was deregistered meanwhile."""
+        e = instance.entry
+        key = health_key(e.environment, e.service, e.id)
+        for _ in range(20):
+            current = self.store.get(key)
+            if current is None:
+                return None
+            record = damp(_health(current), result, output, e.check, time.time())
+            try:
+                self.store.compare_and_set(key, json.dumps(record.to_dict(), sort_keys=True), current.version)
+            except VersionConflict:
+                continue
+            return record
+        raise VersionConflict(key, f"gave up recording health of {e.id!r}")
+
+    def ttl(
+        self, instance_id: str, status: Status, output: str = "", environment: str | None = None
+    ) -> Instance:
+        """``portctl ttl pass|warn|fail ID``: set a TTL check's status for another TTL period."""
+        found = self.instance(instance_id, environment)
+        e = found.entry
+        if e.check.kind != "ttl" or e.check.ttl is None:
+            raise InvalidInput(
+                "ID", instance_id, f"an instance with a TTL check ({e.id} has a {e.check.kind} check)"
+            )
+        now = time.time()
+        since = (found.health.critical_since or now) if status == Status.CRITICAL else None
+        record = HealthRecord(status, output or f"ttl {status.value}", now, None, 0, since, now + e.check.ttl)
+        key = health_key(e.environment, e.service, e.id)
+        current = self.store.get(key)
+        self.store.transact([_upsert(key, json.dumps(record.to_dict(), sort_keys=True), current)])
+        return self.instance(instance_id, e.environment)
+
+    # Reading -----------------------------------------------------------------------------
+
+    def instances(
+        self, service: str | None = None, environment: str | None = None, *, all_environments: bool = False
+    ) -> list[Instance]:
+        if all_environments:
+            prefix = "registry/"
+        else:
+            env = self.policy.environment(environment)
+            prefix = f"registry/{env}/" + (f"{_validate.service_name(service)}/" if service else "")
+        return instances_from(self.store.list(prefix))
+
+    def instance(self, instance_id: str, environment: str | None = None) -> Instance:
+        _instance_id(instance_id)
+        candidates = [i for i in self.instances(environment=environment) if i.entry.id == instance_id]
+        if not candidates:
+            known = [i.entry.id for i in self.instances(environment=environment)]
+            raise NotFound(
+                f"no registered instance {instance_id!r}" + (f"; known: {', '.join(known)}" if known else "")
+            )
+        return candidates[0]
+
+
+def instances_from(entries: Sequence[Entry], now: float | None = None) -> list[Instance]:
+    """Join entry and health keys into instances (pure: resolvers use it on their snapshots)."""
+    now = now or time.time()
+    registered: dict[str, ServiceEntry] = {}
+    health: dict[str, HealthRecord] = {}
+    for item in entries:
+        base, _, leaf = item.key.rpartition("/")
+        if leaf == "entry":
+            registered[base] = _entry(item)
+        elif leaf == "health":
+            health[base] = _health(item)
+    out = []
+    for base, e in registered.items():
+        record = health.get(base, HealthRecord(Status.CRITICAL, "no health recorded"))
+        out.append(Instance(e, record, record.effective(now)))
+    return sorted(out, key=lambda i: (i.entry.environment, i.entry.service, i.entry.id))
+
+
+def _upsert(key: str, value: str, current: Entry | None) -> Operation:
+    return Create(key, value) if current is None else Put(key, value, current.version)
+
+
+def _entry(item: Entry) -> ServiceEntry:
+    try:
+        return ServiceEntry.from_dict(json.loads(item.value))
+    except (ValueError, KeyError, TypeError) as e:
+        raise StoreCorrupt(item.key, f"the service entry is not valid ({e})") from e
+
+
+def _health(item: Entry) -> HealthRecord:
+    try:
+        return HealthRecord.from_dict(json.loads(item.value))
+    except (ValueError, KeyError, TypeError) as e:
+        raise StoreCorrupt(item.key, f"the health record is not valid ({e})") from e
