@@ -19,7 +19,7 @@ import enum
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -188,7 +188,7 @@ class HealthRecord:
     expires_at: float | None = None  # ttl checks: critical after this time without a renewal
 
     def effective(self, now: float | None = None) -> Status:
-        if self.expires_at is not None and (now or time.time()) >= self.expires_at:
+        if self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at:
             return Status.CRITICAL
         return self.status
 
@@ -277,10 +277,11 @@ class Registry:
         check: CheckSpec | None = None,
         environment: str | None = None,
         pid: int | None = None,
-        initial: tuple[Status, str] | None = None,
+        probe: Callable[[ServiceEntry], tuple[Status, str]] | None = None,
     ) -> Instance:
         """Register (or re-register) one instance. Without ``port`` the service's allocation in
-        this environment gives it; ``initial`` is the first check's result, if one was run."""
+        this environment gives it. ``probe`` (e.g. :func:`portctl.health.run_check`) runs the
+        TCP or HTTP check once, so the entry starts with a real status."""
         env = self.policy.environment(environment)
         _validate.service_name(service)
         check = check or CheckSpec("tcp")
@@ -288,6 +289,9 @@ class Registry:
         address = _validate.host(address, "--address") if address else "127.0.0.1"
         self._check_target(check, port, env)
         instance = _instance_id(instance_id or f"{service}-{self.host.lower()}-{port}")
+        taken = [i.entry.service for i in self.instances(environment=env) if i.entry.id == instance]
+        if taken and taken[0] != service:
+            raise InvalidInput("--id", instance, f"an id no other service uses in {env} ({taken[0]} has it)")
         for tag in tags:
             _validate.service_name(tag, "--tag")
         entry = ServiceEntry(
@@ -303,6 +307,7 @@ class Registry:
             time.time(),
             pid,
         )
+        initial = probe(entry) if probe is not None and check.kind in ("tcp", "http") else None
         self._write(entry, self._first_health(check, initial))
         return self.instance(instance, env)
 
@@ -397,12 +402,22 @@ class Registry:
             raise InvalidInput(
                 "ID", instance_id, f"an instance with a TTL check ({e.id} has a {e.check.kind} check)"
             )
-        now = time.time()
-        since = (found.health.critical_since or now) if status == Status.CRITICAL else None
-        record = HealthRecord(status, output or f"ttl {status.value}", now, None, 0, since, now + e.check.ttl)
         key = health_key(e.environment, e.service, e.id)
-        current = self.store.get(key)
-        self.store.transact([_upsert(key, json.dumps(record.to_dict(), sort_keys=True), current)])
+        for _ in range(20):
+            current = self.store.get(key)
+            previous = _health(current) if current is not None else found.health
+            now = time.time()
+            since = (previous.critical_since or now) if status == Status.CRITICAL else None
+            record = HealthRecord(
+                status, output or f"ttl {status.value}", now, None, 0, since, now + e.check.ttl
+            )
+            try:
+                self.store.transact([_upsert(key, json.dumps(record.to_dict(), sort_keys=True), current)])
+            except VersionConflict:
+                continue  # the agent wrote this health key meanwhile: apply ours on top
+            break
+        else:
+            raise VersionConflict(key, f"gave up recording the TTL of {e.id!r}")
         return self.instance(instance_id, e.environment)
 
     # Reading -----------------------------------------------------------------------------
@@ -430,7 +445,7 @@ class Registry:
 
 def instances_from(entries: Sequence[Entry], now: float | None = None) -> list[Instance]:
     """Join entry and health keys into instances (pure: resolvers use it on their snapshots)."""
-    now = now or time.time()
+    now = time.time() if now is None else now
     registered: dict[str, ServiceEntry] = {}
     health: dict[str, HealthRecord] = {}
     for item in entries:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from portctl._version import __version__
-from portctl.cli import host, ports, stack
+from portctl.cli import host, ports, registry, stack
 
 app = typer.Typer(
     name="portctl",
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(ports.app)
 app.add_typer(host.app)
 app.add_typer(stack.app)
+app.add_typer(registry.app)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,381 @@
+"""Registry commands: register, deregister, services, health, ttl, verify, agent, url."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from portctl.cli._common import EnvOption, JsonOption, Opened, StoreOption, handled, opened
+from portctl.cli._output import ExitCode, emit, note, table
+from portctl.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from portctl.registry import Instance, Registry
+
+app = typer.Typer()
+
+IdArgument = Annotated[
+    str, typer.Argument(metavar="ID", help="The instance id, as `portctl services` shows it.")
+]
+
+
+def _registry(ctx: Opened) -> Registry:
+    from portctl.registry import Registry
+
+    return Registry(ctx.store, ctx.settings)
+
+
+def _meta(pairs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not key.replace("_", "").replace("-", "").isalnum():
+            raise InvalidInput("--meta", pair, "KEY=VALUE with a key of letters, digits, '_' or '-'")
+        out[key] = value
+    return out
+
+
+def _row(i: Instance) -> list[object]:
+    e = i.entry
+    return [e.service, e.id, f"{e.address}:{e.port}", i.status.value, e.check.describe(), i.health.output]
+
+
+def _instances_table(instances: list[Instance]) -> str:
+    if not instances:
+        return "no registered services (try: portctl register redis)"
+    return table(["SERVICE", "ID", "ADDRESS", "STATUS", "CHECK", "OUTPUT"], [_row(i) for i in instances])
+
+
+@app.command()
+def register(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The service name.")],
+    port: Annotated[
+        str | None,
+        typer.Option(
+            "--port",
+            "-p",
+            metavar="N",
+            help="Its port. Default: its allocation in this environment.",
+            show_default=False,
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", metavar="A", help="Where it answers (default 127.0.0.1).", show_default=False
+        ),
+    ] = None,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id",
+            metavar="ID",
+            help="Instance id (default NAME-HOST-PORT); register several instances with different ids.",
+            show_default=False,
+        ),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", metavar="T", help="A tag (repeatable).", show_default=False)
+    ] = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--meta",
+            metavar="K=V",
+            help="Metadata (repeatable); meta scheme=postgresql sets the URL scheme.",
+            show_default=False,
+        ),
+    ] = None,
+    check: Annotated[
+        str | None,
+        typer.Option(
+            "--check",
+            metavar="CHECK",
+            help="tcp (default), http://HOST:PORT/PATH, ttl:15s or none.",
+            show_default=False,
+        ),
+    ] = None,
+    interval: Annotated[
+        str | None,
+        typer.Option("--interval", metavar="5s", help="How often the agent checks.", show_default=False),
+    ] = None,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", metavar="2s", help="Check timeout.", show_default=False)
+    ] = None,
+    deregister_after: Annotated[
+        str | None,
+        typer.Option(
+            "--deregister-after",
+            metavar="10m",
+            help="Remove the entry after it has been critical this long.",
+            show_default=False,
+        ),
+    ] = None,
+    successes: Annotated[
+        int,
+        typer.Option(
+            "--successes-before-passing",
+            metavar="N",
+            help="Flap damping: passing results in a row before it turns passing.",
+        ),
+    ] = 1,
+    failures: Annotated[
+        int,
+        typer.Option(
+            "--failures-before-critical",
+            metavar="N",
+            help="Flap damping: failures in a row before it turns critical.",
+        ),
+    ] = 1,
+    env: EnvOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register a service instance with a health check; the check runs once now.
+
+    Example: portctl register redis --check tcp --interval 5s
+    """
+    from portctl import _validate
+    from portctl.health import run_check
+    from portctl.registry import parse_check
+
+    with handled(as_json):
+        spec = parse_check(
+            check,
+            interval=interval,
+            timeout=timeout,
+            deregister_after=deregister_after,
+            successes_before_passing=successes,
+            failures_before_critical=failures,
+        )
+        number = _validate.port(port, "--port") if port is not None else None
+        with opened(store) as ctx:
+            found = _registry(ctx).register(
+                name,
+                port=number,
+                address=address,
+                instance_id=instance_id,
+                tags=tag or (),
+                meta=_meta(meta),
+                check=spec,
+                environment=env,
+                probe=run_check,
+            )
+        e = found.entry
+        text = (
+            f"registered {e.id}: {e.service} ({e.environment}) at {e.address}:{e.port}, check "
+            f"{e.check.describe()}: {found.status.value} ({found.health.output})"
+        )
+        emit(as_json, found.to_dict(), text)
+
+
+@app.command()
+def deregister(
+    instance_id: IdArgument,
+    env: EnvOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove a registered instance and its health.
+
+    Example: portctl deregister redis-web-1-6379
+    """
+    with handled(as_json), opened(store) as ctx:
+        gone = _registry(ctx).deregister(instance_id, env)
+        emit(as_json, gone.to_dict(), f"deregistered {gone.id} ({gone.service}, {gone.environment})")
+
+
+@app.command()
+def services(
+    env: EnvOption = None,
+    all_envs: Annotated[bool, typer.Option("--all-envs", help="Every environment.")] = False,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List registered instances with their health.
+
+    Example: portctl services --env staging
+    """
+    with handled(as_json), opened(store) as ctx:
+        found = _registry(ctx).instances(environment=env, all_environments=all_envs)
+        emit(as_json, [i.to_dict() for i in found], _instances_table(found))
+
+
+@app.command()
+def health(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The service name.")],
+    env: EnvOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a service's instances and health; exit 1 unless one of them is healthy.
+
+    Example: portctl health postgres
+    """
+    from portctl.errors import ServiceNotFound
+    from portctl.registry import Status
+
+    with handled(as_json), opened(store) as ctx:
+        registry = _registry(ctx)
+        found = registry.instances(name, env)
+        if not found:
+            known = sorted({i.entry.service for i in registry.instances(environment=env)})
+            raise ServiceNotFound(name, known, f"registered in {ctx.settings.policy.environment(env)}")
+        healthy = any(i.status != Status.CRITICAL for i in found)
+        emit(
+            as_json,
+            [i.to_dict() for i in found],
+            _instances_table(found),
+            ExitCode.OK if healthy else ExitCode.CONFLICT,
+        )
+
+
+@app.command()
+def ttl(
+    state: Annotated[str, typer.Argument(metavar="pass|warn|fail", help="The new status.")],
+    instance_id: IdArgument,
+    note_text: Annotated[str, typer.Option("--note", metavar="TEXT", help="Output to record.")] = "",
+    env: EnvOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Report a TTL check's status; it holds for one TTL period.
+
+    Example: portctl ttl pass worker-web-1-7001
+    """
+    from portctl.registry import Status
+
+    states = {"pass": Status.PASSING, "warn": Status.WARNING, "fail": Status.CRITICAL}
+    with handled(as_json):
+        if state not in states:
+            raise InvalidInput("state", state, "pass, warn or fail")
+        with opened(store) as ctx:
+            found = _registry(ctx).ttl(instance_id, states[state], note_text, env)
+        emit(
+            as_json, found.to_dict(), f"{found.entry.id}: {found.status.value} for {found.entry.check.ttl:g}s"
+        )
+
+
+@app.command()
+def verify(
+    env: EnvOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check every registered service now; exit 1 if any is critical.
+
+    TCP and HTTP checks run now (and are recorded, with flap damping); TTL checks report their
+    last status. This is the plan's verify_deployment_status.sh.
+
+    Example: portctl verify --env production
+    """
+    from portctl.health import run_check
+    from portctl.registry import Status
+
+    with handled(as_json), opened(store) as ctx:
+        registry = _registry(ctx)
+        found = registry.instances(environment=env)
+        rows: list[dict[str, Any]] = []
+        for inst in found:
+            status, output = inst.status, inst.health.output
+            if inst.entry.check.kind in ("tcp", "http"):
+                status, output = run_check(inst.entry)
+                registry.record_result(inst, status, output)
+            rows.append({**inst.to_dict(), "status": status.value, "output": output})
+        critical = [r for r in rows if r["status"] == Status.CRITICAL.value]
+        if not rows:
+            note("no registered services to verify (try: portctl register NAME)")
+
+        def human() -> str:
+            body = table(
+                ["SERVICE", "ID", "ADDRESS", "STATUS", "OUTPUT"],
+                [
+                    [r["service"], r["id"], f"{r['address']}:{r['port']}", r["status"], r["output"]]
+                    for r in rows
+                ],
+            )
+            return body + f"\n\n{len(rows) - len(critical)} of {len(rows)} healthy"
+
+        emit(as_json, rows, human, ExitCode.CONFLICT if critical else ExitCode.OK)
+
+
+@app.command()
+def agent(
+    env: EnvOption = None,
+    once: Annotated[bool, typer.Option("--once", help="Run one pass and exit.")] = False,
+    zombie_grace: Annotated[
+        str,
+        typer.Option(
+            "--zombie-grace",
+            metavar="60s",
+            help="How long an entry "
+            "whose port stopped listening (or whose owner exited) stays before removal.",
+        ),
+    ] = "60s",
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the health checks of this host's services, keep TTLs honest, remove zombies.
+
+    For stores that do not run checks themselves (the JSON file). Runs until interrupted.
+
+    Example: portctl agent --zombie-grace 2m
+    """
+    from portctl.agent import Agent
+    from portctl.registry import parse_duration
+
+    with handled(as_json):
+        grace = parse_duration(zombie_grace, "--zombie-grace")
+        with opened(store) as ctx:
+            worker = Agent(_registry(ctx), environment=env, all_environments=env is None, zombie_grace=grace)
+            if once:
+                report = worker.run_once()
+                data = {
+                    "checked": [[i, s.value] for i, s in report.checked],
+                    "deregistered": [list(d) for d in report.deregistered],
+                }
+                lines = [f"{i}: {s.value}" for i, s in report.checked]
+                lines += [f"deregistered {i}: {why}" for i, why in report.deregistered]
+                emit(as_json, data, "\n".join(lines) or "nothing to check on this host")
+                return
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            note(f"portctl agent: checking {ctx.settings.host}'s services in {ctx.choice.url}; Ctrl-C stops")
+            try:
+                worker.run(stop)
+            except KeyboardInterrupt:
+                stop.set()
+
+
+@app.command()
+def url(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The service name.")],
+    scheme: Annotated[
+        str | None,
+        typer.Option(
+            "--scheme",
+            metavar="SCHEME",
+            help="URL scheme (default: the service's, e.g. postgresql, redis, http).",
+            show_default=False,
+        ),
+    ] = None,
+    env: EnvOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a healthy instance's URL, for shell scripts.
+
+    Example: portctl url redis
+    """
+    from portctl.discovery import ServiceDiscovery
+
+    with handled(as_json), opened(store) as ctx:
+        with ServiceDiscovery(ctx.store, environment=env, settings=ctx.settings, watch=False) as discovery:
+            found = discovery.get_service_url(name, scheme=scheme)
+            stale = discovery.stale
+        if stale is not None:
+            note(f"note: the store is unreachable; this answer is {stale:.0f}s old")
+        emit(as_json, {"service": name, "url": found, "stale": stale}, found)

@@ -1,0 +1,181 @@
+"""Registry commands as a user runs them, against real TCP and HTTP servers the tests start."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.cli.conftest import Run, error_line
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(type(self).status)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[int, type[_Handler]]]:
+    handler = type("Handler", (_Handler,), {"status": 200})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def tcp_server() -> Iterator[socket.socket]:
+    s = socket.create_server(("127.0.0.1", 0))
+    yield s
+    s.close()
+
+
+def _data(result) -> object:
+    return json.loads(result.stdout)["data"]
+
+
+def test_register_takes_the_allocated_port_and_checks_it_now(run: Run, tcp_server: socket.socket) -> None:
+    port = tcp_server.getsockname()[1]
+    assert run("allocate", "--service", "cache", "--port", str(port)).returncode == 1  # held: our listener
+    assert (
+        run(
+            "import",
+            "-",
+            input=json.dumps(
+                {
+                    "allocations": [
+                        {"service": "cache", "environment": "production", "host": "test-host", "port": port}
+                    ]
+                }
+            ),
+        ).returncode
+        == 0
+    )
+    result = run("register", "cache", "--json")
+    assert result.returncode == 0, result.stderr
+    entry = _data(result)
+    assert (entry["port"], entry["status"], entry["id"]) == (port, "passing", f"cache-test-host-{port}")
+    assert f"tcp connect to 127.0.0.1:{port}" in entry["output"]
+    services = run("services")
+    assert f"cache-test-host-{port}" in services.stdout
+    assert "passing" in services.stdout
+
+
+def test_http_check_maps_status_codes(run: Run, http_server) -> None:
+    port, handler = http_server
+    url = f"http://127.0.0.1:{port}/health"
+    assert _data(run("register", "web", "--port", str(port), "--check", url, "--json"))["status"] == "passing"
+    handler.status = 429
+    assert _data(run("register", "web", "--port", str(port), "--check", url, "--json"))["status"] == "warning"
+    handler.status = 503
+    critical = run("register", "web", "--port", str(port), "--check", url, "--json")
+    assert _data(critical)["status"] == "critical"
+    assert "503" in _data(critical)["output"]
+    assert run("health", "web").returncode == 1
+    verify = run("verify")
+    assert verify.returncode == 1
+    assert "0 of 1 healthy" in verify.stdout
+    handler.status = 200
+    verify = run("verify")
+    assert verify.returncode == 0, verify.stdout
+    assert "1 of 1 healthy" in verify.stdout
+    assert run("health", "web").returncode == 0
+
+
+def test_several_instances_and_deregister(run: Run, tcp_server: socket.socket) -> None:
+    port = tcp_server.getsockname()[1]
+    for instance in ("api-a", "api-b"):
+        assert run("register", "api", "--port", str(port), "--id", instance).returncode == 0
+    listed = [i["id"] for i in _data(run("services", "--json"))]
+    assert listed == ["api-a", "api-b"]
+    assert "deregistered api-a" in run("deregister", "api-a").stdout
+    assert [i["id"] for i in _data(run("services", "--json"))] == ["api-b"]
+    missing = run("deregister", "api-a")
+    assert missing.returncode == 1
+    assert "known: api-b" in error_line(missing)
+
+
+def test_ttl_check_waits_for_a_pass(run: Run) -> None:
+    assert run("register", "worker", "--port", "7301", "--check", "ttl:30s").returncode == 0
+    assert _data(run("services", "--json"))[0]["status"] == "critical"
+    passed = run("ttl", "pass", "worker-test-host-7301")
+    assert passed.returncode == 0
+    assert "passing for 30s" in passed.stdout
+    assert run("ttl", "warn", "worker-test-host-7301").returncode == 0
+    assert _data(run("services", "--json"))[0]["status"] == "warning"
+
+
+def test_url_prints_a_healthy_instance(run: Run, tcp_server: socket.socket) -> None:
+    port = tcp_server.getsockname()[1]
+    run("register", "redis", "--port", str(port))
+    result = run("url", "redis")
+    assert (result.returncode, result.stdout.strip()) == (0, f"redis://127.0.0.1:{port}")
+    assert run("url", "redis", "--scheme", "http").stdout.strip() == f"http://127.0.0.1:{port}"
+    unknown = run("url", "nosuch")
+    assert unknown.returncode == 1
+    assert "'nosuch'" in error_line(unknown)
+    assert "redis" in error_line(unknown)
+
+
+def test_agent_once_reports_each_check(run: Run, tcp_server: socket.socket) -> None:
+    port = tcp_server.getsockname()[1]
+    run("register", "cache", "--port", str(port))
+    result = run("agent", "--once")
+    assert result.returncode == 0, result.stderr
+    assert f"cache-test-host-{port}: passing" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "form"),
+    [
+        (("register", "ghost"), "service", "give --port N"),
+        (
+            ("register", "web", "--port", "7302", "--check", "ftp://127.0.0.1:21/"),
+            "--check",
+            "tcp, http://HOST:PORT/PATH",
+        ),
+        (
+            ("register", "web", "--port", "7302", "--check", "http://127.0.0.1:7999/h"),
+            "--check",
+            "nobody allocated",
+        ),
+        (("register", "web", "--port", "7302", "--check", "ttl:15"), "--check ttl", "a duration like"),
+        (("register", "web", "--port", "7302", "--check", "ttl:-1s"), "--check ttl", "a duration like"),
+        (("register", "web", "--port", "7302", "--check", "ttl:1y"), "--check ttl", "a duration like"),
+        (("register", "web", "--port", "7302", "--interval", "5"), "--interval", "a duration like"),
+        (("register", "Web", "--port", "7302"), "service", "lowercase letters"),
+        (("register", "web", "--port", "70000"), "--port", "from 1 to 65535"),
+        (("register", "web", "--port", "7302", "--meta", "novalue"), "--meta", "KEY=VALUE"),
+        (("ttl", "maybe", "x"), "state", "pass, warn or fail"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_field(
+    run: Run, args: tuple[str, ...], field: str, form: str
+) -> None:
+    result = run(*args)
+    assert result.returncode in (1, 2), result.stderr
+    line = error_line(result)
+    assert field in line
+    assert form in line
+    assert run("services", "--json").stdout.count('"id"') == 0  # nothing registered
+
+
+def test_ttl_on_an_instance_without_a_ttl_check(run: Run, tcp_server: socket.socket) -> None:
+    port = tcp_server.getsockname()[1]
+    run("register", "cache", "--port", str(port))
+    result = run("ttl", "pass", f"cache-test-host-{port}")
+    assert result.returncode == 2
+    assert "an instance with a TTL check" in error_line(result)

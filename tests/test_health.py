@@ -1,0 +1,214 @@
+"""run_check against real servers: a TCP listener and an HTTP server whose answer the test sets."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from portctl.health import run_check
+from portctl.registry import CheckSpec, ServiceEntry, Status
+
+
+@dataclass
+class Behaviour:
+    code: int = 200
+    delay: float = 0.0
+    location: str | None = None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        if self.path == "/moved":
+            self.send_response(302)
+            self.send_header("Location", "/health")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        b = self.server.behaviour
+        if b.delay:
+            time.sleep(b.delay)
+        self.send_response(b.code)
+        if b.location:
+            self.send_header("Location", b.location)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    behaviour: Behaviour
+
+
+@pytest.fixture
+def http_server() -> Iterator[_Server]:
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.behaviour = Behaviour()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.fixture
+def tcp_listener() -> Iterator[socket.socket]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    yield s
+    s.close()
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def entry(port: int, check: CheckSpec, address: str = "127.0.0.1") -> ServiceEntry:
+    return ServiceEntry("svc-1", "svc", "development", "test-host", address, port, check=check)
+
+
+def http_entry(server: _Server, path: str = "/health", timeout: float = 2.0) -> ServiceEntry:
+    port = server.server_address[1]
+    url = f"http://127.0.0.1:{port}{path}"
+    return entry(port, CheckSpec("http", url=url, timeout=timeout))
+
+
+def test_tcp_connect_to_a_listener_passes(tcp_listener):
+    port = tcp_listener.getsockname()[1]
+    assert run_check(entry(port, CheckSpec("tcp"))) == (Status.PASSING, f"tcp connect to 127.0.0.1:{port} ok")
+
+
+def test_tcp_connect_refused_is_critical():
+    port = closed_port()
+    status, output = run_check(entry(port, CheckSpec("tcp")))
+    assert status == Status.CRITICAL
+    assert output == f"tcp connect to 127.0.0.1:{port} failed: connection refused"
+
+
+def test_tcp_check_on_ipv6_shows_the_address_in_brackets():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with s:
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert run_check(entry(port, CheckSpec("tcp"), "::1")) == (
+            Status.PASSING,
+            f"tcp connect to [::1]:{port} ok",
+        )
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "output"),
+    [
+        (200, Status.PASSING, "HTTP 200 OK"),
+        (204, Status.PASSING, "HTTP 204 No Content"),
+        (429, Status.WARNING, "HTTP 429 Too Many Requests"),
+        (503, Status.CRITICAL, "HTTP 503 Service Unavailable"),
+        (500, Status.CRITICAL, "HTTP 500 Internal Server Error"),
+        (404, Status.CRITICAL, "HTTP 404 Not Found"),
+    ],
+)
+def test_http_status_codes(http_server, code, status, output):
+    http_server.behaviour.code = code
+    assert run_check(http_entry(http_server)) == (status, output)
+
+
+def test_http_can_switch_between_results(http_server):
+    e = http_entry(http_server)
+    assert run_check(e)[0] == Status.PASSING
+    http_server.behaviour.code = 503
+    assert run_check(e)[0] == Status.CRITICAL
+    http_server.behaviour.code = 200
+    assert run_check(e)[0] == Status.PASSING
+
+
+def test_http_redirect_is_followed_to_the_final_answer(http_server):
+    e = http_entry(http_server, "/moved")
+    assert run_check(e) == (Status.PASSING, "HTTP 200 OK")
+    http_server.behaviour.code = 503
+    assert run_check(e) == (Status.CRITICAL, "HTTP 503 Service Unavailable")
+
+
+def test_http_final_3xx_is_critical(http_server):
+    http_server.behaviour.code = 300  # a redirect status without a Location: nothing to follow
+    assert run_check(http_entry(http_server)) == (Status.CRITICAL, "HTTP 300 Multiple Choices")
+
+
+def test_http_slow_handler_times_out(http_server):
+    http_server.behaviour.delay = 2.0
+    started = time.monotonic()
+    status, output = run_check(http_entry(http_server, timeout=0.3))
+    assert (status, output) == (Status.CRITICAL, "timed out after 0.3s")
+    assert time.monotonic() - started < 1.5
+
+
+def test_http_connection_refused_is_critical():
+    port = closed_port()
+    e = entry(port, CheckSpec("http", url=f"http://127.0.0.1:{port}/health"))
+    assert run_check(e) == (Status.CRITICAL, "connection refused")
+
+
+def test_http_server_closing_without_answer_is_critical():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+
+        def close_at_once() -> None:
+            conn, _ = s.accept()
+            conn.recv(1024)
+            conn.close()
+
+        t = threading.Thread(target=close_at_once, daemon=True)
+        t.start()
+        status, output = run_check(entry(port, CheckSpec("http", url=f"http://127.0.0.1:{port}/")))
+        t.join(5)
+    assert status == Status.CRITICAL
+    assert "closed connection" in output
+
+
+def test_http_check_ignores_proxy_settings(http_server, monkeypatch):
+    dead = closed_port()
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{dead}")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert run_check(http_entry(http_server)) == (Status.PASSING, "HTTP 200 OK")
+
+
+@pytest.mark.parametrize("check", [CheckSpec("ttl", ttl=15.0), CheckSpec("none")])
+def test_ttl_and_none_checks_are_not_run(check):
+    with pytest.raises(ValueError, match="tcp or http check"):
+        run_check(entry(5432, check))
+
+
+def test_importing_health_does_not_import_the_http_client():
+    code = (
+        "import sys, portctl.health; "
+        "print(sorted(m for m in ('urllib.request', 'http.client', 'http') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
