@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from portctl.backends.base import Delete, Entry
-from portctl.errors import StoreCorrupt, StoreUnavailable, VersionConflict
+from portctl.backends.base import Delete
+from portctl.errors import StoreUnavailable, VersionConflict
 from portctl.health import RUNNABLE, run_check
 from portctl.registry import (
     HealthRecord,
@@ -40,6 +40,8 @@ from portctl.registry import (
     Status,
     entry_key,
     health_key,
+    parse_entry,
+    parse_health,
 )
 from portctl.scan import ListenerScan
 
@@ -164,7 +166,7 @@ class Agent:
             current = store.get(key)
             if current is None:
                 return None, False
-            record = _record(current)
+            record = parse_health(current)
             expires_at = _expired_at(record, now)
             if record.status == Status.CRITICAL or expires_at is None:
                 return record, False  # renewed, or marked critical, meanwhile
@@ -216,7 +218,7 @@ class Agent:
         hkey = health_key(entry.environment, entry.service, entry.id)
         store = self.registry.store
         current = store.get(ekey)
-        if current is None or not _same_entry(current, entry):
+        if current is None or parse_entry(current) != entry:
             return False
         try:
             store.transact([Delete(ekey, current.version), Delete(hkey)])
@@ -299,17 +301,3 @@ def _is_ip(address: str) -> bool:
             continue
         return True
     return False
-
-
-def _same_entry(item: Entry, entry: ServiceEntry) -> bool:
-    try:
-        return ServiceEntry.from_dict(json.loads(item.value)) == entry
-    except (ValueError, KeyError, TypeError) as e:
-        raise StoreCorrupt(item.key, f"the service entry is not valid ({e})") from e
-
-
-def _record(item: Entry) -> HealthRecord:
-    try:
-        return HealthRecord.from_dict(json.loads(item.value))
-    except (ValueError, KeyError, TypeError) as e:
-        raise StoreCorrupt(item.key, f"the health record is not valid ({e})") from e

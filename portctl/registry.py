@@ -384,7 +384,7 @@ class Registry:
             current = self.store.get(key)
             if current is None:
                 return None
-            record = damp(_health(current), result, output, e.check, time.time())
+            record = damp(parse_health(current), result, output, e.check, time.time())
             try:
                 self.store.compare_and_set(key, json.dumps(record.to_dict(), sort_keys=True), current.version)
             except VersionConflict:
@@ -405,7 +405,7 @@ class Registry:
         key = health_key(e.environment, e.service, e.id)
         for _ in range(20):
             current = self.store.get(key)
-            previous = _health(current) if current is not None else found.health
+            previous = parse_health(current) if current is not None else found.health
             now = time.time()
             since = (previous.critical_since or now) if status == Status.CRITICAL else None
             record = HealthRecord(
@@ -451,9 +451,9 @@ def instances_from(entries: Sequence[Entry], now: float | None = None) -> list[I
     for item in entries:
         base, _, leaf = item.key.rpartition("/")
         if leaf == "entry":
-            registered[base] = _entry(item)
+            registered[base] = parse_entry(item)
         elif leaf == "health":
-            health[base] = _health(item)
+            health[base] = parse_health(item)
     out = []
     for base, e in registered.items():
         record = health.get(base, HealthRecord(Status.CRITICAL, "no health recorded"))
@@ -465,14 +465,14 @@ def _upsert(key: str, value: str, current: Entry | None) -> Operation:
     return Create(key, value) if current is None else Put(key, value, current.version)
 
 
-def _entry(item: Entry) -> ServiceEntry:
+def parse_entry(item: Entry) -> ServiceEntry:
     try:
         return ServiceEntry.from_dict(json.loads(item.value))
     except (ValueError, KeyError, TypeError) as e:
         raise StoreCorrupt(item.key, f"the service entry is not valid ({e})") from e
 
 
-def _health(item: Entry) -> HealthRecord:
+def parse_health(item: Entry) -> HealthRecord:
     try:
         return HealthRecord.from_dict(json.loads(item.value))
     except (ValueError, KeyError, TypeError) as e:
