@@ -11,8 +11,10 @@ if TYPE_CHECKING:
     from portctl.allocation import Allocation, AllocationResult, PortAllocator
     from portctl.backends import Capability, Entry, Store, open_store
     from portctl.config import Settings, StoreChoice, load_settings, resolve_store
+    from portctl.discovery import ServiceDiscovery, get_service_url
     from portctl.errors import (
         CapabilityMissing,
+        DockerUnavailable,
         InvalidInput,
         KeyExists,
         NotFound,
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     )
     from portctl.kernel import bind_test, kernel_ports
     from portctl.policy import Policy, ServiceSpec, ServiceType, default_policy
+    from portctl.registry import CheckSpec, Instance, Registry, ServiceEntry, Status
 
 # Imported on first use, so `portctl --version` and scripts that need one name start fast.
 _HOMES = {
@@ -48,6 +51,13 @@ _HOMES = {
     "ServiceSpec": "portctl.policy",
     "ServiceType": "portctl.policy",
     "default_policy": "portctl.policy",
+    "ServiceDiscovery": "portctl.discovery",
+    "get_service_url": "portctl.discovery",
+    "CheckSpec": "portctl.registry",
+    "Instance": "portctl.registry",
+    "Registry": "portctl.registry",
+    "ServiceEntry": "portctl.registry",
+    "Status": "portctl.registry",
 }
 
 
@@ -70,7 +80,10 @@ __all__ = [
     "AllocationResult",
     "Capability",
     "CapabilityMissing",
+    "CheckSpec",
+    "DockerUnavailable",
     "Entry",
+    "Instance",
     "InvalidInput",
     "KeyExists",
     "NotFound",
@@ -79,10 +92,14 @@ __all__ = [
     "PortConflict",
     "PortctlError",
     "RangeExhausted",
+    "Registry",
+    "ServiceDiscovery",
+    "ServiceEntry",
     "ServiceNotFound",
     "ServiceSpec",
     "ServiceType",
     "Settings",
+    "Status",
     "Store",
     "StoreChoice",
     "StoreCorrupt",
@@ -93,6 +110,7 @@ __all__ = [
     "__version__",
     "bind_test",
     "default_policy",
+    "get_service_url",
     "kernel_ports",
     "load_settings",
     "open_store",

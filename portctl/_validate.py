@@ -30,9 +30,22 @@ def service_name(value: str, field: str = "service") -> str:
 
 
 def host(value: str, field: str = "host") -> str:
+    """A host name, or an IPv4 or IPv6 address (``::1``, ``[::1]`` and ``fe80::1%eth0`` too)."""
+    if isinstance(value, str) and _is_ip(value.removeprefix("[").removesuffix("]")):
+        return value
     if not isinstance(value, str) or not _HOST.match(value) or ".." in value:
         raise InvalidInput(field, value, HOST_FORM)
     return value
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def port(value: object, field: str = "port", *, low: int = 1) -> int:

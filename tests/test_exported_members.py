@@ -42,7 +42,15 @@ def test_public_names_are_what_users_import():
         "StoreUnavailable",
         "StoreTimeout",
         "StoreCorrupt",
+        "DockerUnavailable",
         "__version__",
+        "ServiceDiscovery",
+        "get_service_url",
+        "Registry",
+        "ServiceEntry",
+        "CheckSpec",
+        "Status",
+        "Instance",
     }
     assert set(portctl.__all__) == expected
 

@@ -175,7 +175,10 @@ class JsonFileStore(Store):
         while True:
             doc = self._read()
             if _has_expired(doc, prefix):
-                doc = self._write_locked([])  # purge, so the expiry shows as a delete
+                # Purge, so the expiry shows as a delete; a reader that may not write (another
+                # user's store) still watches, and sees the expiry when a writer purges.
+                with contextlib.suppress(StoreUnavailable):
+                    doc = self._write_locked([])
             batch = _changes_since(doc, prefix, since)
             if batch.changes or batch.reset or time.monotonic() >= deadline:
                 return batch

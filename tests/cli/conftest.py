@@ -102,6 +102,7 @@ def cli_env(store_path: Path) -> dict[str, str]:
             "PORTCTL_HOST": HOST,
             "PATH": BIN_DIR + os.pathsep + env.get("PATH", ""),
             "NO_COLOR": "1",
+            "XDG_CACHE_HOME": str(store_path.parent / "cache"),  # discovery's last-known-good file
         }
     )
     return env
