@@ -16,7 +16,9 @@ On disk (``schema`` 1)::
   ``TOMBSTONES`` tombstones are kept; a watcher older than that gets ``reset=True``, like an
   etcd watch on a compacted revision.
 * Readers take no lock (``os.replace`` is atomic) and re-parse only when the file's inode,
-  mtime or size changed.
+  mtime or size changed. A file that vanishes after this store object read it is an outage
+  (:class:`~portctl.errors.StoreUnavailable`), not an empty registry; a new process that
+  finds no file starts an empty store.
 * A file that is empty, not JSON, not ours or from a newer schema is refused with
   :class:`~portctl.errors.StoreCorrupt` and never overwritten.
 * New files are created ``0o644``: only the owner may write.
@@ -257,6 +259,14 @@ class JsonFileStore(Store):
             try:
                 st = os.stat(self.path)
             except FileNotFoundError:
+                if self._doc["revision"] > 0:
+                    # It was there when last read: a vanished file is an outage (an unmounted
+                    # volume, a bad deploy), not an empty registry, until it is restored.
+                    raise StoreUnavailable(
+                        f"store {self.path} disappeared (it held revision {self._doc['revision']}); "
+                        f"restore it (a copy may be {self.backup_path}), or start an empty store "
+                        "by running portctl again"
+                    ) from None
                 self._set_doc(_empty_doc(), b"")
                 self._stamp = None
                 return self._doc

@@ -12,7 +12,7 @@ import pytest
 from portctl.backends import file as file_store
 from portctl.backends import open_store
 from portctl.backends.file import JsonFileStore
-from portctl.errors import InvalidInput, StoreCorrupt, StoreTimeout
+from portctl.errors import InvalidInput, StoreCorrupt, StoreTimeout, StoreUnavailable
 from portctl.testing import StoreContract
 
 
@@ -162,3 +162,13 @@ def test_file_url_forms(tmp_path):
 def test_folder_as_store_path_is_refused(tmp_path):
     with pytest.raises(InvalidInput, match="a file path, not a folder"):
         open_store(f"file://{tmp_path}")
+
+
+def test_a_file_that_vanishes_under_a_reader_is_an_outage_not_an_empty_store(store, path):
+    store.create("a", "1")
+    os.rename(path, path + ".away")
+    with pytest.raises(StoreUnavailable, match="disappeared .*restore it"):
+        store.get("a")
+    assert JsonFileStore(path).list("") == []  # a new process starts an empty store
+    os.rename(path + ".away", path)
+    assert store.get("a").value == "1"

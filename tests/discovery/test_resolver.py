@@ -3,6 +3,7 @@ store as it changes, and the last known good answers while the store is broken."
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
@@ -547,3 +548,28 @@ def test_the_default_instance_is_made_like_the_cli(tmp_path, monkeypatch):
     finally:
         set_default(None)  # closes the instance it made
     assert not any(t.is_alive() for t in set(threading.enumerate()) - before)
+
+
+def test_a_store_file_gone_serves_the_last_known_good_marked_stale(allocator, store, discovery):
+    port = free_port(start=25210)
+    allocator.allocate("svc", port=port)
+    resolver = discovery()
+    os.rename(store.path, store.path + ".away")
+    assert wait_for(lambda: resolver.stale, lambda age: age is not None) is not None
+    assert resolver.get_service_url("svc") == f"http://127.0.0.1:{port}"
+    os.rename(store.path + ".away", store.path)
+    assert wait_for(lambda: resolver.stale, lambda age: age is None) is None
+
+
+def test_a_locked_store_does_not_stop_resolvers(allocator, store, discovery):
+    port = free_port(start=25220)
+    allocator.allocate("svc", port=port)
+    resolver = discovery()
+    fd = os.open(store.lock_path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a writer stuck holding the lock
+        resolver.refresh()  # readers take no lock: a fresh read, not a stale answer
+        assert resolver.stale is None
+        assert resolver.get_service_url("svc") == f"http://127.0.0.1:{port}"
+    finally:
+        os.close(fd)
