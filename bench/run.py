@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-BENCHMARKS = ["startup.py", "allocate_race.py", "check_scan.py"]
+BENCHMARKS = ["startup.py", "allocate_race.py", "check_scan.py", "discovery.py"]
 
 
 def main() -> int:
