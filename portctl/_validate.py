@@ -24,7 +24,7 @@ PROTOCOLS = ("tcp", "udp")
 
 
 def service_name(value: str, field: str = "service") -> str:
-    if not isinstance(value, str) or not _SERVICE_NAME.match(value):
+    if not isinstance(value, str) or not _SERVICE_NAME.fullmatch(value):
         raise InvalidInput(field, value, SERVICE_NAME_FORM)
     return value
 
@@ -33,9 +33,25 @@ def host(value: str, field: str = "host") -> str:
     """A host name, or an IPv4 or IPv6 address (``::1``, ``[::1]`` and ``fe80::1%eth0`` too)."""
     if isinstance(value, str) and _is_ip(value.removeprefix("[").removesuffix("]")):
         return value
-    if not isinstance(value, str) or not _HOST.match(value) or ".." in value:
+    if not isinstance(value, str) or not _HOST.fullmatch(value) or ".." in value:
         raise InvalidInput(field, value, HOST_FORM)
     return value
+
+
+HOST_ID_FORM = "a host name or address usable as a key: letters, digits, '.', '-', '_' or ':' (no brackets)"
+
+
+def host_identity(value: str, field: str = "host") -> str:
+    """This host's name in the store: a host (see :func:`host`) that is also one key segment."""
+    host(value, field)
+    if not _KEY_SEGMENT.fullmatch(value) or value in (".", ".."):
+        raise InvalidInput(field, value, HOST_ID_FORM)
+    return value
+
+
+def port_variable(service: str) -> str:
+    """The environment variable a service's port goes in: ``admin_ui`` -> ``ADMIN_UI_PORT``."""
+    return re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_PORT"
 
 
 def _is_ip(text: str) -> bool:
@@ -73,7 +89,7 @@ def key(value: str, field: str = "key") -> str:
     if not isinstance(value, str) or not value or value.startswith("/") or value.endswith("/"):
         raise InvalidInput(field, value, KEY_FORM)
     for segment in value.split("/"):
-        if segment in (".", "..") or not _KEY_SEGMENT.match(segment):
+        if segment in (".", "..") or not _KEY_SEGMENT.fullmatch(segment):
             raise InvalidInput(field, value, KEY_FORM)
     return value
 

@@ -192,7 +192,10 @@ class Agent:
         """Why ``entry`` is to be removed as a zombie now; None while it is not one, or not for
         ``zombie_grace`` seconds yet."""
         key = _key(entry)
-        silent = entry.check.kind != "ttl" and not scan.listens(entry.port, entry.address)
+        # Only a TCP or HTTP service on this host's own addresses is expected to listen here:
+        # a TTL or unchecked entry, or one at a remote address, is judged by its owner alone.
+        local = entry.check.kind in RUNNABLE and _is_local(entry.address)
+        silent = local and not scan.listens(entry.port, entry.address)
         orphan = entry.pid is not None and not _process_exists(entry.pid)
         if not (silent or orphan):
             self._zombie_since.pop(key, None)
@@ -246,6 +249,24 @@ class _LazyScan:
         if self._scan is None:
             self._scan = ListenerScan(("tcp",))
         return bool(self._scan.blocking(port, "tcp", address if _is_ip(address) else "*"))
+
+
+def _is_local(address: str) -> bool:
+    """Loopback, a wildcard, or one of this host's own addresses."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return address in ("localhost", socket.gethostname())
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    try:
+        with socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((str(ip), 0))  # binding succeeds only for an address this host owns
+    except OSError:
+        return False
+    return True
 
 
 def _key(entry: ServiceEntry) -> _Key:

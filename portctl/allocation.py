@@ -238,6 +238,7 @@ class PortAllocator:
         spec, env, compose = request.spec, request.env, request.compose
         view = self._read_view(spec.protocol)
         current = view.records.get(key)
+        _refuse_variable_clash(spec.name, env, view)
         if current and compose is not None and current.compose not in (None, compose):
             raise PortConflict(
                 current.port,
@@ -487,6 +488,22 @@ class PortAllocator:
             ops.extend(_release_claim_ops(alloc.host, _record(current), self.store))
         previous = _record(current).port if current else None
         return AllocationResult(alloc, True, "imported", (), previous), ops
+
+
+def _refuse_variable_clash(service: str, env: str, view: _View) -> None:
+    """Two names that make one variable (``api-gw``, ``api_gw``) would fight in .env.ports."""
+    variable = _validate.port_variable(service)
+    for other in view.records.values():
+        if (
+            other.environment == env
+            and other.service != service
+            and _validate.port_variable(other.service) == variable
+        ):
+            raise InvalidInput(
+                "service",
+                service,
+                f"a name whose variable {variable} no other service uses ({other.service} has it)",
+            )
 
 
 def _refuse_duplicates(allocations: Sequence[Allocation]) -> None:

@@ -101,8 +101,20 @@ def targets(
                 project.name,
             )
     for alloc in allocations.values():
+        # An allocation made for a compose stack knows its own container: project and service.
+        project_name, _, compose_service = (alloc.compose or "").partition("/")
         found.setdefault(
-            alloc.service, Target(alloc.service, env, alloc.port, alloc.protocol, "0.0.0.0", "allocation")
+            alloc.service,
+            Target(
+                alloc.service,
+                env,
+                alloc.port,
+                alloc.protocol,
+                "0.0.0.0",
+                "allocation",
+                compose_service or None,
+                project_name or None,
+            ),
         )
     if services:
         missing = [s for s in services if s not in found]

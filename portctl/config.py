@@ -54,7 +54,7 @@ ENV_ENV = "PORTCTL_ENV"
 
 def default_host() -> str:
     name = os.environ.get(HOST_ENV) or socket.gethostname() or "localhost"
-    return _validate.host(name, HOST_ENV if os.environ.get(HOST_ENV) else "host")
+    return _validate.host_identity(name, HOST_ENV if os.environ.get(HOST_ENV) else "host")
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def _settings_from(table: Mapping[str, Any], path: str) -> Settings:
     default_env = table.get("environment")
     policy = base.with_additions(types, services, envs, default_env)
     stack = tuple(_validate.service_name(s, "stack") for s in _list(table, "stack"))
-    host = _validate.host(table["host"], "host") if "host" in table else default_host()
+    host = _validate.host_identity(table["host"], "host") if "host" in table else default_host()
     return Settings(policy, _store_from_config(table.get("store"), path), host, stack, path)
 
 
@@ -183,9 +183,10 @@ def _service(name: str, raw: Any, known: ServiceSpec | None) -> ServiceSpec:
     ports = dict(base.ports)
     for env, p in _table(raw, "ports").items():
         ports[_env_name(env, f"{where}.ports")] = _validate.port(p, f"{where}.ports.{env}")
-    alternatives = tuple(
-        _validate.port(p, f"{where}.alternatives") for p in raw.get("alternatives", base.alternatives)
-    )
+    given = raw.get("alternatives", list(base.alternatives))
+    if not isinstance(given, list):
+        raise InvalidInput(f"{where}.alternatives", given, "a list of ports, e.g. [5434, 5435]")
+    alternatives = tuple(_validate.port(p, f"{where}.alternatives") for p in given)
     protocol = _validate.protocol(raw.get("protocol", base.protocol), f"{where}.protocol")
     type_name = raw.get("type", base.type)
     if not isinstance(type_name, str):

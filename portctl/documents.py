@@ -21,12 +21,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from portctl import _validate
 from portctl.allocation import Allocation
 from portctl.errors import InvalidInput
 
@@ -36,9 +36,7 @@ EXPORT_FORMAT = "portctl-ports"
 EXPORT_SCHEMA = 1
 
 
-def env_name(service: str) -> str:
-    """The variable a service's port goes in: ``admin_ui`` -> ``ADMIN_UI_PORT``."""
-    return re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_PORT"
+env_name = _validate.port_variable
 
 
 def render_env(allocations: Sequence[Allocation], environment: str, host: str) -> str:

@@ -61,7 +61,7 @@ def parse_duration(value: str | float, field_name: str = "duration") -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        match = _DURATION.match(str(value).strip())
+        match = _DURATION.fullmatch(str(value).strip())
         if not match:
             raise InvalidInput(field_name, value, DURATION_FORM)
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
@@ -114,10 +114,7 @@ def parse_check(
     if text.startswith("ttl:"):
         kind, ttl = "ttl", parse_duration(text.removeprefix("ttl:"), "--check ttl")
     elif text.startswith(("http://", "https://")):
-        parts = urlsplit(text)
-        if not parts.hostname or parts.port is None:
-            raise InvalidInput("--check", text, "http://HOST:PORT/PATH with a host and a port")
-        kind, url = "http", text
+        kind, url = "http", _check_url(text)
     elif text in ("tcp", "none"):
         kind = text
     else:
@@ -138,6 +135,22 @@ def parse_check(
         successes_before_passing=successes_before_passing,
         failures_before_critical=failures_before_critical,
     )
+
+
+def _check_url(text: str) -> str:
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.username is not None or parts.password is not None:
+        # It would sit in the store for every reader to see, and urllib would not send it.
+        raise InvalidInput(
+            "--check", "a URL with credentials", "http://HOST:PORT/PATH without user or password"
+        )
+    if not parts.hostname or port is None or port == 0:
+        raise InvalidInput("--check", text, "http://HOST:PORT/PATH with a host and a port from 1 to 65535")
+    return text
 
 
 @dataclass(frozen=True)
@@ -249,7 +262,7 @@ def health_key(environment: str, service: str, instance: str) -> str:
 
 
 def _instance_id(value: str) -> str:
-    if not _ID.match(value) or ".." in value:
+    if not _ID.fullmatch(value) or ".." in value:
         raise InvalidInput("--id", value, ID_FORM)
     return value
 
@@ -288,7 +301,8 @@ class Registry:
         port = self._port(service, env, port)
         address = _validate.host(address, "--address") if address else "127.0.0.1"
         self._check_target(check, port, env)
-        instance = _instance_id(instance_id or f"{service}-{self.host.lower()}-{port}")
+        default_id = f"{service}-{re.sub(r'[^a-z0-9._-]+', '-', self.host.lower()).strip('-.')}-{port}"
+        instance = _instance_id(instance_id or default_id)
         taken = [i.entry.service for i in self.instances(environment=env) if i.entry.id == instance]
         if taken and taken[0] != service:
             raise InvalidInput("--id", instance, f"an id no other service uses in {env} ({taken[0]} has it)")

@@ -229,6 +229,22 @@ def test_ttl_entries_are_not_port_checked_for_zombies(registry, clock):
     assert ids(registry) == ["job-1"]
 
 
+@pytest.mark.parametrize(
+    ("check", "address"),
+    [(CheckSpec("none"), "127.0.0.1"), (CheckSpec("tcp", interval=1000), "192.0.2.10")],
+    ids=["unchecked", "remote-address"],
+)
+def test_entries_not_expected_to_listen_here_are_not_zombies(registry, clock, check, address):
+    registry.register(
+        "ext", port=closed_port(), address=address, instance_id="ext-1", environment=ENV, check=check
+    )
+    agent = Agent(registry, clock=clock, zombie_grace=1)
+    agent.run_once()
+    clock.advance(120)
+    assert agent.run_once().deregistered == []
+    assert ids(registry) == ["ext-1"]
+
+
 # deregister_after ---------------------------------------------------------------------------
 
 
@@ -345,7 +361,12 @@ def _is_defunct(pid: int) -> bool:
 def test_both_zombie_conditions_are_named(registry, clock, sleeper):
     port = closed_port()
     registry.register(
-        "api", port=port, instance_id="api-1", environment=ENV, check=CheckSpec("none"), pid=sleeper.pid
+        "api",
+        port=port,
+        instance_id="api-1",
+        environment=ENV,
+        check=CheckSpec("tcp", interval=1000),
+        pid=sleeper.pid,
     )
     sleeper.kill()
     sleeper.wait()

@@ -373,10 +373,12 @@ def _read_input(file: str) -> str:
     if file == "-":
         return sys.stdin.read()
     try:
-        with open(file) as f:
+        with open(file, encoding="utf-8") as f:
             return f.read()
     except OSError as e:
         raise InvalidInput("FILE", file, f"a readable file ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise InvalidInput("FILE", file, "a UTF-8 text file (a port_config.json)") from e
 
 
 def _write_or_print(output: str | None, text: str, as_json: bool, data: object) -> None:

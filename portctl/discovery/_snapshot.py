@@ -38,7 +38,7 @@ _schemes_seen: set[str] = set()  # schemes already validated: the hot path check
 def checked_scheme(scheme: str) -> str:
     if scheme in _schemes_seen:
         return scheme
-    if not isinstance(scheme, str) or not _SCHEME.match(scheme):
+    if not isinstance(scheme, str) or not _SCHEME.fullmatch(scheme):
         raise InvalidInput("scheme", scheme, SCHEME_FORM)
     if len(_schemes_seen) < 256:
         _schemes_seen.add(scheme)
@@ -182,7 +182,7 @@ def _instance_answer(instance: Instance, context: Context) -> Answer:
     entry = instance.entry
     address = context.service_host or _reachable(entry.address, entry.host, context.host)
     scheme = entry.meta.get("scheme", "")
-    if not _SCHEME.match(scheme):
+    if not _SCHEME.fullmatch(scheme):
         scheme = _default_scheme(entry.service)
     return address_answer(address, entry.port, scheme)
 

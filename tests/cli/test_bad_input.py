@@ -41,6 +41,7 @@ BAD_NAMES = {
     "dotdot": "../x",
     "uppercase": "Postgres",
     "64-chars": "a" * 64,
+    "trailing-newline": "svcx\n",
 }
 
 
@@ -403,3 +404,41 @@ def test_refusals_leave_no_stray_files(run: Run, store_path: Path, seeded_store:
         run(*args)
     assert sorted(os.listdir(store_path.parent)) == siblings
     assert store_path.read_bytes() == seeded_store
+
+
+def test_two_names_with_one_variable_are_refused(
+    run: Run, store_path: Path, seeded_store: bytes, seed_port: int
+) -> None:
+    first = free_port(exclude={seed_port})
+    assert run("allocate", "--service", "api-gw", "--port", str(first)).returncode == 0
+    before = store_path.read_bytes()
+    result = run("allocate", "--service", "api_gw", "--port", str(free_port(exclude={seed_port, first})))
+    assert result.returncode == 2
+    assert "API_GW_PORT" in error_line(result)
+    assert "api-gw has it" in error_line(result)
+    assert store_path.read_bytes() == before
+
+
+def test_import_of_a_binary_file_is_refused(
+    run: Run, tmp_path: Path, store_path: Path, seeded_store: bytes
+) -> None:
+    binary = tmp_path / "blob.json"
+    binary.write_bytes(b"\xd0\xcf\x11\xe0\x00\xff")
+    result = run("import", str(binary))
+    assert result.returncode == 2
+    assert "a UTF-8 text file" in error_line(result)
+    assert store_path.read_bytes() == seeded_store
+
+
+@pytest.mark.parametrize("host", ["[::1]", "a/b", "web\n"])
+def test_a_host_name_that_cannot_be_a_key_is_refused(run: Run, host: str) -> None:
+    result = run("status", env={"PORTCTL_HOST": host})
+    assert result.returncode == 2
+    assert "PORTCTL_HOST" in error_line(result)
+
+
+def test_config_alternatives_must_be_a_list(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "portctl.toml").write_text("[services.vdb]\nport = 7450\nalternatives = 7451\n")
+    result = run("status")
+    assert result.returncode == 2
+    assert "services.vdb.alternatives" in error_line(result)

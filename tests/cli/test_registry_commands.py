@@ -179,3 +179,20 @@ def test_ttl_on_an_instance_without_a_ttl_check(run: Run, tcp_server: socket.soc
     result = run("ttl", "pass", f"cache-test-host-{port}")
     assert result.returncode == 2
     assert "an instance with a TTL check" in error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("url", "form"),
+    [
+        ("http://127.0.0.1:99999/h", "a port from 1 to 65535"),
+        ("http://127.0.0.1:abc/h", "a port from 1 to 65535"),
+        ("http://admin:s3cret@127.0.0.1:7303/h", "without user or password"),
+    ],
+)
+def test_bad_check_urls_are_refused_without_echoing_secrets(run: Run, url: str, form: str) -> None:
+    result = run("register", "web", "--port", "7303", "--check", url, "--json")
+    assert result.returncode == 2
+    envelope = json.loads(result.stdout)
+    assert envelope["error"]["code"] == "invalid_input"
+    assert form in envelope["error"]["message"]
+    assert "s3cret" not in result.stdout + result.stderr
