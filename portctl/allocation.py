@@ -14,10 +14,9 @@ over with compare-and-set on its version.
 from __future__ import annotations
 
 import json
-import random
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 
 from portctl import _validate
 from portctl.backends.base import Capability, Check, Create, Delete, Entry, Operation, Put, Store
@@ -135,8 +134,14 @@ def _compose_owner(value: object, field_name: str) -> str | None:
     return value
 
 
+def _random_below(n: int) -> int:
+    import random  # only after a lost race; not imported on every command
+
+    return random.randrange(n)  # noqa: S311 - spreading allocators, not security
+
+
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def allocation_key(host: str, environment: str, service: str) -> str:
@@ -260,7 +265,7 @@ class PortAllocator:
         skipped: list[str] = []
         # Racing allocators all reach for the lowest free port; one that lost a race spreads
         # out over the next few free ones, so they stop colliding on every step.
-        skip = random.randrange(spread + 1) if spread else 0  # noqa: S311 - not security
+        skip = _random_below(spread + 1) if spread else 0
         for cand in self._candidates(request, view):
             why_not = self._why_not(cand, spec, env, view)
             if why_not is None and cand.scanned and skip:

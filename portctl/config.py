@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +108,8 @@ def load_settings(path: str | None = None) -> Settings:
 
 
 def _read_table(path: str) -> dict[str, Any]:
+    import tomllib  # only when a config file exists
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)

@@ -21,9 +21,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from portctl import _validate
@@ -50,7 +49,7 @@ def export_document(allocations: Sequence[Allocation]) -> dict[str, Any]:
     return {
         "format": EXPORT_FORMAT,
         "schema": EXPORT_SCHEMA,
-        "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "allocations": [a.to_dict() for a in ordered],
     }
 
@@ -74,6 +73,8 @@ def parse_export(text: str, source: str) -> list[Allocation]:
 def write_atomically(path: str, text: str, mode: int = 0o644) -> None:
     """Write ``text`` to ``path`` so readers see the old file or the new one, never a part."""
     folder = os.path.dirname(os.path.abspath(path))
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
