@@ -257,9 +257,6 @@ class PortAllocator:
             return AllocationResult(current, False, "already allocated")
         return self._claim_first(request, view, spread)
 
-    def allocate_all(self, environment: str | None = None) -> list[AllocationResult]:
-        return [self.allocate(name, environment=environment) for name in self.settings.stack_services()]
-
     def _claim_first(self, request: _Request, view: _View, spread: int) -> AllocationResult:
         spec, env = request.spec, request.env
         skipped: list[str] = []

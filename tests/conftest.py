@@ -6,6 +6,8 @@ import pytest
 
 from portctl.backends.file import JsonFileStore
 
+pytest_plugins = ["tests.http_server"]  # the http_server fixture
+
 
 def free_port(protocol: str = "tcp", start: int = 20000) -> int:
     """A port free on IPv4 and IPv6 right now, below the ephemeral range."""

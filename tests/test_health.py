@@ -8,61 +8,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from portctl.health import run_check
 from portctl.registry import CheckSpec, ServiceEntry, Status
-
-
-@dataclass
-class Behaviour:
-    code: int = 200
-    delay: float = 0.0
-    location: str | None = None
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:
-        if self.path == "/moved":
-            self.send_response(302)
-            self.send_header("Location", "/health")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        b = self.server.behaviour
-        if b.delay:
-            time.sleep(b.delay)
-        self.send_response(b.code)
-        if b.location:
-            self.send_header("Location", b.location)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    behaviour: Behaviour
-
-
-@pytest.fixture
-def http_server() -> Iterator[_Server]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.behaviour = Behaviour()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+from tests.http_server import HealthServer
 
 
 @pytest.fixture
@@ -85,7 +36,7 @@ def entry(port: int, check: CheckSpec, address: str = "127.0.0.1") -> ServiceEnt
     return ServiceEntry("svc-1", "svc", "development", "test-host", address, port, check=check)
 
 
-def http_entry(server: _Server, path: str = "/health", timeout: float = 2.0) -> ServiceEntry:
+def http_entry(server: HealthServer, path: str = "/health", timeout: float = 2.0) -> ServiceEntry:
     port = server.server_address[1]
     url = f"http://127.0.0.1:{port}{path}"
     return entry(port, CheckSpec("http", url=url, timeout=timeout))

@@ -166,5 +166,6 @@ def deploy(
             "env_file": {"path": report.env_file, "changed": report.env_written},
             "override_file": {"path": report.override_file, "changed": report.override_written},
             "probes": [p.__dict__ for p in report.probes],
+            "compose_output": report.compose_output,
         }
         emit(as_json, data, human, ExitCode.OK if report.ok else ExitCode.CONFLICT)

@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tests.cli.conftest import Run, error_line
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    status = 200
-
-    def do_GET(self) -> None:
-        self.send_response(type(self).status)
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def http_server() -> Iterator[tuple[int, type[_Handler]]]:
-    handler = type("Handler", (_Handler,), {"status": 200})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1], handler
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture
@@ -75,12 +50,12 @@ def test_register_takes_the_allocated_port_and_checks_it_now(run: Run, tcp_serve
 
 
 def test_http_check_maps_status_codes(run: Run, http_server) -> None:
-    port, handler = http_server
+    port, behaviour = http_server.server_address[1], http_server.behaviour
     url = f"http://127.0.0.1:{port}/health"
     assert _data(run("register", "web", "--port", str(port), "--check", url, "--json"))["status"] == "passing"
-    handler.status = 429
+    behaviour.code = 429
     assert _data(run("register", "web", "--port", str(port), "--check", url, "--json"))["status"] == "warning"
-    handler.status = 503
+    behaviour.code = 503
     critical = run("register", "web", "--port", str(port), "--check", url, "--json")
     assert _data(critical)["status"] == "critical"
     assert "503" in _data(critical)["output"]
@@ -88,7 +63,7 @@ def test_http_check_maps_status_codes(run: Run, http_server) -> None:
     verify = run("verify")
     assert verify.returncode == 1
     assert "0 of 1 healthy" in verify.stdout
-    handler.status = 200
+    behaviour.code = 200
     verify = run("verify")
     assert verify.returncode == 0, verify.stdout
     assert "1 of 1 healthy" in verify.stdout
