@@ -15,6 +15,7 @@ class only and maps each branch to an exit code::
     ├── StoreError                                exit 3
     │   ├── StoreUnavailable                              server down, file unreadable
     │   │   └── StoreTimeout
+    │   ├── StoreDenied(store, credential)                wrong password, ACL token refused
     │   └── StoreCorrupt(path, backup)                    refused, never overwritten
     └── DockerUnavailable(endpoint, why)          exit 3  a command that needs Docker cannot reach it
 
@@ -35,6 +36,7 @@ __all__ = [
     "RangeExhausted",
     "ServiceNotFound",
     "StoreCorrupt",
+    "StoreDenied",
     "StoreError",
     "StoreTimeout",
     "StoreUnavailable",
@@ -153,6 +155,18 @@ class StoreUnavailable(StoreError):
 
 class StoreTimeout(StoreUnavailable):
     code = "store_timeout"
+
+
+class StoreDenied(StoreError):
+    """The store answered but refused our credentials. Never retried; never shows the secret."""
+
+    code = "store_denied"
+
+    def __init__(self, store: str, credential: str, detail: str = "") -> None:
+        self.store = store
+        self.credential = credential
+        text = f"store {store} refused the request: {detail or 'permission denied'}; check {credential}"
+        super().__init__(text)
 
 
 class StoreCorrupt(StoreError):

@@ -42,6 +42,7 @@ def test_public_names_are_what_users_import():
         "StoreUnavailable",
         "StoreTimeout",
         "StoreCorrupt",
+        "StoreDenied",
         "DockerUnavailable",
         "__version__",
         "ServiceDiscovery",

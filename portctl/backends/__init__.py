@@ -45,6 +45,10 @@ ENTRY_POINT_GROUP = "portctl.stores"
 
 _BUILTIN = {
     "file": "portctl.backends.file:JsonFileStore",
+    "etcd": "portctl.backends.etcd:EtcdStore",
+    "etcd+https": "portctl.backends.etcd:EtcdStore",
+    "consul": "portctl.backends.consul:ConsulStore",
+    "consul+https": "portctl.backends.consul:ConsulStore",
 }
 
 URL_FORM = (
