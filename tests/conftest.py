@@ -6,7 +6,7 @@ import pytest
 
 from portctl.backends.file import JsonFileStore
 
-pytest_plugins = ["tests.http_server"]  # the http_server fixture
+pytest_plugins = ["tests.http_server", "tests.etcd_fixture"]  # http_server; etcd_endpoint, etcd_url, etcd_cluster
 
 
 def free_port(protocol: str = "tcp", start: int = 20000) -> int:

@@ -89,7 +89,10 @@ class Create:
 
 @dataclass(frozen=True)
 class Put:
-    """Write ``value`` at ``key`` only if its version is still ``version`` (compare-and-set)."""
+    """Write ``value`` at ``key`` only if its version is still ``version`` (compare-and-set).
+
+    With ``ttl`` the key gets a new TTL from now; without, it keeps the TTL it had (if any)
+    and that TTL's deadline: a value update is not a keep-alive."""
 
     key: str
     value: str

@@ -443,7 +443,7 @@ def _apply(doc: Doc, operations: Sequence[Operation], now: float) -> Doc:
             if new_entries.pop(op.key, None) is not None:
                 deleted[op.key] = revision
         else:
-            new_entries[op.key] = _raw(op, revision, now)
+            new_entries[op.key] = _raw(op, revision, now, live.get(op.key))
             deleted.pop(op.key, None)
     compacted = doc["compacted"]
     if len(deleted) > TOMBSTONES:
@@ -471,7 +471,10 @@ def _check_condition(op: Operation, current: dict[str, Any] | None) -> None:
         raise VersionConflict(op.key)
 
 
-def _raw(op: Create | Put, revision: int, now: float) -> dict[str, Any]:
+def _raw(op: Create | Put, revision: int, now: float, current: dict[str, Any] | None) -> dict[str, Any]:
+    if op.ttl is None and isinstance(op, Put) and current is not None and current.get("ttl"):
+        # A put without a TTL keeps the key's TTL and expiry, as etcd's ignore_lease does.
+        return {"value": op.value, "version": revision, "ttl": current["ttl"], "expires": current["expires"]}
     expires = now + op.ttl if op.ttl else None
     return {"value": op.value, "version": revision, "ttl": op.ttl, "expires": expires}
 

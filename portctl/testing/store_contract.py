@@ -173,6 +173,17 @@ class StoreContract:
         with pytest.raises(NotFound):
             store.refresh("contract/never-made")
 
+    def test_compare_and_set_without_ttl_keeps_the_ttl(self, store: Store) -> None:
+        if Capability.TTL not in store.capabilities:
+            pytest.skip("this store declares no TTL support")
+        first = store.create("contract/leased", "x", ttl=self.ttl)
+        store.compare_and_set("contract/leased", "y", first.version)
+        got = store.get("contract/leased")
+        assert got is not None
+        assert got.value == "y"
+        time.sleep(self.ttl + self.ttl_wait)
+        assert store.get("contract/leased") is None
+
     # Change feed -----------------------------------------------------------------------
 
     def test_watch_reports_puts_and_deletes_after_a_position(self, store: Store) -> None:

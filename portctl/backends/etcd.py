@@ -1,0 +1,571 @@
+"""The etcd v3 store: one registry shared by many hosts.
+
+URL forms::
+
+    etcd://h1:2379,h2:2379,h3:2379            keys under /portctl/
+    etcd://h1:2379/team-a                     keys under /team-a/
+    etcd+https://h1:2379?cacert=ca.pem&cert=client.pem&key=client-key.pem
+    etcd:///team-a                            endpoints from ETCDCTL_ENDPOINTS
+    etcd://alice@h1:2379?password_file=/run/secrets/etcd   user alice, password from a file
+
+Options in the query: ``timeout`` (seconds per call, default 5), ``cacert``, ``cert``, ``key``,
+``password_file``. etcdctl's variables are honoured when the URL does not say:
+``ETCDCTL_ENDPOINTS``, ``ETCDCTL_USER`` (``user`` or ``user:password``), ``ETCDCTL_PASSWORD``,
+``ETCDCTL_CACERT``, ``ETCDCTL_CERT``, ``ETCDCTL_KEY``. A password is never accepted in the URL,
+so it never shows in argv or a process list.
+
+Mapping of the neutral interface (``portctl/backends/base.py``):
+
+* a key ``k`` lives at ``<prefix>k``; a version is the key's ``mod_revision``;
+* :meth:`transact` is one etcd txn: ``Create`` compares ``create_revision == 0``, ``Put``,
+  ``Check`` and a versioned ``Delete`` compare ``mod_revision``; a failed txn reads the compared
+  keys in its failure branch to name the one that failed;
+* a TTL is a lease granted for the write; :meth:`refresh` keeps the key's lease alive; a put
+  without a TTL keeps the key's lease (``ignore_lease``);
+* the change feed is etcd's watch from ``position + 1``; a compacted position answers
+  ``reset=True`` and :meth:`snapshot` re-reads at one revision, so a reader that re-watches
+  from there neither loses nor repeats an event.
+
+The client is etcd3gw (etcd's JSON gateway; no protobuf) with, added here: failover across
+endpoints, password auth with the token renewed when etcd says it expired, a timeout on every
+call, and the shared retry policy for transient errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+from etcd3gw.client import Etcd3Client
+from etcd3gw.exceptions import ConnectionTimeoutError, Etcd3Exception
+
+from portctl import _validate
+from portctl.backends._retry import retried
+from portctl.backends.base import (
+    Capability,
+    Change,
+    ChangeBatch,
+    Check,
+    Create,
+    Delete,
+    Entry,
+    Operation,
+    Put,
+    Store,
+    check_operations,
+)
+from portctl.errors import (
+    InvalidInput,
+    KeyExists,
+    NotFound,
+    StoreDenied,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+    VersionConflict,
+)
+
+__all__ = ["DEFAULT_PREFIX", "EtcdOptions", "EtcdStore", "parse_url"]
+
+DEFAULT_PREFIX = "portctl"
+DEFAULT_TIMEOUT = 5.0
+URL_FORM = "etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?timeout=SECONDS] (or etcd+https://...)"
+PASSWORD_HELP = "the password in ETCDCTL_PASSWORD, ETCDCTL_USER=user:password or ?password_file=FILE"
+
+# gRPC status codes etcd's gateway puts in its error bodies.
+_INVALID_ARGUMENT, _DEADLINE, _PERMISSION, _OUT_OF_RANGE, _UNAVAILABLE, _UNAUTHENTICATED = 3, 4, 7, 11, 14, 16
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    endpoints: tuple[str, ...]  # "http://127.0.0.1:2379"
+    prefix: str  # "/portctl/"
+    timeout: float = DEFAULT_TIMEOUT
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def url(self) -> str:
+        tls = self.endpoints[0].startswith("https://")
+        hosts = ",".join(e.split("://", 1)[1] for e in self.endpoints)
+        user = f"{self.user}@" if self.user else ""
+        return f"etcd{'+https' if tls else ''}://{user}{hosts}{self.prefix.rstrip('/')}"
+
+
+def parse_url(url: str, environ: Mapping[str, str] | None = None) -> EtcdOptions:
+    """Options from an ``etcd://`` URL and etcdctl's variables; secrets never from the URL."""
+    env = os.environ if environ is None else environ
+    parts = urlsplit(url)
+    if parts.scheme not in ("etcd", "etcd+https"):
+        raise InvalidInput("store", url, URL_FORM)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    if ":" in userinfo:
+        raise InvalidInput("store URL", _redacted(url), f"no password in the URL; give {PASSWORD_HELP}")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - {"timeout", "cacert", "cert", "key", "password_file"}
+    if unknown:
+        raise InvalidInput("store URL option", sorted(unknown)[0], "timeout, cacert, cert, key or password_file")
+    tls = parts.scheme == "etcd+https"
+    endpoints = _endpoints(hosts, env, tls)
+    user, password = _credentials(userinfo, query, env)
+    return EtcdOptions(
+        endpoints=endpoints,
+        prefix=_prefix(parts.path),
+        timeout=_timeout(query.get("timeout")),
+        user=user,
+        password=password,
+        cacert=_file(query.get("cacert") or env.get("ETCDCTL_CACERT"), "cacert (ETCDCTL_CACERT)"),
+        cert=_file(query.get("cert") or env.get("ETCDCTL_CERT"), "cert (ETCDCTL_CERT)"),
+        key=_file(query.get("key") or env.get("ETCDCTL_KEY"), "key (ETCDCTL_KEY)"),
+    )
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    return url.replace(parts.netloc, f"{userinfo.split(':', 1)[0]}:***@{hosts}", 1)
+
+
+def _endpoints(hosts: str, env: Mapping[str, str], tls: bool) -> tuple[str, ...]:
+    source = "store URL"
+    if not hosts:
+        hosts, source = env.get("ETCDCTL_ENDPOINTS", ""), "ETCDCTL_ENDPOINTS"
+    if not hosts:
+        raise InvalidInput("store URL", "etcd://", f"{URL_FORM}, or ETCDCTL_ENDPOINTS set")
+    found = []
+    for item in hosts.split(","):
+        scheme, sep, address = item.strip().rpartition("://")
+        scheme = scheme if sep else ("https" if tls else "http")
+        host, colon, port = address.rstrip("/").rpartition(":")
+        if scheme not in ("http", "https") or not colon or not port.isdigit():
+            raise InvalidInput(source, item, "endpoints as HOST:PORT, separated by commas")
+        _validate.port(int(port), f"{source} port")
+        _validate.host(host.strip("[]"), f"{source} host")
+        found.append(f"{scheme}://{host}:{port}")
+    return tuple(found)
+
+
+def _prefix(path: str) -> str:
+    name = path.strip("/") or DEFAULT_PREFIX
+    try:
+        _validate.key(name)
+    except InvalidInput:
+        raise InvalidInput("store URL prefix", path, "a key prefix like /portctl or /team-a/portctl") from None
+    return f"/{name}/"
+
+
+def _timeout(text: str | None) -> float:
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 300:
+        raise InvalidInput("store URL option timeout", text, "seconds per call, more than 0 and at most 300")
+    return value
+
+
+def _credentials(
+    userinfo: str, query: Mapping[str, str], env: Mapping[str, str]
+) -> tuple[str | None, str | None]:
+    env_user, _, env_password = env.get("ETCDCTL_USER", "").partition(":")
+    user = userinfo or env_user or None
+    password = env.get("ETCDCTL_PASSWORD") or env_password or None
+    password_file = _file(query.get("password_file"), "password_file")
+    if password_file is not None:
+        with open(password_file, encoding="utf-8") as f:
+            password = f.read().strip()
+    if user and not password:
+        raise InvalidInput("etcd password", f"user {user}", PASSWORD_HELP)
+    return user, password if user else None
+
+
+def _file(path: str | None, what: str) -> str | None:
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise InvalidInput(what, path, "a readable file that exists")
+    return path
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text).decode()
+
+
+def _range_end(prefix: str) -> str:
+    """The first key after every key starting with ``prefix`` (etcd's prefix range)."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1  # prefixes always end in '/', never 0xff
+    return base64.b64encode(bytes(raw)).decode()
+
+
+class _Compacted(Exception):
+    def __init__(self, revision: int) -> None:
+        self.revision = revision
+
+
+class _Connection:
+    """etcd3gw clients for every endpoint over one HTTP session, with failover and auth."""
+
+    def __init__(self, options: EtcdOptions) -> None:
+        self.options = options
+        self.session = requests.Session()
+        if options.cacert:
+            self.session.verify = options.cacert
+        if options.cert and options.key:
+            self.session.cert = (options.cert, options.key)
+        timeout = (min(options.timeout, 2.0), options.timeout)
+        self.clients = [_client(endpoint, timeout, self.session) for endpoint in options.endpoints]
+        self.current = 0
+        self._auth_lock = threading.Lock()
+        self._token: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.options.endpoints[self.current]
+
+    def next_endpoint(self) -> None:
+        self.current = (self.current + 1) % len(self.clients)
+
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return retried(lambda: self._once(path, body), before_retry=self.next_endpoint)
+
+    def _once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.options.user and self._token is None:
+            self._authenticate()
+        try:
+            return self._post(path, body)
+        except StoreDenied as e:
+            if self.options.user is None or "invalid auth token" not in str(e):
+                raise
+            self._authenticate()  # the token expired: renew it once and repeat the call
+            return self._post(path, body)
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        client = self.clients[self.current]
+        try:
+            answer: dict[str, Any] = client.post(client.get_url(path), json=body)
+        except ConnectionTimeoutError as e:
+            raise StoreTimeout(
+                f"etcd at {self.endpoint} did not answer within {self.options.timeout:g}s; "
+                "check the cluster, or raise ?timeout= in the store URL"
+            ) from e
+        except Etcd3Exception as e:
+            raise self.translate(e) from e
+        return answer
+
+    def translate(self, e: Etcd3Exception) -> Exception:
+        code, message = _error_of(e)
+        where = f"etcd at {self.endpoint}"
+        if code == _OUT_OF_RANGE and "compacted" in message:
+            return _Compacted(0)
+        if code == _UNAUTHENTICATED or "invalid auth token" in message:
+            return StoreDenied(self.options.url, "ETCDCTL_USER and its password", message)
+        if "authentication failed" in message:
+            return StoreDenied(self.options.url, f"ETCDCTL_USER and {PASSWORD_HELP}", message)
+        if code == _PERMISSION or "permission denied" in message:
+            return StoreDenied(self.options.url, "the roles granted to ETCDCTL_USER", message)
+        if "user name is empty" in message or "authentication is not enabled" in message:
+            return StoreDenied(self.options.url, "ETCDCTL_USER", message)
+        if code in (_UNAVAILABLE, _DEADLINE, None) or isinstance(e, StoreUnavailable):
+            reason = message or "connection failed"
+            return StoreUnavailable(f"{where} is unreachable: {reason}; check that etcd runs there")
+        if code == _INVALID_ARGUMENT:
+            return StoreError(f"{where} refused the request: {message}")
+        return StoreUnavailable(f"{where} failed: {message}")
+
+    def _authenticate(self) -> None:
+        with self._auth_lock:
+            self.session.headers.pop("Authorization", None)
+            body = {"name": self.options.user, "password": self.options.password}
+            answer = retried(lambda: self._post("/auth/authenticate", body), before_retry=self.next_endpoint)
+            self._token = str(answer["token"])
+            self.session.headers["Authorization"] = self._token
+
+    def watch_stream(self, body: dict[str, Any], timeout: float) -> requests.Response:
+        def open_stream() -> requests.Response:
+            if self.options.user and self._token is None:
+                self._authenticate()
+            client = self.clients[self.current]
+            try:
+                response = self.session.post(
+                    client.get_url("/watch"),
+                    json=body,
+                    stream=True,
+                    timeout=(min(self.options.timeout, 2.0), timeout),
+                )
+            except requests.RequestException as e:
+                raise StoreUnavailable(f"etcd at {self.endpoint} is unreachable: {e}") from e
+            if response.status_code != 200:
+                text = response.text
+                response.close()
+                raise self.translate(Etcd3Exception(text, response.reason))
+            return response
+
+        return retried(open_stream, before_retry=self.next_endpoint)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _client(endpoint: str, timeout: tuple[float, float], session: requests.Session) -> Etcd3Client:
+    protocol, address = endpoint.split("://", 1)
+    host, _, port = address.rpartition(":")
+    client = Etcd3Client(
+        host=host.strip("[]"), port=int(port), protocol=protocol, session=session, api_path="/v3/"
+    )
+    client.timeout = timeout  # type: ignore[assignment]  # requests takes (connect, read)
+    return client
+
+
+def _error_of(e: Etcd3Exception) -> tuple[int | None, str]:
+    text = e.detail_text or ""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None, (text or " ".join(str(a) for a in e.args)).strip()
+    if not isinstance(body, dict):
+        return None, text
+    code = body.get("code")
+    return (int(code) if code is not None else None), str(body.get("error") or body.get("message") or text)
+
+
+class EtcdStore(Store):
+    """Allocations, registrations and colours in etcd v3, under one key prefix."""
+
+    scheme: ClassVar[str] = "etcd"
+    capabilities: ClassVar[Capability] = (
+        Capability.CAS | Capability.TXN | Capability.WATCH | Capability.TTL | Capability.MULTI_HOST
+    )
+
+    def __init__(self, options: EtcdOptions) -> None:
+        self.options = options
+        self.prefix = options.prefix
+        self._connection = _Connection(options)
+
+    @classmethod
+    def from_url(cls, url: str) -> EtcdStore:
+        return cls(parse_url(url))
+
+    @property
+    def url(self) -> str:
+        return self.options.url
+
+    def describe(self) -> str:
+        return f"{self.url} (etcd, {len(self.options.endpoints)} endpoint(s), keys under {self.prefix})"
+
+    # Reading -----------------------------------------------------------------------------
+
+    def _range(self, prefix: str, revision: int | None = None) -> dict[str, Any]:
+        _validate.prefix(prefix)
+        full = self.prefix + prefix
+        body: dict[str, Any] = {"key": _b64(full), "range_end": _range_end(full)}
+        if revision is not None:
+            body["revision"] = str(revision)
+        return self._connection.call("/kv/range", body)
+
+    def _entry(self, kv: Mapping[str, Any]) -> Entry:
+        key = _unb64(kv["key"])[len(self.prefix) :]
+        return Entry(key, _unb64(kv.get("value", "")), str(kv["mod_revision"]))
+
+    def get(self, key: str) -> Entry | None:
+        _validate.key(key)
+        answer = self._connection.call("/kv/range", {"key": _b64(self.prefix + key)})
+        kvs = answer.get("kvs") or []
+        return self._entry(kvs[0]) if kvs else None
+
+    def list(self, prefix: str = "") -> list[Entry]:
+        return self.snapshot(prefix)[0]
+
+    def snapshot(self, prefix: str = "") -> tuple[list[Entry], str]:
+        answer = self._range(prefix)
+        entries = sorted((self._entry(kv) for kv in answer.get("kvs") or []), key=lambda e: e.key)
+        return entries, str(answer["header"]["revision"])
+
+    def position(self) -> str:
+        answer = self._connection.call("/kv/range", {"key": _b64(self.prefix), "count_only": True})
+        return str(answer["header"]["revision"])
+
+    # Writing -----------------------------------------------------------------------------
+
+    def transact(self, operations: Sequence[Operation]) -> dict[str, Entry]:
+        check_operations(operations)
+        if not operations:
+            return {}
+        leases = self._grant_leases(operations)
+        try:
+            answer = self._connection.call("/kv/txn", self._txn(operations, leases))
+        except BaseException:
+            self._revoke(leases.values())
+            raise
+        if not answer.get("succeeded"):
+            self._revoke(leases.values())
+            raise self._failure(operations, answer)
+        revision = str(answer["header"]["revision"])
+        return {op.key: Entry(op.key, op.value, revision, op.ttl) for op in operations if isinstance(op, (Create, Put))}
+
+    def _grant_leases(self, operations: Sequence[Operation]) -> dict[float, str]:
+        leases: dict[float, str] = {}
+        for op in operations:
+            ttl = getattr(op, "ttl", None)
+            if ttl is not None and ttl not in leases:
+                # etcd leases are whole seconds, and etcd raises a TTL below its minimum.
+                answer = self._connection.call("/lease/grant", {"TTL": max(1, round(ttl))})
+                leases[ttl] = str(answer["ID"])
+        return leases
+
+    def _revoke(self, leases: Iterator[str] | Any) -> None:
+        for lease in leases:
+            try:
+                self._connection.call("/kv/lease/revoke", {"ID": lease})
+            except (StoreError, _Compacted):
+                pass  # an unused lease expires on its own
+
+    def _txn(self, operations: Sequence[Operation], leases: Mapping[float, str]) -> dict[str, Any]:
+        compare: list[dict[str, Any]] = []
+        success: list[dict[str, Any]] = []
+        failure: list[dict[str, Any]] = []
+        for op in operations:
+            key = _b64(self.prefix + op.key)
+            condition = _condition(op)
+            if condition is not None:
+                compare.append({"key": key, **condition})
+                failure.append({"request_range": {"key": key}})
+            if isinstance(op, (Create, Put)):
+                put: dict[str, Any] = {"key": key, "value": _b64(op.value)}
+                if op.ttl is not None:
+                    put["lease"] = leases[op.ttl]
+                elif isinstance(op, Put):
+                    put["ignore_lease"] = True
+                success.append({"request_put": put})
+            elif isinstance(op, Delete):
+                success.append({"request_delete_range": {"key": key}})
+        return {"compare": compare, "success": success, "failure": failure}
+
+    def _failure(self, operations: Sequence[Operation], answer: Mapping[str, Any]) -> Exception:
+        current: dict[str, str] = {}
+        for response in answer.get("responses") or []:
+            for kv in (response.get("response_range") or {}).get("kvs") or []:
+                current[_unb64(kv["key"])[len(self.prefix) :]] = str(kv["mod_revision"])
+        for op in operations:
+            have = current.get(op.key)
+            if isinstance(op, Create) and have is not None:
+                return KeyExists(op.key)
+            expected = None if isinstance(op, Create) else op.version
+            conditional = isinstance(op, (Put, Check)) or (isinstance(op, Delete) and expected is not None)
+            if conditional and have != expected:
+                return VersionConflict(op.key)
+        return VersionConflict(operations[0].key)  # changed and changed back between the reads
+
+    def refresh(self, key: str) -> Entry:
+        _validate.key(key)
+        answer = self._connection.call("/kv/range", {"key": _b64(self.prefix + key)})
+        kvs = answer.get("kvs") or []
+        if not kvs:
+            raise NotFound(f"key {key!r} does not exist or its TTL already expired")
+        lease = kvs[0].get("lease")
+        if lease and lease != "0":
+            kept = self._connection.call("/lease/keepalive", {"ID": lease})
+            ttl = (kept.get("result") or kept).get("TTL")
+            if not ttl or int(ttl) <= 0:
+                raise NotFound(f"key {key!r}: its lease expired")
+            return Entry(key, _unb64(kvs[0].get("value", "")), str(kvs[0]["mod_revision"]), float(ttl))
+        return self._entry(kvs[0])
+
+    # Change feed -------------------------------------------------------------------------
+
+    def watch(self, prefix: str, position: str, timeout: float) -> ChangeBatch:
+        _validate.prefix(prefix)
+        if not position.isdigit():
+            raise InvalidInput("position", position, "a position returned by this etcd store")
+        full = self.prefix + prefix
+        request = {
+            "create_request": {
+                "key": _b64(full),
+                "range_end": _range_end(full),
+                "start_revision": str(int(position) + 1),
+            }
+        }
+        response = self._connection.watch_stream(request, max(timeout, 0.05))
+        try:
+            return self._read_batch(response, position)
+        finally:
+            response.close()
+
+    def _read_batch(self, response: requests.Response, position: str) -> ChangeBatch:
+        try:
+            for message in _messages(response):
+                result = message.get("result") or {}
+                if "error" in message:
+                    raise self._connection.translate(Etcd3Exception(json.dumps(message["error"])))
+                if result.get("compact_revision") not in (None, "0", 0):
+                    return ChangeBatch(str(result["header"]["revision"]), (), reset=True)
+                if result.get("canceled"):
+                    reason = result.get("cancel_reason") or "the watch was cancelled"
+                    raise StoreUnavailable(f"etcd at {self._connection.endpoint} ended the watch: {reason}")
+                events = result.get("events") or []
+                if events:
+                    changes = tuple(self._change(event) for event in events)
+                    last = max(int(event["kv"]["mod_revision"]) for event in events)
+                    return ChangeBatch(str(last), changes)
+        except (requests.ConnectionError, requests.Timeout) as e:
+            if "timed out" in str(e).lower() or "timeout" in type(e).__name__.lower():
+                return ChangeBatch(position)  # nothing changed within the timeout
+            raise StoreUnavailable(f"etcd at {self._connection.endpoint} dropped the watch: {e}") from e
+        return ChangeBatch(position)
+
+    def _change(self, event: Mapping[str, Any]) -> Change:
+        kv = event["kv"]
+        key = _unb64(kv["key"])[len(self.prefix) :]
+        if event.get("type") == "DELETE":
+            return Change("delete", key, None)
+        return Change("put", key, self._entry(kv))
+
+    def compact(self, revision: str | None = None) -> None:
+        """Drop history before ``revision`` (now, by default), as etcd's auto-compaction does."""
+        target = revision or self.position()
+        self._connection.call("/kv/compaction", {"revision": target, "physical": True})
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def _condition(op: Operation) -> dict[str, Any] | None:
+    if isinstance(op, Create) or (isinstance(op, Check) and op.version is None):
+        return {"target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+    version = op.version if isinstance(op, (Put, Check, Delete)) else None
+    if version is None:
+        return None
+    if not version.isdigit():
+        version = "-1"  # a version from another store never matches
+    return {"target": "MOD", "result": "EQUAL", "mod_revision": version}
+
+
+def _messages(response: requests.Response) -> Iterator[dict[str, Any]]:
+    """The JSON messages of a gateway stream, one per line, as they arrive."""
+    buffer = b""
+    for chunk in response.iter_content(chunk_size=None):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
+    if buffer.strip():
+        yield json.loads(buffer)
