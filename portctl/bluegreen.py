@@ -41,9 +41,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from portctl import _validate
-from portctl.allocation import Allocation, PortAllocator
+from portctl.allocation import AllocationResult, PortAllocator
 from portctl.backends.base import Capability, Entry, Store
 from portctl.config import Settings
 from portctl.errors import (
@@ -139,7 +140,13 @@ class Flip:
     kind: str  # "cutover" or "rollback"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "actor": self.actor, "from": self.from_color, "to": self.to_color, "kind": self.kind}
+        return {
+            "at": self.at,
+            "actor": self.actor,
+            "from": self.from_color,
+            "to": self.to_color,
+            "kind": self.kind,
+        }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Flip:
@@ -189,28 +196,31 @@ class LivePointer:
 
 def parse_pointer(entry: Entry) -> LivePointer:
     try:
-        doc = json.loads(entry.value)
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} record")
-        if int(doc.get("schema", 0)) > SCHEMA:
-            raise ValueError(f"schema {doc['schema']} is newer than this portctl reads ({SCHEMA})")
-        live, previous = doc.get("live"), doc.get("previous")
-        for color in (live, previous):
-            if color is not None:
-                check_color(color, "live")
-        return LivePointer(
-            str(doc["service"]),
-            str(doc["environment"]),
-            live,
-            previous,
-            float(doc.get("changed_at", 0.0)),
-            str(doc.get("actor", "")),
-            doc.get("drain_until"),
-            tuple(Flip.from_dict(f) for f in doc.get("history", [])),
-            entry.version,
-        )
+        return _pointer_from(json.loads(entry.value), entry.version)
     except (ValueError, KeyError, TypeError) as e:
         raise StoreCorrupt(entry.key, f"the blue-green pointer is not valid ({e})") from e
+
+
+def _pointer_from(doc: Any, version: str) -> LivePointer:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} record")
+    if int(doc.get("schema", 0)) > SCHEMA:
+        raise ValueError(f"schema {doc['schema']} is newer than this portctl reads ({SCHEMA})")
+    live, previous = doc.get("live"), doc.get("previous")
+    for color in (live, previous):
+        if color is not None:
+            check_color(color, "live")
+    return LivePointer(
+        str(doc["service"]),
+        str(doc["environment"]),
+        live,
+        previous,
+        float(doc.get("changed_at", 0.0)),
+        str(doc.get("actor", "")),
+        doc.get("drain_until"),
+        tuple(Flip.from_dict(f) for f in doc.get("history", [])),
+        version,
+    )
 
 
 _POINTER = re.compile(r"^bluegreen/([^/]+)/([^/]+)/live$")
@@ -233,7 +243,9 @@ def serving(instances: Sequence[Instance], pointer: LivePointer | None) -> list[
     return [i for i in instances if colour_of(i.entry) == live]
 
 
-def not_serving_reason(service: str, instances: Sequence[Instance], pointer: LivePointer | None, env: str) -> str:
+def not_serving_reason(
+    service: str, instances: Sequence[Instance], pointer: LivePointer | None, env: str
+) -> str:
     """Why a registered service has no instance that takes traffic (for ServiceNotFound)."""
     if pointer is not None and pointer.live is not None:
         return f"live in {env} (its live colour {pointer.live} has no instance registered)"
@@ -470,30 +482,48 @@ class BlueGreen:
                 f"{color} is the live colour of {service} in {env}: deploying over it would change "
                 f"what serves without a health gate; deploy to {other(color)} and cut over to it"
             )
-        allocation = self._allocate(service, color, env, port)
-        check = _with_port(check or CheckSpec("tcp"), allocation.port)
-        instance = self.registry.register(
-            service,
-            port=allocation.port,
-            address=address,
-            instance_id=self._instance_id(service, color),
-            tags=(color,),
-            meta={"color": color},
-            check=check,
-            environment=env,
-            probe=self._probe_check,
-        )
+        check = check or CheckSpec("tcp")
+        self._precheck(check, port, env)
+        result = self._allocate(service, color, env, port)
+        allocation = result.allocation
+        try:
+            instance = self.registry.register(
+                service,
+                port=allocation.port,
+                address=_validate.host(address, "--address") if address else None,
+                instance_id=self._instance_id(service, color),
+                tags=(color,),
+                meta={"color": color},
+                check=_with_port(check, allocation.port),
+                environment=env,
+                probe=self._probe_check,
+            )
+        except PortctlError:
+            if result.changed and result.previous_port is None:  # leave the store as found
+                PortAllocator(self.store, self.settings).release(allocation.service, env)
+            raise
         went_live = pointer is None and self._go_live_first(service, color, env, actor)
         return Deployed(service, env, color, instance, went_live)
 
-    def _allocate(self, service: str, color: str, env: str, port: int | None) -> Allocation:
+    def _precheck(self, check: CheckSpec, port: int | None, env: str) -> None:
+        """Refuse an HTTP check the registration would refuse, before the port is allocated."""
+        if check.kind != "http" or not check.url or "{port}" in check.url:
+            return
+        target = urlsplit(check.url).port
+        allocated = {a.port for a in PortAllocator(self.store, self.settings).allocations(env)}
+        if target != port and target not in allocated:
+            raise InvalidInput(
+                "--check", check.url, "an HTTP URL on the colour's port: write it as http://HOST:{port}/PATH"
+            )
+
+    def _allocate(self, service: str, color: str, env: str, port: int | None) -> AllocationResult:
         spec = self.settings.policy.spec(service)
         name = colour_allocation(service, color)
         if port is None:
             allocator = PortAllocator(self.store, self.settings)
-            return allocator.allocate(name, type=spec.type, environment=env).allocation
+            return allocator.allocate(name, type=spec.type, environment=env)
         allocator = PortAllocator(self.store, self.settings, bind=_claimed_bind)
-        return allocator.allocate(name, port=port, type=spec.type, environment=env).allocation
+        return allocator.allocate(name, port=port, type=spec.type, environment=env)
 
     def _instance_id(self, service: str, color: str) -> str:
         host = re.sub(r"[^a-z0-9._-]+", "-", self.settings.host.lower()).strip("-.")
@@ -721,6 +751,19 @@ def _with_port(check: CheckSpec, port: int) -> CheckSpec:
 
         return replace(check, url=check.url.replace("{port}", str(port)))
     return check
+
+
+def parse_colour_check(text: str | None, **options: Any) -> CheckSpec:
+    """``--check`` for a colour: the registry's forms, where an HTTP URL may say ``{port}`` for
+    the colour's port (known once it is allocated), e.g. ``http://127.0.0.1:{port}/health``."""
+    from dataclasses import replace
+
+    from portctl.registry import parse_check
+
+    spec = parse_check(text.replace("{port}", "1") if text else text, **options)
+    if spec.kind == "http" and text and "{port}" in text:
+        return replace(spec, url=text.strip())
+    return spec
 
 
 def parse_window(value: str, field_name: str) -> float:

@@ -166,6 +166,7 @@ class ServiceEntry:
     check: CheckSpec = field(default_factory=CheckSpec)
     registered_at: float = 0.0
     pid: int | None = None  # the process that registered it, for zombie reconciliation
+    lease: float | None = None  # seconds the entry lives unless kept alive (None: until removed)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -187,6 +188,7 @@ class ServiceEntry:
             check=CheckSpec.from_dict(raw.get("check", {})),
             registered_at=float(raw.get("registered_at", 0.0)),
             pid=raw.get("pid"),
+            lease=raw.get("lease"),
         )
 
 
@@ -291,13 +293,18 @@ class Registry:
         environment: str | None = None,
         pid: int | None = None,
         probe: Callable[[ServiceEntry], tuple[Status, str]] | None = None,
+        lease: float | None = None,
     ) -> Instance:
         """Register (or re-register) one instance. Without ``port`` the service's allocation in
         this environment gives it. ``probe`` (e.g. :func:`portctl.health.run_check`) runs the
-        TCP or HTTP check once, so the entry starts with a real status."""
+        TCP or HTTP check once, so the entry starts with a real status. With ``lease`` the
+        entry and its health vanish unless kept alive (:meth:`keep_alive`) within that many
+        seconds, by the registering process or ``portctl agent``."""
         env = self.policy.environment(environment)
         _validate.service_name(service)
         check = check or CheckSpec("tcp")
+        if lease is not None and not 1 <= lease <= 86400:
+            raise InvalidInput("--lease", lease, "a duration from 1s to 24h")
         port = self._port(service, env, port)
         address = _validate.host(address, "--address") if address else "127.0.0.1"
         self._check_target(check, port, env)
@@ -320,6 +327,7 @@ class Registry:
             check,
             time.time(),
             pid,
+            lease,
         )
         initial = probe(entry) if probe is not None and check.kind in ("tcp", "http") else None
         self._write(entry, self._first_health(check, initial))
@@ -367,8 +375,8 @@ class Registry:
         for _ in range(20):
             current, current_health = self.store.get(ekey), self.store.get(hkey)
             ops: list[Operation] = [
-                _upsert(ekey, json.dumps(entry.to_dict(), sort_keys=True), current),
-                _upsert(hkey, json.dumps(health.to_dict(), sort_keys=True), current_health),
+                _upsert(ekey, json.dumps(entry.to_dict(), sort_keys=True), current, entry.lease),
+                _upsert(hkey, json.dumps(health.to_dict(), sort_keys=True), current_health, entry.lease),
             ]
             try:
                 self.store.transact(ops)
@@ -387,6 +395,21 @@ class Registry:
             ]
         )
         return e
+
+    def keep_alive(self, instance: Instance) -> bool:
+        """Restart the lease of a leased registration. If the lease already ran out - the
+        process was paused, or the store unreachable, for longer than the lease - the entry and
+        its last health are written again on a new lease, and True is returned."""
+        e = instance.entry
+        if e.lease is None:
+            return False
+        try:
+            self.store.refresh(entry_key(e.environment, e.service, e.id))
+            self.store.refresh(health_key(e.environment, e.service, e.id))
+        except NotFound:
+            self._write(e, instance.health)
+            return True
+        return False
 
     # Health ------------------------------------------------------------------------------
 
@@ -475,8 +498,8 @@ def instances_from(entries: Sequence[Entry], now: float | None = None) -> list[I
     return sorted(out, key=lambda i: (i.entry.environment, i.entry.service, i.entry.id))
 
 
-def _upsert(key: str, value: str, current: Entry | None) -> Operation:
-    return Create(key, value) if current is None else Put(key, value, current.version)
+def _upsert(key: str, value: str, current: Entry | None, ttl: float | None = None) -> Operation:
+    return Create(key, value, ttl) if current is None else Put(key, value, current.version, ttl)
 
 
 def parse_entry(item: Entry) -> ServiceEntry:

@@ -20,6 +20,7 @@ lives under a key prefix can never be escaped.
 from __future__ import annotations
 
 import abc
+import builtins
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,6 +156,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def refresh(self, key: str) -> Entry:
         """Restart the TTL of ``key`` (keep-alive). Raises NotFound if it already expired."""
+
+    def snapshot(self, prefix: str = "") -> tuple[builtins.list[Entry], str]:
+        """Every entry under ``prefix`` and a position to watch from, read together: a reader
+        that re-reads after ``reset=True`` and watches from here loses and repeats nothing.
+        Stores that can read both at one revision override this."""
+        position = self.position()
+        return self.list(prefix), position
 
     @abc.abstractmethod
     def position(self) -> str:

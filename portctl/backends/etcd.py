@@ -34,10 +34,12 @@ call, and the shared retry policy for transient errors.
 from __future__ import annotations
 
 import base64
+import builtins
+import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -77,7 +79,7 @@ __all__ = ["DEFAULT_PREFIX", "EtcdOptions", "EtcdStore", "parse_url"]
 DEFAULT_PREFIX = "portctl"
 DEFAULT_TIMEOUT = 5.0
 URL_FORM = "etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?timeout=SECONDS] (or etcd+https://...)"
-PASSWORD_HELP = "the password in ETCDCTL_PASSWORD, ETCDCTL_USER=user:password or ?password_file=FILE"
+PASSWORD_HELP = "the password in ETCDCTL_PASSWORD, ETCDCTL_USER=user:password or ?password_file=FILE"  # noqa: S105 - help text
 
 # gRPC status codes etcd's gateway puts in its error bodies.
 _INVALID_ARGUMENT, _DEADLINE, _PERMISSION, _OUT_OF_RANGE, _UNAVAILABLE, _UNAUTHENTICATED = 3, 4, 7, 11, 14, 16
@@ -114,7 +116,9 @@ def parse_url(url: str, environ: Mapping[str, str] | None = None) -> EtcdOptions
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     unknown = set(query) - {"timeout", "cacert", "cert", "key", "password_file"}
     if unknown:
-        raise InvalidInput("store URL option", sorted(unknown)[0], "timeout, cacert, cert, key or password_file")
+        raise InvalidInput(
+            "store URL option", sorted(unknown)[0], "timeout, cacert, cert, key or password_file"
+        )
     tls = parts.scheme == "etcd+https"
     endpoints = _endpoints(hosts, env, tls)
     user, password = _credentials(userinfo, query, env)
@@ -162,7 +166,9 @@ def _prefix(path: str) -> str:
     try:
         _validate.key(name)
     except InvalidInput:
-        raise InvalidInput("store URL prefix", path, "a key prefix like /portctl or /team-a/portctl") from None
+        raise InvalidInput(
+            "store URL prefix", path, "a key prefix like /portctl or /team-a/portctl"
+        ) from None
     return f"/{name}/"
 
 
@@ -271,7 +277,7 @@ class _Connection:
             raise self.translate(e) from e
         return answer
 
-    def translate(self, e: Etcd3Exception) -> Exception:
+    def translate(self, e: Etcd3Exception) -> Exception:  # noqa: PLR0911 - one answer per error class
         code, message = _error_of(e)
         where = f"etcd at {self.endpoint}"
         if code == _OUT_OF_RANGE and "compacted" in message:
@@ -394,7 +400,7 @@ class EtcdStore(Store):
     def list(self, prefix: str = "") -> list[Entry]:
         return self.snapshot(prefix)[0]
 
-    def snapshot(self, prefix: str = "") -> tuple[list[Entry], str]:
+    def snapshot(self, prefix: str = "") -> tuple[builtins.list[Entry], str]:
         answer = self._range(prefix)
         entries = sorted((self._entry(kv) for kv in answer.get("kvs") or []), key=lambda e: e.key)
         return entries, str(answer["header"]["revision"])
@@ -419,7 +425,11 @@ class EtcdStore(Store):
             self._revoke(leases.values())
             raise self._failure(operations, answer)
         revision = str(answer["header"]["revision"])
-        return {op.key: Entry(op.key, op.value, revision, op.ttl) for op in operations if isinstance(op, (Create, Put))}
+        return {
+            op.key: Entry(op.key, op.value, revision, op.ttl)
+            for op in operations
+            if isinstance(op, (Create, Put))
+        }
 
     def _grant_leases(self, operations: Sequence[Operation]) -> dict[float, str]:
         leases: dict[float, str] = {}
@@ -431,12 +441,10 @@ class EtcdStore(Store):
                 leases[ttl] = str(answer["ID"])
         return leases
 
-    def _revoke(self, leases: Iterator[str] | Any) -> None:
+    def _revoke(self, leases: Iterable[str]) -> None:
         for lease in leases:
-            try:
+            with contextlib.suppress(StoreError, _Compacted):  # an unused lease expires on its own
                 self._connection.call("/kv/lease/revoke", {"ID": lease})
-            except (StoreError, _Compacted):
-                pass  # an unused lease expires on its own
 
     def _txn(self, operations: Sequence[Operation], leases: Mapping[float, str]) -> dict[str, Any]:
         compare: list[dict[str, Any]] = []

@@ -12,6 +12,7 @@ from portctl import _validate
 from portctl.allocation import PortAllocator
 from portctl.backends import open_store
 from portctl.backends.base import Capability, ChangeBatch, Entry, Store
+from portctl.bluegreen import check_color
 from portctl.config import ENV_ENV, Settings, load_settings, resolve_store
 from portctl.discovery import _cache
 from portctl.discovery._snapshot import (
@@ -120,22 +121,37 @@ class ServiceDiscovery:
 
     # Lookups: the hot path is a dict access and, with a scheme, one format -------------
 
-    def get_service_url(self, name: str, *, scheme: str | None = None, healthy_only: bool = True) -> str:
-        """The URL of ``name``, e.g. ``postgresql://127.0.0.1:5433``."""
-        view = self._view
-        answer = (view.healthy if healthy_only else view.every).get(name)
-        if answer is None or _clock() >= view.deadline:
-            answer = self._answer(name, healthy_only)
+    def get_service_url(
+        self, name: str, *, scheme: str | None = None, healthy_only: bool = True, color: str | None = None
+    ) -> str:
+        """The URL of ``name``, e.g. ``postgresql://127.0.0.1:5433``: for a blue-green service, of
+        its live colour; with ``color='green'``, of that colour whether live or not (smoke tests)."""
+        answer = (
+            self._lookup(name, healthy_only)
+            if color is None
+            else self._colour_answer(name, color, healthy_only)
+        )
         return answer.url if scheme is None else answer.with_scheme(scheme)
 
-    def get_service_address(self, name: str, *, healthy_only: bool = True) -> tuple[str, int]:
+    def get_service_address(
+        self, name: str, *, healthy_only: bool = True, color: str | None = None
+    ) -> tuple[str, int]:
         """``(host, port)`` of ``name``; an IPv6 host without brackets. For a ``PORTCTL_<NAME>_URL``
-        without a port, the scheme's usual one (http 80, https 443, postgresql 5432, redis 6379)."""
+        without a port, the scheme's usual one (http 80, https 443, postgresql 5432, redis 6379).
+        ``color`` as for :meth:`get_service_url`."""
+        answer = (
+            self._lookup(name, healthy_only)
+            if color is None
+            else self._colour_answer(name, color, healthy_only)
+        )
+        return answer.host, answer.port
+
+    def _lookup(self, name: str, healthy_only: bool) -> Answer:
         view = self._view
         answer = (view.healthy if healthy_only else view.every).get(name)
         if answer is None or _clock() >= view.deadline:
-            answer = self._answer(name, healthy_only)
-        return answer.host, answer.port
+            return self._answer(name, healthy_only)
+        return answer
 
     def get_all_services(self, *, healthy_only: bool = True) -> dict[str, str]:
         """Every service that resolves now, by name: registered, allocated or overridden."""
@@ -167,12 +183,30 @@ class ServiceDiscovery:
         answer = (view.healthy if healthy_only else view.every).get(name)
         if answer is not None:
             return answer
-        if healthy_only and name in view.unhealthy:
+        if name in view.unhealthy and (healthy_only or name not in view.every):
             raise ServiceNotFound(name, list(view.known), view.unhealthy[name])
         if self._allocate_missing and name not in view.every:
             return self._allocate(name)
         where = f"registered or allocated in {self._environment} on {self._settings.host}"
         raise ServiceNotFound(name, list(view.known), where)
+
+    def _colour_answer(self, name: str, color: str, healthy_only: bool) -> Answer:
+        """One colour of a blue-green service. ``PORTCTL_<NAME>_URL`` does not apply: it names
+        where the service is, not where one of its colours is."""
+        view = self._view
+        key = (name, color)
+        answer = (view.colors_healthy if healthy_only else view.colors_every).get(key)
+        if answer is not None and _clock() < view.deadline:
+            return answer
+        _validate.service_name(name)
+        check_color(color, "color")
+        view = self._usable_view()
+        answer = (view.colors_healthy if healthy_only else view.colors_every).get(key)
+        if answer is not None:
+            return answer
+        if key in view.colors_unhealthy:
+            raise ServiceNotFound(name, list(view.known), view.colors_unhealthy[key])
+        raise ServiceNotFound(name, list(view.known), f"deployed in colour {color} in {self._environment}")
 
     def _usable_view(self) -> View:
         view = self._view
@@ -409,11 +443,13 @@ class _DefaultSlot:
 _default = _DefaultSlot()
 
 
-def get_service_url(name: str, *, scheme: str | None = None, healthy_only: bool = True) -> str:
+def get_service_url(
+    name: str, *, scheme: str | None = None, healthy_only: bool = True, color: str | None = None
+) -> str:
     """``get_service_url('redis')`` over a default :class:`ServiceDiscovery`, made on first use
     with the store the CLI would choose (config file, ``PORTCTL_STORE``, the default file) and
-    ``PORTCTL_ENV``."""
-    return _default.get().get_service_url(name, scheme=scheme, healthy_only=healthy_only)
+    ``PORTCTL_ENV``. ``color='green'`` names one colour of a blue-green service."""
+    return _default.get().get_service_url(name, scheme=scheme, healthy_only=healthy_only, color=color)
 
 
 def set_default(discovery: ServiceDiscovery | None) -> None:

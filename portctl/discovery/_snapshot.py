@@ -1,6 +1,10 @@
-"""A resolver's snapshot: one environment's registry and allocation keys, turned into a ready
-answer per service name. Pure (no I/O): the resolver rebuilds it on every store change and swaps
-it in whole, so a lookup is one dict access.
+"""A resolver's snapshot: one environment's registry, allocation and blue-green keys, turned
+into a ready answer per service name (and per service and colour). Pure (no I/O): the resolver
+rebuilds it on every store change and swaps it in whole, so a lookup is one dict access.
+
+A service with a blue-green pointer answers with its live colour's instances; each colour
+also answers on its own (``color=``), for smoke tests of the idle one. A service that never
+used blue-green has neither, and answers as before.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from urllib.parse import urlsplit
 from portctl import _validate
 from portctl.allocation import Allocation
 from portctl.backends.base import Entry
+from portctl.bluegreen import COLORS, LivePointer, colour_of, live_pointers, not_serving_reason, serving
 from portctl.errors import InvalidInput, StoreCorrupt
 from portctl.registry import Instance, Status, instances_from
 
@@ -116,9 +121,11 @@ class Context:
         return cls(environment, host, service_host(environ), overrides)
 
     @property
-    def prefixes(self) -> tuple[str, str]:
-        """The store keys a resolver keeps: its environment's registry and its host's allocations."""
-        return f"registry/{self.environment}/", f"allocations/{self.host}/{self.environment}/"
+    def prefixes(self) -> tuple[str, str, str]:
+        """The store keys a resolver keeps: its environment's registry and blue-green pointers,
+        and its host's allocations."""
+        env = self.environment
+        return f"registry/{env}/", f"allocations/{self.host}/{env}/", f"bluegreen/{env}/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +137,9 @@ class View:
     unhealthy: Mapping[str, str]  # service -> why no instance is healthy (the error's "where")
     known: tuple[str, ...]  # registered or allocated in this environment
     deadline: float = math.inf  # the time a lookup must take the slow path (TTL expiry, stale limit)
+    colors_healthy: Mapping[tuple[str, str], Answer] = field(default_factory=dict)  # (service, colour)
+    colors_every: Mapping[tuple[str, str], Answer] = field(default_factory=dict)
+    colors_unhealthy: Mapping[tuple[str, str], str] = field(default_factory=dict)
     stale_since: float | None = None  # when the store was last read, while it is unreachable
     error: Exception | None = None  # why it is unreachable
 
@@ -144,21 +154,29 @@ EMPTY = View({}, {}, {}, ())  # before the first read
 
 def build_view(entries: Iterable[Entry], context: Context, now: float) -> View:
     """The answers the store's entries give; health is judged as of ``now``."""
-    registry_prefix, allocation_prefix = context.prefixes
+    registry_prefix, allocation_prefix, bluegreen_prefix = context.prefixes
     kept = list(entries)
     registered = [e for e in kept if e.key.startswith(registry_prefix)]
     allocations = [_allocation(e) for e in kept if e.key.startswith(allocation_prefix)]
+    pointers = live_pointers((e for e in kept if e.key.startswith(bluegreen_prefix)), context.environment)
     by_service: dict[str, list[Instance]] = {}
     for instance in instances_from(registered, now):
         by_service.setdefault(instance.entry.service, []).append(instance)
     healthy: dict[str, Answer] = {}
     every: dict[str, Answer] = {}
     unhealthy: dict[str, str] = {}
+    colours = _Colours()
     for service, group in by_service.items():
-        best = min(group, key=lambda i: (_RANK[i.status], i.entry.id))
+        colours.add(service, group, context)
+        pointer = pointers.get(service)
+        live = serving(group, pointer)
+        if not live:
+            unhealthy[service] = not_serving_reason(service, group, pointer, context.environment)
+            continue
+        best = min(live, key=lambda i: (_RANK[i.status], i.entry.id))
         every[service] = _instance_answer(best, context)
         if best.status == Status.CRITICAL:
-            unhealthy[service] = _none_healthy(group, context.environment)
+            unhealthy[service] = _none_healthy(live, context.environment, pointer)
         else:
             healthy[service] = every[service]
     for alloc in allocations:
@@ -168,7 +186,38 @@ def build_view(entries: Iterable[Entry], context: Context, now: float) -> View:
             healthy[alloc.service] = every[alloc.service] = answer
     known = tuple(sorted(set(by_service) | {a.service for a in allocations}))
     _apply_overrides(known, context, healthy, every, unhealthy)
-    return View(healthy, every, unhealthy, known, _next_expiry(by_service, now))
+    return View(
+        healthy,
+        every,
+        unhealthy,
+        known,
+        _next_expiry(by_service, now),
+        colours.healthy,
+        colours.every,
+        colours.unhealthy,
+    )
+
+
+class _Colours:
+    """Each colour of each blue-green service answers on its own, whether live or not."""
+
+    def __init__(self) -> None:
+        self.healthy: dict[tuple[str, str], Answer] = {}
+        self.every: dict[tuple[str, str], Answer] = {}
+        self.unhealthy: dict[tuple[str, str], str] = {}
+
+    def add(self, service: str, group: list[Instance], context: Context) -> None:
+        for color in COLORS:
+            mine = [i for i in group if colour_of(i.entry) == color]
+            if not mine:
+                continue
+            best = min(mine, key=lambda i: (_RANK[i.status], i.entry.id))
+            key = (service, color)
+            self.every[key] = _instance_answer(best, context)
+            if best.status == Status.CRITICAL:
+                self.unhealthy[key] = f"healthy in colour {color} ({_count(mine)}, all critical)"
+            else:
+                self.healthy[key] = self.every[key]
 
 
 def _allocation(entry: Entry) -> Allocation:
@@ -199,9 +248,15 @@ def _default_scheme(service: str) -> str:
     return DEFAULT_SCHEMES.get(service, DEFAULT_SCHEME)
 
 
-def _none_healthy(group: list[Instance], environment: str) -> str:
-    count = f"{len(group)} instance{'s' if len(group) != 1 else ''} registered"
-    return f"healthy in {environment} ({count}, {'all' if len(group) != 1 else 'it is'} critical)"
+def _count(group: list[Instance]) -> str:
+    return f"{len(group)} instance{'s' if len(group) != 1 else ''} registered"
+
+
+def _none_healthy(group: list[Instance], environment: str, pointer: LivePointer | None = None) -> str:
+    where = f"healthy in {environment}"
+    if pointer is not None and pointer.live is not None:
+        where += f" in its live colour {pointer.live}"
+    return f"{where} ({_count(group)}, {'all' if len(group) != 1 else 'it is'} critical)"
 
 
 def _apply_overrides(

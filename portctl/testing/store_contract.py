@@ -207,6 +207,16 @@ class StoreContract:
         assert ("put", "contract/w/b") in seen
         assert all(key.startswith("contract/w/") for _, key in seen)
 
+    def test_snapshot_then_watch_sees_only_later_changes(self, store: Store) -> None:
+        if Capability.WATCH not in store.capabilities:
+            pytest.skip("this store declares no change feed")
+        store.create("contract/s/a", "1")
+        entries, position = store.snapshot("contract/s/")
+        assert [(e.key, e.value) for e in entries] == [("contract/s/a", "1")]
+        store.create("contract/s/b", "2")
+        batch = store.watch("contract/s/", position, timeout=5)
+        assert [(c.kind, c.key) for c in batch.changes] == [("put", "contract/s/b")]
+
     def test_watch_times_out_with_no_changes(self, store: Store) -> None:
         if Capability.WATCH not in store.capabilities:
             pytest.skip("this store declares no change feed")
