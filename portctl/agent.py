@@ -10,7 +10,12 @@ One pass (:meth:`Agent.run_once`) looks at every instance registered from this h
    pass) and records the result with flap damping (:meth:`Registry.record_result`);
 3. persists **expired TTLs**: an expired TTL already reads as critical, but the stored record is
    rewritten as critical so that change feeds and watchers see the change;
-4. removes instances critical for longer than ``check.deregister_after``.
+4. removes instances critical for longer than ``check.deregister_after``;
+5. keeps **leased** entries alive (``register --lease``): each lease is renewed every third of
+   its length, and an entry whose lease ran out while the agent could not renew it (the agent
+   was paused or the store unreachable for longer than the lease) is written again on a new
+   lease. An entry that vanished while its lease was being renewed was deregistered on purpose
+   and is let go.
 
 What the agent remembers between passes (when each check last ran, since when each zombie has
 been one) lives in memory: a restarted agent runs every check at once and starts every zombie's
@@ -58,6 +63,7 @@ class AgentReport:
 
     checked: list[tuple[str, Status]] = field(default_factory=list)  # (id, status after damping)
     deregistered: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    rewritten: list[str] = field(default_factory=list)  # ids written again after their lease ran out
 
 
 class Agent:
@@ -80,6 +86,7 @@ class Agent:
         self.clock = clock
         self._last_run: dict[_Key, float] = {}
         self._zombie_since: dict[_Key, float] = {}
+        self._kept: dict[tuple[str, str], tuple[Instance, float]] = {}  # leased: last renewal
         self._lock = threading.Lock()
 
     # One pass ------------------------------------------------------------------------------
@@ -94,6 +101,7 @@ class Agent:
             )
             mine = [i for i in found if i.entry.host == self.registry.host]
             self._forget_all_but({_key(i.entry) for i in mine})
+            self._keep_leases(mine, report)
             scan = _LazyScan()
             for instance in mine:
                 self._pass(instance, now, scan, report)
@@ -123,6 +131,29 @@ class Agent:
                 if on_report is not None:
                     on_report(report)
             stop.wait(tick)
+
+    def _keep_leases(self, mine: list[Instance], report: AgentReport) -> None:
+        now = time.monotonic()  # counts on while the process is stopped, unlike a paused clock
+        present = {(i.entry.environment, i.entry.id) for i in mine}
+        for key, (instance, renewed_at) in list(self._kept.items()):
+            if key in present:
+                continue
+            del self._kept[key]
+            lease = instance.entry.lease or 0.0
+            if now - renewed_at >= lease:  # it expired unrenewed: ours to restore
+                self.registry.keep_alive(instance)
+                report.rewritten.append(instance.entry.id)
+        for instance in mine:
+            if instance.entry.lease is None:
+                continue
+            key = (instance.entry.environment, instance.entry.id)
+            previous = self._kept.get(key)
+            if previous is not None and now - previous[1] < instance.entry.lease / 3:
+                self._kept[key] = (instance, previous[1])
+                continue
+            if self.registry.keep_alive(instance):
+                report.rewritten.append(instance.entry.id)
+            self._kept[key] = (instance, now)
 
     def _pass(self, instance: Instance, now: float, scan: _LazyScan, report: AgentReport) -> None:
         entry = instance.entry

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from portctl._version import __version__
-from portctl.cli import host, ports, registry, stack
+from portctl.cli import host, migrate, ports, registry, stack
 
 app = typer.Typer(
     name="portctl",
@@ -22,6 +22,7 @@ app.add_typer(ports.app)
 app.add_typer(host.app)
 app.add_typer(stack.app)
 app.add_typer(registry.app)
+app.add_typer(migrate.app)
 
 
 def _version(value: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -10,7 +11,7 @@ import typer
 
 from portctl.cli._common import EnvOption, JsonOption, Opened, StoreOption, handled, opened
 from portctl.cli._output import ExitCode, emit, note, table
-from portctl.errors import InvalidInput
+from portctl.errors import InvalidInput, StoreUnavailable
 
 if TYPE_CHECKING:
     from portctl.registry import Instance, Registry
@@ -130,6 +131,23 @@ def register(
             help="Flap damping: failures in a row before it turns critical.",
         ),
     ] = 1,
+    lease: Annotated[
+        str | None,
+        typer.Option(
+            "--lease",
+            metavar="30s",
+            help="The entry vanishes unless kept alive within this time, by --keep-alive or "
+            "portctl agent (an etcd lease; a TTL in the JSON store).",
+            show_default=False,
+        ),
+    ] = None,
+    keep_alive: Annotated[
+        bool,
+        typer.Option(
+            "--keep-alive",
+            help="Stay in the foreground keeping the lease alive; Ctrl-C or SIGTERM deregisters.",
+        ),
+    ] = False,
     env: EnvOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
@@ -137,10 +155,11 @@ def register(
     """Register a service instance with a health check; the check runs once now.
 
     Example: portctl register redis --check tcp --interval 5s
+    Example: portctl register api --lease 30s --keep-alive
     """
     from portctl import _validate
     from portctl.health import run_check
-    from portctl.registry import parse_check
+    from portctl.registry import parse_check, parse_duration
 
     with handled(as_json):
         spec = parse_check(
@@ -152,8 +171,12 @@ def register(
             failures_before_critical=failures,
         )
         number = _validate.port(port, "--port") if port is not None else None
+        seconds = parse_duration(lease, "--lease") if lease is not None else None
+        if keep_alive and seconds is None:
+            raise InvalidInput("--keep-alive", "without --lease", "--lease DURATION with --keep-alive")
         with opened(store) as ctx:
-            found = _registry(ctx).register(
+            registry = _registry(ctx)
+            found = registry.register(
                 name,
                 port=number,
                 address=address,
@@ -163,13 +186,38 @@ def register(
                 check=spec,
                 environment=env,
                 probe=run_check,
+                lease=seconds,
             )
-        e = found.entry
-        text = (
-            f"registered {e.id}: {e.service} ({e.environment}) at {e.address}:{e.port}, check "
-            f"{e.check.describe()}: {found.status.value} ({found.health.output})"
-        )
-        emit(as_json, found.to_dict(), text)
+            e = found.entry
+            text = (
+                f"registered {e.id}: {e.service} ({e.environment}) at {e.address}:{e.port}, check "
+                f"{e.check.describe()}: {found.status.value} ({found.health.output})"
+            )
+            if not keep_alive:
+                emit(as_json, found.to_dict(), text)
+                return
+            emit(as_json, found.to_dict(), text)
+            sys.stdout.flush()
+            _keep_registered(registry, found)
+
+
+def _keep_registered(registry: Registry, instance: Instance) -> None:
+    """Renew the lease every third of it until SIGTERM or Ctrl-C, then deregister."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    lease = instance.entry.lease or 1.0
+    note(f"keeping {instance.entry.id} alive (lease {lease:g}s); Ctrl-C or SIGTERM deregisters")
+    try:
+        while not stop.wait(lease / 3):
+            try:
+                if registry.keep_alive(instance):
+                    note(f"the lease of {instance.entry.id} had run out; registered it again")
+            except StoreUnavailable as e:
+                note(f"could not renew the lease: {e}; trying again")
+    except KeyboardInterrupt:
+        pass
+    registry.deregister(instance.entry.id, instance.entry.environment)
+    note(f"deregistered {instance.entry.id}")
 
 
 @app.command()
@@ -336,9 +384,11 @@ def agent(
                 data = {
                     "checked": [[i, s.value] for i, s in report.checked],
                     "deregistered": [list(d) for d in report.deregistered],
+                    "rewritten": report.rewritten,
                 }
                 lines = [f"{i}: {s.value}" for i, s in report.checked]
                 lines += [f"deregistered {i}: {why}" for i, why in report.deregistered]
+                lines += [f"registered {i} again: its lease had run out" for i in report.rewritten]
                 emit(as_json, data, "\n".join(lines) or "nothing to check on this host")
                 return
             stop = threading.Event()

@@ -1,0 +1,48 @@
+"""``portctl migrate``: copy a whole store into another, e.g. from the JSON file to etcd."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from portctl.cli._common import JsonOption, StoreOption, handled, opened
+from portctl.cli._output import emit
+
+app = typer.Typer()
+
+
+@app.command()
+def migrate(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            metavar="URL",
+            help="The empty store to copy into, e.g. etcd://h1:2379,h2:2379 or file:///srv/store.json.",
+        ),
+    ],
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Copy every allocation, registration and colour from the store into another, empty one.
+
+    The source is left as it is; the copy is read back and compared before it is reported.
+
+    Example: portctl migrate --to etcd://10.0.0.5:2379,10.0.0.6:2379
+    """
+    from portctl.backends import open_store
+    from portctl.migrate import migrate as copy_store
+
+    with handled(as_json), opened(store) as ctx:
+        target = open_store(to)
+        try:
+            report = copy_store(ctx.store, target)
+        finally:
+            target.close()
+        kinds = ", ".join(f"{n} {kind}" for kind, n in report.by_kind.items()) or "nothing"
+        emit(
+            as_json,
+            report.to_dict(),
+            f"copied {report.copied} key(s) from {report.source} to {report.target}: {kinds}",
+        )
