@@ -524,7 +524,8 @@ class EtcdStore(Store):
                 if "error" in message:
                     raise self._connection.translate(Etcd3Exception(json.dumps(message["error"])))
                 if result.get("compact_revision") not in (None, "0", 0):
-                    return ChangeBatch(str(result["header"]["revision"]), (), reset=True)
+                    # Too old: the reader re-reads with snapshot(), which gives the position.
+                    return ChangeBatch(str(result["compact_revision"]), (), reset=True)
                 if result.get("canceled"):
                     reason = result.get("cancel_reason") or "the watch was cancelled"
                     raise StoreUnavailable(f"etcd at {self._connection.endpoint} ended the watch: {reason}")
