@@ -10,6 +10,7 @@ from portctl._version import __version__
 if TYPE_CHECKING:
     from portctl.allocation import Allocation, AllocationResult, PortAllocator
     from portctl.backends import Capability, Entry, Store, open_store
+    from portctl.bluegreen import BlueGreen, CutoverConflict, CutoverRefused
     from portctl.config import Settings, StoreChoice, load_settings, resolve_store
     from portctl.discovery import ServiceDiscovery, get_service_url
     from portctl.errors import (
@@ -42,6 +43,9 @@ _HOMES = {
     "Entry": "portctl.backends",
     "Store": "portctl.backends",
     "open_store": "portctl.backends",
+    "BlueGreen": "portctl.bluegreen",
+    "CutoverConflict": "portctl.bluegreen",
+    "CutoverRefused": "portctl.bluegreen",
     "Settings": "portctl.config",
     "StoreChoice": "portctl.config",
     "load_settings": "portctl.config",
@@ -79,9 +83,12 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Allocation",
     "AllocationResult",
+    "BlueGreen",
     "Capability",
     "CapabilityMissing",
     "CheckSpec",
+    "CutoverConflict",
+    "CutoverRefused",
     "DockerUnavailable",
     "Entry",
     "Instance",

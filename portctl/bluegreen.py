@@ -27,8 +27,9 @@ A cutover is health-gated: every instance of the target colour is probed with it
 (:func:`portctl.health.run_check`; TTL checks are read from the store) throughout the
 ``min_healthy`` window and once more when the window closes, right before the flip. One failed
 probe refuses the cutover: a target that flaps is not one to send traffic to, and waiting for it
-to settle would hide the flapping. Probe results are recorded as the agent would record them,
-so the new colour's stored health is current when resolvers switch to it.
+to settle would hide the flapping. Once every probe passed, the passes are recorded as the agent
+would record them (enough for flap damping), so the new colour's stored health is current when
+resolvers switch to it; a refused cutover writes nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from portctl.allocation import AllocationResult, PortAllocator
 from portctl.backends.base import Capability, Entry, Store
 from portctl.config import Settings
 from portctl.errors import (
+    CapabilityMissing,
     InvalidInput,
     KeyExists,
     NotFound,
@@ -364,6 +366,15 @@ Probe = Callable[[ServiceEntry], tuple[Status, str]]
 Progress = Callable[[str], None]
 
 
+def require(store: Store, needed: Capability) -> None:
+    """Refuse a store that cannot do what blue-green needs, saying why it needs it."""
+    try:
+        store.require(needed)
+    except CapabilityMissing as e:
+        hint = "blue-green writes its live pointer with compare-and-set; the file, etcd and consul stores can"
+        raise CapabilityMissing(store.url, e.capability, hint) from None
+
+
 def default_actor(host: str) -> str:
     try:
         user = getpass.getuser()
@@ -401,7 +412,7 @@ class BlueGreen:
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        store.require(REQUIRED)
+        require(store, REQUIRED)
         self.store = store
         self.settings = settings or Settings()
         self.registry = Registry(store, self.settings)
@@ -472,7 +483,7 @@ class BlueGreen:
         first). The first colour of a service with no other instance goes live at once; a
         colour that is live is refused: deploy to the idle one and cut over.
         """
-        self.store.require(DEPLOY_REQUIRED)
+        require(self.store, DEPLOY_REQUIRED)
         env = self._env(environment)
         _validate.service_name(service, "NAME")
         color = check_color(color)
@@ -626,29 +637,44 @@ class BlueGreen:
 
     def _healthy_window(self, service: str, env: str, target: str, window: float, progress: Progress) -> int:
         """Probe every instance of ``target`` in rounds until ``window`` seconds have passed;
-        the last round runs when the window has closed. Returns the number of probes."""
+        the last round runs when the window has closed. Returns the number of probes. Results
+        are recorded only once all passed: a refused cutover leaves the store as it was."""
         every = min(PROBE_EVERY, window / 5) if window else 0.0
         start = self._clock()
-        probes = 0
+        passes: dict[str, tuple[Instance, int, str]] = {}
+        shown = -1
         while True:
             instances = self._deployed(service, env, target)  # re-read: one may have been added
             elapsed = self._clock() - start
             for instance in instances:
                 status, output = self._probe(instance)
-                probes += 1
                 if status != Status.PASSING:
                     raise CutoverRefused(
                         f"cutover of {service} to {target} refused: {instance.entry.id} failed its check "
                         f"{elapsed:.1f}s into the {window:g}s healthy window ({status.value}: {output}); "
                         f"nothing was changed; fix it and run the cutover again"
                     )
+                count = passes.get(instance.entry.id, (instance, 0, ""))[1]
+                passes[instance.entry.id] = (instance, count + 1, output)
             if elapsed >= window:
                 break
-            progress(f"{target}: {len(instances)} instance(s) passing for {elapsed:.0f}s of {window:g}s")
+            if int(elapsed) != shown:
+                shown = int(elapsed)
+                progress(f"{target}: {len(instances)} instance(s) passing for {shown}s of {window:g}s")
             if self._stop.wait(max(0.0, min(every, window - elapsed))):
                 raise CutoverRefused(f"cutover of {service} to {target} interrupted; nothing was changed")
+        self._record_passes(passes.values())
         self._require_recorded_health(service, env, target)
-        return probes
+        return sum(count for _, count, _ in passes.values())
+
+    def _record_passes(self, passes: Iterable[tuple[Instance, int, str]]) -> None:
+        """Record the passes as the agent would have: enough of them for flap damping."""
+        for instance, count, output in passes:
+            if instance.entry.check.kind not in ("tcp", "http"):
+                continue
+            for _ in range(min(count, max(1, instance.entry.check.successes_before_passing))):
+                if self.registry.record_result(instance, Status.PASSING, output) is None:
+                    break
 
     def _require_recorded_health(self, service: str, env: str, target: str) -> None:
         """Resolvers read the stored health: flap damping may keep it critical after passes."""
@@ -662,12 +688,14 @@ class BlueGreen:
                 )
 
     def _probe_round(self, instances: Sequence[Instance], progress: Progress) -> tuple[bool, int]:
-        passed = False
+        passes = []
         for instance in instances:
             status, output = self._probe(instance)
             progress(f"{instance.entry.id}: {status.value} ({output})")
-            passed = passed or status == Status.PASSING
-        return passed, len(instances)
+            if status == Status.PASSING:
+                passes.append((instance, 1, output))
+        self._record_passes(passes)
+        return bool(passes), len(instances)
 
     def _probe(self, instance: Instance) -> tuple[Status, str]:
         kind = instance.entry.check.kind
@@ -677,9 +705,7 @@ class BlueGreen:
             fresh = self.registry.instances(instance.entry.service, instance.entry.environment)
             now = [i for i in fresh if i.entry.id == instance.entry.id]
             return (now[0].status, now[0].health.output) if now else (Status.CRITICAL, "deregistered")
-        status, output = self._probe_check(instance.entry)
-        self.registry.record_result(instance, status, output)
-        return status, output
+        return self._probe_check(instance.entry)
 
     def _flip(
         self,

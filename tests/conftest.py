@@ -6,7 +6,11 @@ import pytest
 
 from portctl.backends.file import JsonFileStore
 
-pytest_plugins = ["tests.http_server", "tests.etcd_fixture"]  # http_server; etcd_endpoint, etcd_url, etcd_cluster
+pytest_plugins = [
+    "tests.http_server",
+    "tests.etcd_fixture",
+    "tests.consul_fixture",
+]  # http_server; etcd_*; consul_*
 
 
 def free_port(protocol: str = "tcp", start: int = 20000) -> int:

@@ -52,6 +52,9 @@ def test_public_names_are_what_users_import():
         "CheckSpec",
         "Status",
         "Instance",
+        "BlueGreen",
+        "CutoverRefused",
+        "CutoverConflict",
     }
     assert set(portctl.__all__) == expected
 

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from portctl._version import __version__
-from portctl.cli import host, migrate, ports, registry, stack
+from portctl.cli import bluegreen, host, migrate, ports, registry, stack
+from portctl.cli import render as render_cli
 
 app = typer.Typer(
     name="portctl",
@@ -22,6 +23,8 @@ app.add_typer(ports.app)
 app.add_typer(host.app)
 app.add_typer(stack.app)
 app.add_typer(registry.app)
+app.add_typer(bluegreen.app, name="bluegreen")
+app.add_typer(render_cli.app)
 app.add_typer(migrate.app)
 
 

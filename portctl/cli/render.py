@@ -1,0 +1,116 @@
+"""The render command: router and Prometheus configuration from the registry."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Annotated
+
+import typer
+
+from portctl.cli._common import EnvOption, JsonOption, StoreOption, handled, opened
+from portctl.cli._output import emit, note
+from portctl.errors import InvalidInput
+
+app = typer.Typer()
+
+
+@app.command()
+def render(
+    target: Annotated[str, typer.Argument(metavar="TARGET", help="nginx, haproxy or prometheus.")],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Write it here atomically (only when it changes). Default: print it.",
+            show_default=False,
+        ),
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep following the store and re-render on change.")
+    ] = False,
+    reload: Annotated[
+        str | None,
+        typer.Option(
+            "--reload",
+            metavar="CMD",
+            help="Run after each change of the file (split like a shell would, run without one); "
+            "if it fails, the previous file is put back.",
+            show_default=False,
+        ),
+    ] = None,
+    quiet_period: Annotated[
+        str,
+        typer.Option(
+            "--quiet-period",
+            metavar="1s",
+            help="With --watch: render once the store has been quiet this long, so a burst of "
+            "changes causes one reload.",
+        ),
+    ] = "1s",
+    max_wait: Annotated[
+        str,
+        typer.Option(
+            "--max-wait",
+            metavar="10s",
+            help="With --watch: render at least this often while changes keep coming.",
+        ),
+    ] = "10s",
+    env: EnvOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Render nginx upstreams, HAProxy backends or Prometheus file_sd targets from the registry:
+    each service's healthy instances, of its live colour for blue-green services.
+
+    Example: portctl render nginx -o /etc/nginx/conf.d/upstreams.conf --watch --reload 'nginx -s reload'
+    """
+    from portctl.registry import parse_duration
+    from portctl.render import Follower, check_target, install, reload_command
+    from portctl.render import render as render_text
+
+    with handled(as_json):
+        check_target(target)
+        argv = reload_command(reload)
+        quiet = parse_duration(quiet_period, "--quiet-period")
+        longest = parse_duration(max_wait, "--max-wait")
+        if (watch or argv) and not output:
+            raise InvalidInput("--output", None, "a file to write (--watch and --reload need --output FILE)")
+        with opened(store) as ctx:
+            environment = ctx.settings.policy.environment(env)
+            if watch and output:
+                stop = threading.Event()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, lambda *_: stop.set())
+                follower = Follower(
+                    ctx.store,
+                    target,
+                    environment,
+                    ctx.settings.host,
+                    output,
+                    reload=argv,
+                    quiet=quiet,
+                    max_wait=longest,
+                    on_event=note,
+                    stop=stop,
+                )
+                note(
+                    f"portctl render: following {ctx.choice.url} ({environment}) into {output}; Ctrl-C stops"
+                )
+                follower.run()
+                emit(
+                    as_json, {"path": output, "reloads": follower.reloads, "failures": follower.failures}, ""
+                )
+                return
+            text = render_text(ctx.store, target, environment, ctx.settings.host)
+        if output is None:
+            emit(as_json, {"target": target, "environment": environment, "text": text}, text.rstrip("\n"))
+            return
+        done = install(output, text, argv)
+        said = "unchanged" if not done.changed else "written" + (", reloaded" if done.reloaded else "")
+        data = {"path": output, "changed": done.changed, "reloaded": done.reloaded}
+        emit(as_json, data, f"{output}: {said}")
+        sys.stdout.flush()
