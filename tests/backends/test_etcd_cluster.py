@@ -46,10 +46,36 @@ def allocate_through_faults(url: str, worker: int, count: int, start, progress) 
             except PortctlError as e:
                 other.append(f"{name}: {type(e).__name__}: {e}")
                 break
-        with progress.get_lock():
-            progress.value += 1
+        progress.append(worker)
     store.close()
     return {"told": told, "retryable": retryable, "other": other}
+
+
+def race_and_kill_the_leader(etcd_cluster, url: str) -> tuple[list[dict[str, object]], int]:
+    """Start the allocators; a quarter of the way in, kill the leader; restart it 2 s later."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        start = manager.Event()
+        progress = manager.list()  # one item per finished allocation, shared with the workers
+        with ctx.Pool(WORKERS) as pool:
+            pending = [
+                pool.apply_async(allocate_through_faults, (url, w, PER_WORKER, start, progress))
+                for w in range(WORKERS)
+            ]
+            time.sleep(1.0)
+            start.set()
+            deadline = time.monotonic() + 300
+            while len(progress) < WORKERS * PER_WORKER // 4 and time.monotonic() < deadline:
+                failed = [p for p in pending if p.ready() and not p.successful()]
+                if failed:
+                    failed[0].get()  # raises the worker's error
+                time.sleep(0.05)
+            leader = etcd_cluster.leader()
+            leader.kill()
+            killed_at = len(progress)
+            time.sleep(2.0)
+            etcd_cluster.restart(leader)
+            return [p.get(timeout=600) for p in pending], killed_at
 
 
 def test_leader_killed_during_an_allocation_race_loses_and_doubles_nothing(etcd_cluster, tmp_path):
@@ -69,30 +95,14 @@ def test_leader_killed_during_an_allocation_race_loses_and_doubles_nothing(etcd_
                 failures.append(repr(e))
             time.sleep(0.005)
 
-    reader = threading.Thread(target=resolve_all_along)
+    reader = threading.Thread(target=resolve_all_along, daemon=True)
     reader.start()
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager:
-        start = manager.Event()
-        progress = ctx.Value("i", 0)
-        with ctx.Pool(WORKERS) as pool:
-            pending = [
-                pool.apply_async(allocate_through_faults, (url, w, PER_WORKER, start, progress))
-                for w in range(WORKERS)
-            ]
-            time.sleep(1.0)
-            start.set()
-            while progress.value < WORKERS * PER_WORKER // 4:
-                time.sleep(0.05)
-            leader = etcd_cluster.leader()
-            leader.kill()
-            killed_at = progress.value
-            time.sleep(2.0)
-            etcd_cluster.restart(leader)
-            results = [p.get(timeout=600) for p in pending]
-    stop.set()
-    reader.join()
-    resolver.close()
+    try:
+        results, killed_at = race_and_kill_the_leader(etcd_cluster, url)
+    finally:
+        stop.set()
+        reader.join()
+        resolver.close()
 
     told = {name: port for r in results for name, port in r["told"].items()}
     assert [r["other"] for r in results] == [[]] * WORKERS
