@@ -293,8 +293,12 @@ class ServiceDiscovery:
     def _reload(self) -> None:
         """Read every key the answers come from. Called with the lock held."""
         watching = Capability.WATCH in self._store.capabilities
-        position = self._store.position() if watching else ""
-        entries = {e.key: e for prefix in self._prefixes for e in self._store.list(prefix)}
+        first, *others = self._prefixes
+        # The position comes with the first read (one request on etcd and Consul); a change
+        # between the reads is seen again by the watch, which only re-applies the same state.
+        found, position = self._store.snapshot(first) if watching else (self._store.list(first), "")
+        entries = {e.key: e for e in found}
+        entries.update((e.key, e) for prefix in others for e in self._store.list(prefix))
         now = _clock()
         self._entries, self._confirmed_at = entries, now
         self._publish(now)
