@@ -151,7 +151,13 @@ class Agent:
             if previous is not None and now - previous[1] < instance.entry.lease / 3:
                 self._kept[key] = (instance, previous[1])
                 continue
-            if self.registry.keep_alive(instance):
+            # Rewrite only what ran out unrenewed: gone since a recent renewal means deregistered.
+            unrenewed = previous is not None and now - previous[1] >= instance.entry.lease
+            outcome = self.registry.keep_alive(instance, rewrite=unrenewed)
+            if outcome is None:
+                self._kept.pop(key, None)
+                continue
+            if outcome:
                 report.rewritten.append(instance.entry.id)
             self._kept[key] = (instance, now)
 

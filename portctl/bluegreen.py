@@ -228,13 +228,21 @@ def _pointer_from(doc: Any, version: str) -> LivePointer:
 _POINTER = re.compile(r"^bluegreen/([^/]+)/([^/]+)/live$")
 
 
-def live_pointers(entries: Iterable[Entry], environment: str) -> dict[str, LivePointer]:
-    """The pointers among ``entries`` of one environment, by service."""
+def live_pointers(
+    entries: Iterable[Entry], environment: str, corrupt: dict[str, StoreCorrupt] | None = None
+) -> dict[str, LivePointer]:
+    """The pointers among ``entries`` of one environment, by service. A pointer that does not
+    parse raises :class:`StoreCorrupt`; with a ``corrupt`` dict it is put there, by service."""
     out: dict[str, LivePointer] = {}
     for entry in entries:
         match = _POINTER.match(entry.key)
         if match and match.group(1) == environment:
-            out[match.group(2)] = parse_pointer(entry)
+            try:
+                out[match.group(2)] = parse_pointer(entry)
+            except StoreCorrupt as e:
+                if corrupt is None:
+                    raise
+                corrupt[match.group(2)] = e
     return out
 
 

@@ -178,7 +178,10 @@ class StoreCorrupt(StoreError):
         self.path = path
         self.problem = problem
         self.backup = backup
-        text = f"store {path} is unusable: {problem}; it was left untouched"
+        key = not path.startswith("/") and "://" not in path  # one key of a store, not a file
+        text = f"{'key' if key else 'store'} {path} is unusable: {problem}; it was left untouched"
+        if key and not advice:
+            advice = "delete or rewrite that key (portctl deregister, release or bluegreen deploy)"
         if advice:
             text += f"; {advice}"
         elif backup:

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from portctl.backends.base import Create, Entry, Store
-from portctl.errors import InvalidInput, StoreError
+from portctl.errors import InvalidInput, PortctlError, StoreError
 
 __all__ = ["BATCH", "MigrationReport", "migrate"]
 
@@ -45,10 +45,17 @@ def migrate(source: Store, target: Store) -> MigrationReport:
         )
     entries = source.list("")
     leases = _leases(entries)
-    for start in range(0, len(entries), BATCH):
-        batch = entries[start : start + BATCH]
-        target.transact([Create(e.key, e.value, e.ttl or leases.get(_instance(e.key))) for e in batch])
-    _verify(entries, target)
+    written: list[Entry] = []
+    try:
+        for start in range(0, len(entries), BATCH):
+            batch = entries[start : start + BATCH]
+            done = target.transact(
+                [Create(e.key, e.value, e.ttl or leases.get(_instance(e.key))) for e in batch]
+            )
+            written.extend(done.values())
+        _verify(entries, target)
+    except PortctlError as e:
+        raise _undo(target, written, e) from e
     kinds = Counter(e.key.split("/", 1)[0] for e in entries)
     return MigrationReport(source.url, target.url, len(entries), dict(sorted(kinds.items())))
 
@@ -69,6 +76,28 @@ def _leases(entries: list[Entry]) -> dict[str, float]:
             if isinstance(lease, (int, float)) and lease > 0:
                 found[_instance(e.key)] = float(lease)
     return found
+
+
+def _undo(target: Store, written: list[Entry], error: PortctlError) -> PortctlError:
+    """Take back what a failed migration wrote, so it can simply be run again."""
+    left = 0
+    for entry in written:
+        try:
+            target.delete(entry.key, entry.version)
+        except PortctlError:
+            left += 1
+    if not written:
+        return error
+    if left:
+        return StoreError(
+            f"migration to {target.url} failed: {error}; {left} of the {len(written)} key(s) it "
+            "wrote could not be taken back (they were changed or the store is unreachable): "
+            "clear the target, or migrate to a new prefix"
+        )
+    return StoreError(
+        f"migration to {target.url} failed: {error}; the {len(written)} key(s) it wrote were "
+        "taken back, so the target is empty again; the source was not changed"
+    )
 
 
 def _verify(entries: list[Entry], target: Store) -> None:

@@ -176,13 +176,14 @@ class ServiceEntry:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ServiceEntry:
+        """Validated as if typed by a user: an entry becomes router configs and URLs."""
         return cls(
-            id=raw["id"],
-            service=raw["service"],
-            environment=raw["environment"],
-            host=raw["host"],
-            address=raw["address"],
-            port=int(raw["port"]),
+            id=_instance_id(str(raw["id"])),
+            service=_validate.service_name(str(raw["service"])),
+            environment=_validate.service_name(str(raw["environment"]), "environment"),
+            host=_validate.host_identity(str(raw["host"])),
+            address=_validate.host(str(raw["address"]), "address"),
+            port=_validate.port(int(raw["port"])),
             tags=tuple(raw.get("tags", ())),
             meta=dict(raw.get("meta", {})),
             check=CheckSpec.from_dict(raw.get("check", {})),
@@ -396,10 +397,12 @@ class Registry:
         )
         return e
 
-    def keep_alive(self, instance: Instance) -> bool:
-        """Restart the lease of a leased registration. If the lease already ran out - the
-        process was paused, or the store unreachable, for longer than the lease - the entry and
-        its last health are written again on a new lease, and True is returned."""
+    def keep_alive(self, instance: Instance, *, rewrite: bool = True) -> bool | None:
+        """Restart the lease of a leased registration: False when renewed. If the entry is gone
+        and ``rewrite`` is true - its keeper knows the lease ran out unrenewed (paused, or cut
+        off from the store, for longer than the lease) - the entry and its last health are
+        written again on a new lease: True. Gone and not rewritten (it was deregistered on
+        purpose): None."""
         e = instance.entry
         if e.lease is None:
             return False
@@ -407,6 +410,8 @@ class Registry:
             self.store.refresh(entry_key(e.environment, e.service, e.id))
             self.store.refresh(health_key(e.environment, e.service, e.id))
         except NotFound:
+            if not rewrite:
+                return None
             self._write(e, instance.health)
             return True
         return False
@@ -449,7 +454,7 @@ class Registry:
                 status, output or f"ttl {status.value}", now, None, 0, since, now + e.check.ttl
             )
             try:
-                self.store.transact([_upsert(key, json.dumps(record.to_dict(), sort_keys=True), current)])
+                self.store.transact([_keep_ttl(key, json.dumps(record.to_dict(), sort_keys=True), current)])
             except VersionConflict:
                 continue  # the agent wrote this health key meanwhile: apply ours on top
             break
@@ -480,17 +485,27 @@ class Registry:
         return candidates[0]
 
 
-def instances_from(entries: Sequence[Entry], now: float | None = None) -> list[Instance]:
-    """Join entry and health keys into instances (pure: resolvers use it on their snapshots)."""
+def instances_from(
+    entries: Sequence[Entry], now: float | None = None, corrupt: list[StoreCorrupt] | None = None
+) -> list[Instance]:
+    """Join entry and health keys into instances (pure: resolvers use it on their snapshots).
+
+    A key that does not parse raises :class:`StoreCorrupt`; with a ``corrupt`` list it is
+    added there and skipped instead, so one bad key does not hide every other service."""
     now = time.time() if now is None else now
     registered: dict[str, ServiceEntry] = {}
     health: dict[str, HealthRecord] = {}
     for item in entries:
         base, _, leaf = item.key.rpartition("/")
-        if leaf == "entry":
-            registered[base] = parse_entry(item)
-        elif leaf == "health":
-            health[base] = parse_health(item)
+        try:
+            if leaf == "entry":
+                registered[base] = parse_entry(item)
+            elif leaf == "health":
+                health[base] = parse_health(item)
+        except StoreCorrupt as bad:
+            if corrupt is None:
+                raise
+            corrupt.append(bad)
     out = []
     for base, e in registered.items():
         record = health.get(base, HealthRecord(Status.CRITICAL, "no health recorded"))
@@ -499,13 +514,21 @@ def instances_from(entries: Sequence[Entry], now: float | None = None) -> list[I
 
 
 def _upsert(key: str, value: str, current: Entry | None, ttl: float | None = None) -> Operation:
-    return Create(key, value, ttl) if current is None else Put(key, value, current.version, ttl)
+    """Create ``key``, or overwrite it with exactly ``ttl`` (None: no TTL any more)."""
+    if current is None:
+        return Create(key, value, ttl)
+    return Put(key, value, current.version, ttl, keep_ttl=False)
+
+
+def _keep_ttl(key: str, value: str, current: Entry | None) -> Operation:
+    """Create ``key``, or overwrite its value keeping whatever TTL it has."""
+    return Create(key, value) if current is None else Put(key, value, current.version)
 
 
 def parse_entry(item: Entry) -> ServiceEntry:
     try:
         return ServiceEntry.from_dict(json.loads(item.value))
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise StoreCorrupt(item.key, f"the service entry is not valid ({e})") from e
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from portctl.backends.base import Capability, Entry, Store
 from portctl.bluegreen import colour_of, live_pointers, serving
 from portctl.documents import write_atomically
-from portctl.errors import InvalidInput, PortctlError, StoreError
+from portctl.errors import InvalidInput, PortctlError, StoreCorrupt, StoreError
 from portctl.registry import Instance, Status, instances_from
 
 __all__ = [
@@ -98,7 +98,9 @@ def _server(instance: Instance, this_host: str, live: bool) -> Server:
 def _grouped(entries: Sequence[Entry], environment: str, now: float) -> dict[str, list[Instance]]:
     prefix = f"registry/{environment}/"
     by_service: dict[str, list[Instance]] = {}
-    for instance in instances_from([e for e in entries if e.key.startswith(prefix)], now):
+    # A key that does not parse is left out (and a bad pointer serves nothing), so one bad
+    # key never stops the routes of every other service.
+    for instance in instances_from([e for e in entries if e.key.startswith(prefix)], now, corrupt=[]):
         by_service.setdefault(instance.entry.service, []).append(instance)
     return by_service
 
@@ -108,9 +110,13 @@ def backends(
 ) -> list[Backend]:
     """Per service: with ``every=False`` the serving instances that are healthy (what a router
     sends traffic to); with ``every=True`` all of them, of every colour (what monitoring scrapes)."""
-    pointers = live_pointers(entries, environment)
+    bad: dict[str, StoreCorrupt] = {}
+    pointers = live_pointers(entries, environment, bad)
     out = []
     for service, group in sorted(_grouped(entries, environment, now).items()):
+        if service in bad:
+            out.append(Backend(service, None, ()))
+            continue
         pointer = pointers.get(service)
         live_ids = {i.entry.id for i in serving(group, pointer)}
         chosen = (

@@ -6,8 +6,10 @@ endpoint when the store has several. Nothing else is retried: a conflict
 (:class:`~portctl.errors.VersionConflict`), a refused credential
 (:class:`~portctl.errors.StoreDenied`) and bad input are answers, not accidents.
 
-Retrying a conditional write is safe: every write portctl sends is guarded by versions, so a
-write that did land the first time fails its condition the second time instead of landing twice.
+Retrying a conditional write never applies it twice: every write portctl sends is guarded by
+versions, so one that did land the first time (its answer lost) fails its condition the second
+time. That failure is then ours, not a conflict: a store that retried a write checks whether it
+holds what was written (:meth:`~portctl.backends.base.Store.landed`) before reporting one.
 """
 
 from __future__ import annotations

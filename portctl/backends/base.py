@@ -92,13 +92,15 @@ class Create:
 class Put:
     """Write ``value`` at ``key`` only if its version is still ``version`` (compare-and-set).
 
-    With ``ttl`` the key gets a new TTL from now; without, it keeps the TTL it had (if any)
-    and that TTL's deadline: a value update is not a keep-alive."""
+    With ``ttl`` the key gets a new TTL from now. Without, it keeps the TTL it had (if any)
+    and that TTL's deadline - a value update is not a keep-alive - unless ``keep_ttl`` is
+    False: then the key no longer expires."""
 
     key: str
     value: str
     version: str
     ttl: float | None = None
+    keep_ttl: bool = True
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,22 @@ class Store(abc.ABC):
 
     def delete(self, key: str, version: str | None = None) -> None:
         self.transact([Delete(key, version)])
+
+    def landed(self, operations: Sequence[Operation]) -> dict[str, Entry] | None:
+        """After a transaction whose answer was lost and whose retry failed its conditions: the
+        entries it wrote if the store now holds exactly what it wrote (the first try landed),
+        else None. Stores call this before reporting a conflict for a retried transaction."""
+        written: dict[str, Entry] = {}
+        for op in operations:
+            current = self.get(op.key)
+            if isinstance(op, Delete):
+                if current is not None:
+                    return None
+            elif isinstance(op, (Create, Put)):
+                if current is None or current.value != op.value:
+                    return None
+                written[op.key] = current
+        return written
 
     def require(self, needed: Capability) -> None:
         """Fail at once, naming the capability, if this store cannot do what is asked."""

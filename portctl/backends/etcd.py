@@ -38,6 +38,7 @@ import builtins
 import contextlib
 import json
 import os
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +82,8 @@ DEFAULT_TIMEOUT = 5.0
 URL_FORM = "etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?timeout=SECONDS] (or etcd+https://...)"
 PASSWORD_HELP = "the password in ETCDCTL_PASSWORD, ETCDCTL_USER=user:password or ?password_file=FILE"  # noqa: S105 - help text
 
+_PASSWORD_IN_URL = re.compile(r"^[a-z+]+://[^@/?#,]*:[^@/?#]*@")
+
 # gRPC status codes etcd's gateway puts in its error bodies.
 _INVALID_ARGUMENT, _DEADLINE, _PERMISSION, _OUT_OF_RANGE, _UNAVAILABLE, _UNAUTHENTICATED = 3, 4, 7, 11, 14, 16
 
@@ -107,6 +110,11 @@ class EtcdOptions:
 def parse_url(url: str, environ: Mapping[str, str] | None = None) -> EtcdOptions:
     """Options from an ``etcd://`` URL and etcdctl's variables; secrets never from the URL."""
     env = os.environ if environ is None else environ
+    if _PASSWORD_IN_URL.match(url):
+        # Checked before parsing: a '#' or '/' in a password would cut the URL short.
+        raise InvalidInput(
+            "store URL", "etcd://USER:***@...", f"no password in the URL; give {PASSWORD_HELP}"
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("etcd", "etcd+https"):
         raise InvalidInput("store", url, URL_FORM)
@@ -120,7 +128,8 @@ def parse_url(url: str, environ: Mapping[str, str] | None = None) -> EtcdOptions
             "store URL option", sorted(unknown)[0], "timeout, cacert, cert, key or password_file"
         )
     tls = parts.scheme == "etcd+https"
-    endpoints = _endpoints(hosts, env, tls)
+    # With an '@' in the URL, a value in an error could be part of a password: never show it.
+    endpoints = _endpoints(hosts, env, tls, secret="@" in url)
     user, password = _credentials(userinfo, query, env)
     return EtcdOptions(
         endpoints=endpoints,
@@ -142,7 +151,7 @@ def _redacted(url: str) -> str:
     return url.replace(parts.netloc, f"{userinfo.split(':', 1)[0]}:***@{hosts}", 1)
 
 
-def _endpoints(hosts: str, env: Mapping[str, str], tls: bool) -> tuple[str, ...]:
+def _endpoints(hosts: str, env: Mapping[str, str], tls: bool, secret: bool = False) -> tuple[str, ...]:
     source = "store URL"
     if not hosts:
         hosts, source = env.get("ETCDCTL_ENDPOINTS", ""), "ETCDCTL_ENDPOINTS"
@@ -154,7 +163,8 @@ def _endpoints(hosts: str, env: Mapping[str, str], tls: bool) -> tuple[str, ...]
         scheme = scheme if sep else ("https" if tls else "http")
         host, colon, port = address.rstrip("/").rpartition(":")
         if scheme not in ("http", "https") or not colon or not port.isdigit():
-            raise InvalidInput(source, item, "endpoints as HOST:PORT, separated by commas")
+            shown = "(not shown: the URL may hold a password)" if secret else item
+            raise InvalidInput(source, shown, "endpoints as HOST:PORT, separated by commas, and no password")
         _validate.port(int(port), f"{source} port")
         _validate.host(host.strip("[]"), f"{source} host")
         found.append(f"{scheme}://{host}:{port}")
@@ -192,8 +202,11 @@ def _credentials(
     password = env.get("ETCDCTL_PASSWORD") or env_password or None
     password_file = _file(query.get("password_file"), "password_file")
     if password_file is not None:
-        with open(password_file, encoding="utf-8") as f:
-            password = f.read().strip()
+        try:
+            with open(password_file, encoding="utf-8") as f:
+                password = f.read().strip()
+        except (OSError, UnicodeDecodeError):
+            raise InvalidInput("password_file", password_file, "a readable UTF-8 text file") from None
     if user and not password:
         raise InvalidInput("etcd password", f"user {user}", PASSWORD_HELP)
     return user, password if user else None
@@ -251,17 +264,17 @@ class _Connection:
         self.current = (self.current + 1) % len(self.clients)
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return retried(lambda: self._once(path, body), before_retry=self.next_endpoint)
+        return retried(lambda: self.once(path, body), before_retry=self.next_endpoint)
 
-    def _once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if self.options.user and self._token is None:
-            self._authenticate()
+            self.authenticate()
         try:
             return self._post(path, body)
         except StoreDenied as e:
             if self.options.user is None or "invalid auth token" not in str(e):
                 raise
-            self._authenticate()  # the token expired: renew it once and repeat the call
+            self.authenticate()  # the token expired: renew it once and repeat the call
             return self._post(path, body)
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -297,7 +310,7 @@ class _Connection:
             return StoreError(f"{where} refused the request: {message}")
         return StoreUnavailable(f"{where} failed: {message}")
 
-    def _authenticate(self) -> None:
+    def authenticate(self) -> None:
         with self._auth_lock:
             self.session.headers.pop("Authorization", None)
             body = {"name": self.options.user, "password": self.options.password}
@@ -308,7 +321,7 @@ class _Connection:
     def watch_stream(self, body: dict[str, Any], timeout: float) -> requests.Response:
         def open_stream() -> requests.Response:
             if self.options.user and self._token is None:
-                self._authenticate()
+                self.authenticate()
             client = self.clients[self.current]
             try:
                 response = self.session.post(
@@ -416,13 +429,29 @@ class EtcdStore(Store):
         if not operations:
             return {}
         leases = self._grant_leases(operations)
+        attempts = 0
+
+        def send() -> dict[str, Any]:
+            nonlocal attempts
+            attempts += 1
+            return self._connection.once("/kv/txn", self._txn(operations, leases))
+
         try:
-            answer = self._connection.call("/kv/txn", self._txn(operations, leases))
+            answer = retried(send, before_retry=self._connection.next_endpoint)
+        except StoreUnavailable:
+            raise  # the txn may have landed: its leases must live (unused ones expire)
         except BaseException:
             self._revoke(leases.values())
             raise
         if not answer.get("succeeded"):
-            self._revoke(leases.values())
+            if attempts > 1:
+                # The first try's answer was lost: it may have landed, and this retry then
+                # failed on our own write. If the store holds what we wrote, it did.
+                landed = self.landed(operations)
+                if landed is not None:
+                    return landed
+            else:
+                self._revoke(leases.values())
             raise self._failure(operations, answer)
         revision = str(answer["header"]["revision"])
         return {
@@ -460,7 +489,7 @@ class EtcdStore(Store):
                 put: dict[str, Any] = {"key": key, "value": _b64(op.value)}
                 if op.ttl is not None:
                     put["lease"] = leases[op.ttl]
-                elif isinstance(op, Put):
+                elif isinstance(op, Put) and op.keep_ttl:
                     put["ignore_lease"] = True
                 success.append({"request_put": put})
             elif isinstance(op, Delete):
@@ -511,6 +540,15 @@ class EtcdStore(Store):
                 "start_revision": str(int(position) + 1),
             }
         }
+        try:
+            return self._watch_once(request, position, timeout)
+        except StoreDenied as e:
+            if self.options.user is None or "invalid auth token" not in str(e):
+                raise
+            self._connection.authenticate()  # the token expired while idle: renew, watch again
+            return self._watch_once(request, position, timeout)
+
+    def _watch_once(self, request: dict[str, Any], position: str, timeout: float) -> ChangeBatch:
         response = self._connection.watch_stream(request, max(timeout, 0.05))
         try:
             return self._read_batch(response, position)

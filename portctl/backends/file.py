@@ -472,7 +472,7 @@ def _check_condition(op: Operation, current: dict[str, Any] | None) -> None:
 
 
 def _raw(op: Create | Put, revision: int, now: float, current: dict[str, Any] | None) -> dict[str, Any]:
-    if op.ttl is None and isinstance(op, Put) and current is not None and current.get("ttl"):
+    if op.ttl is None and isinstance(op, Put) and op.keep_ttl and current is not None and current.get("ttl"):
         # A put without a TTL keeps the key's TTL and expiry, as etcd's ignore_lease does.
         return {"value": op.value, "version": revision, "ttl": current["ttl"], "expires": current["expires"]}
     expires = now + op.ttl if op.ttl else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -207,13 +208,21 @@ def _keep_registered(registry: Registry, instance: Instance) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     lease = instance.entry.lease or 1.0
     note(f"keeping {instance.entry.id} alive (lease {lease:g}s); Ctrl-C or SIGTERM deregisters")
+    renewed_at = time.monotonic()  # counts on while this process is stopped
     try:
         while not stop.wait(lease / 3):
             try:
-                if registry.keep_alive(instance):
-                    note(f"the lease of {instance.entry.id} had run out; registered it again")
+                # Gone although renewed within the lease: deregistered elsewhere, on purpose.
+                outcome = registry.keep_alive(instance, rewrite=time.monotonic() - renewed_at >= lease)
             except StoreUnavailable as e:
                 note(f"could not renew the lease: {e}; trying again")
+                continue
+            if outcome is None:
+                note(f"{instance.entry.id} was deregistered elsewhere; stopping")
+                return
+            if outcome:
+                note(f"the lease of {instance.entry.id} had run out; registered it again")
+            renewed_at = time.monotonic()
     except KeyboardInterrupt:
         pass
     registry.deregister(instance.entry.id, instance.entry.environment)

@@ -9,6 +9,7 @@ used blue-green has neither, and answers as before.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import math
@@ -157,16 +158,23 @@ def build_view(entries: Iterable[Entry], context: Context, now: float) -> View:
     registry_prefix, allocation_prefix, bluegreen_prefix = context.prefixes
     kept = list(entries)
     registered = [e for e in kept if e.key.startswith(registry_prefix)]
-    allocations = [_allocation(e) for e in kept if e.key.startswith(allocation_prefix)]
-    pointers = live_pointers((e for e in kept if e.key.startswith(bluegreen_prefix)), context.environment)
+    allocations = _allocations(e for e in kept if e.key.startswith(allocation_prefix))
+    # One bad key makes its own service unanswerable, naming the key; the others still answer.
+    bad_pointers: dict[str, StoreCorrupt] = {}
+    pointers = live_pointers(
+        (e for e in kept if e.key.startswith(bluegreen_prefix)), context.environment, bad_pointers
+    )
     by_service: dict[str, list[Instance]] = {}
-    for instance in instances_from(registered, now):
+    for instance in instances_from(registered, now, corrupt=[]):
         by_service.setdefault(instance.entry.service, []).append(instance)
     healthy: dict[str, Answer] = {}
     every: dict[str, Answer] = {}
     unhealthy: dict[str, str] = {}
     colours = _Colours()
     for service, group in by_service.items():
+        if service in bad_pointers:
+            unhealthy[service] = str(bad_pointers[service])
+            continue
         colours.add(service, group, context)
         pointer = pointers.get(service)
         live = serving(group, pointer)
@@ -218,6 +226,14 @@ class _Colours:
                 self.unhealthy[key] = f"healthy in colour {color} ({_count(mine)}, all critical)"
             else:
                 self.healthy[key] = self.every[key]
+
+
+def _allocations(entries: Iterable[Entry]) -> list[Allocation]:
+    found = []
+    for entry in entries:
+        with contextlib.suppress(StoreCorrupt):  # a bad record: its service is just not known
+            found.append(_allocation(entry))
+    return found
 
 
 def _allocation(entry: Entry) -> Allocation:

@@ -184,6 +184,16 @@ class StoreContract:
         time.sleep(self.ttl + self.ttl_wait)
         assert store.get("contract/leased") is None
 
+    def test_compare_and_set_can_drop_the_ttl(self, store: Store) -> None:
+        if Capability.TTL not in store.capabilities:
+            pytest.skip("this store declares no TTL support")
+        first = store.create("contract/leased", "x", ttl=self.ttl)
+        store.transact([Put("contract/leased", "y", first.version, keep_ttl=False)])
+        time.sleep(self.ttl + self.ttl_wait)
+        got = store.get("contract/leased")
+        assert got is not None
+        assert got.value == "y"
+
     # Change feed -----------------------------------------------------------------------
 
     def test_watch_reports_puts_and_deletes_after_a_position(self, store: Store) -> None:

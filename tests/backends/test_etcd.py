@@ -73,6 +73,8 @@ def test_endpoints_and_credentials_come_from_etcdctl_variables(tmp_path):
     ("url", "message"),
     [
         ("etcd://alice:pw@h:2379", "no password in the URL"),
+        ("etcd://alice:s3cr#et@h:2379", "no password"),
+        ("etcd://alice:se/cret@h:2379", "no password"),
         ("etcd://h:2379?cacert=/nonexistent/ca.pem", "/nonexistent/ca.pem"),
         ("etcd://h:2379?password_file=/nonexistent/pw", "/nonexistent/pw"),
         ("etcd://alice@h:2379", "ETCDCTL_PASSWORD"),
@@ -87,6 +89,9 @@ def test_bad_connection_options_are_refused_naming_the_problem(url, message):
     with pytest.raises(InvalidInput, match=message) as caught:
         parse_url(url, environ={})
     assert ":pw@" not in str(caught.value)
+    assert "s3cr" not in str(caught.value)
+    assert "se/cret" not in str(caught.value)
+    assert "alice:se" not in str(caught.value)
 
 
 def test_a_missing_tls_file_from_the_environment_is_named(monkeypatch):

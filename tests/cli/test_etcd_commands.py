@@ -131,6 +131,30 @@ def test_a_keep_alive_process_paused_past_its_lease_registers_again(run, backgro
     assert "registered it again" in registrar.stderr.read()
 
 
+def test_a_keep_alive_process_lets_go_of_an_entry_deregistered_elsewhere(run, background, etcd_url):
+    port = free_port()
+    registrar = background(
+        "register",
+        "api",
+        "--port",
+        port,
+        "--check",
+        "none",
+        "--lease",
+        "3s",
+        "--keep-alive",
+        "--store",
+        etcd_url,
+    )
+    key = LEASE_KEY.format(id=f"api-test-host-{port}")
+    assert wait_until(lambda: present(etcd_url, key)), registrar.stderr
+    assert run("deregister", f"api-test-host-{port}", "--store", etcd_url).returncode == 0
+    registrar.wait(timeout=30)
+    assert registrar.returncode == 0
+    assert "deregistered elsewhere" in registrar.stderr.read()
+    assert not present(etcd_url, key)
+
+
 def test_the_agent_paused_past_a_lease_writes_the_entry_again(run, background, etcd_url):
     port = free_port()
     listener = socket.socket()
