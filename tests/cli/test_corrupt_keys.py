@@ -18,7 +18,9 @@ def _write(store_path, key: str, value: str) -> None:
 def test_a_corrupt_blue_green_pointer_only_affects_its_own_service(run, store_path):
     redis_port = free_port()
     assert run("register", "redis", "--port", redis_port, "--check", "none").returncode == 0
-    assert run("register", "other", "--port", free_port(exclude=[redis_port]), "--check", "none").returncode == 0
+    assert (
+        run("register", "other", "--port", free_port(exclude=[redis_port]), "--check", "none").returncode == 0
+    )
     _write(store_path, "bluegreen/production/other/live", json.dumps({"live": "red"}))
 
     good = run("url", "redis")
