@@ -11,7 +11,10 @@ way moto serves AWS:
   ``GET /v1/agent/service/:id``, ``GET /v1/agent/checks``; HTTP and TCP checks are run by the
   emulator on their interval (2xx passing, 429 warning, anything else critical); TTL checks
   turn critical when not updated in time (``PUT /v1/agent/check/pass|warn|fail/:id``,
-  ``PUT /v1/agent/check/update/:id``);
+  ``PUT /v1/agent/check/update/:id``), with Consul's output ``TTL expired (last output before
+  timeout follows): ...``; a service whose check has been critical for longer than its
+  ``DeregisterCriticalServiceAfter`` (at least 1m, Consul's minimum) is deregistered by a reaper
+  that runs every 30s, as Consul's does;
 * health and catalog: ``GET /v1/health/service/:name`` (``?passing``, ``?tag``),
   ``GET /v1/health/state/:state``, ``GET /v1/health/checks/:name``, ``GET /v1/catalog/services``,
   ``GET /v1/catalog/service/:name``, ``GET /v1/catalog/nodes``;
@@ -33,10 +36,14 @@ way moto serves AWS:
   ``403 Permission denied``, with a wrong one ``403 ACL not found``.
 
 Tests steer what Consul itself cannot be asked to do through methods of :class:`ConsulState`
-(``server.state``) or, from another process, through two endpoints outside Consul's API:
+(``server.state``; ``reap_min`` and ``reap_interval`` shorten the reaper's minimum and period)
+and of the server (:meth:`ConsulEmulator.drop_next_reply`, :meth:`ConsulEmulator.connections`)
+or, from another process, through endpoints outside Consul's API:
 ``PUT /v1/emulator/reset-index?to=N`` (every index drops to at most N, as after a snapshot
-restore: blocking queries return at once with the lower index) and
-``PUT /v1/emulator/leader?present=false|true``.
+restore: blocking queries return at once with the lower index),
+``PUT /v1/emulator/leader?present=false|true`` and
+``PUT /v1/emulator/drop-next-reply?path=/v1/txn`` (the next request to that path is applied,
+then its connection is closed without an answer, as when a reply is lost).
 
 Start it on its own::
 
@@ -77,6 +84,7 @@ SESSION_TTL_MAX = 86400.0
 TTL_MULTIPLIER = 2  # Consul expires a session at twice its TTL
 DEFAULT_LOCK_DELAY = 15.0
 REAP_MIN = 60.0  # Consul's minimum for DeregisterCriticalServiceAfter
+REAP_INTERVAL = 30.0  # how often Consul's reaper looks for services critical too long
 _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -299,6 +307,8 @@ class ConsulState:
         self.acl_token = acl_token
         self.session_ttl_min = session_ttl_min
         self.reap_min = REAP_MIN
+        self.reap_interval = REAP_INTERVAL
+        self.last_reap = time.monotonic()
         self.index = 10
         self.leader = True
         self.generation = 0  # bumped on an index reset: blocking queries return at once
@@ -480,19 +490,33 @@ class ConsulState:
         for check in list(self.checks.values()):
             if check.kind == "ttl" and check.ttl_deadline and now >= check.ttl_deadline:
                 check.ttl_deadline = 0.0
-                self.set_check(check, "critical", f"TTL expired (last update {check.ttl:g}s ago or more)")
+                self.set_check(check, "critical", _ttl_expired(check.output))
             elif check.kind in ("http", "tcp") and not check.running and now >= check.next_run:
                 check.running = True
                 due.append(check)
         for session in list(self.sessions.values()):
             if session.expires_at is not None and now >= session.expires_at:
                 self.destroy_session(session.id)
+        if now - self.last_reap >= self.reap_interval:
+            self.last_reap = now
+            self.reap(now)
+        return due
+
+    def reap(self, now: float) -> None:
+        """Deregister every service with a check critical for longer than its
+        DeregisterCriticalServiceAfter (raised to ``reap_min``). Lock held."""
         for check in list(self.checks.values()):
             limit = check.deregister_after
             critical_for = -1.0 if check.critical_since is None else now - check.critical_since
-            if limit is not None and check.service_id and critical_for >= max(limit, self.reap_min):
+            if limit is not None and check.service_id and critical_for > max(limit, self.reap_min):
                 self.deregister_service(check.service_id)
-        return due
+
+
+def _ttl_expired(last_output: str) -> str:
+    """Consul's output for a TTL check that was not updated in time."""
+    if not last_output or last_output.startswith("TTL expired"):
+        return "TTL expired"
+    return f"TTL expired (last output before timeout follows): {last_output}"
 
 
 # Check runners -------------------------------------------------------------------------
@@ -552,6 +576,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        self.server.opened(self)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.closed(self)
+
     def _dispatch(self, method: str) -> None:
         parts = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
@@ -565,6 +599,9 @@ class _Handler(BaseHTTPRequestHandler):
             code, payload, headers = e.code, e.text, {}
         except Exception as e:
             code, payload, headers = 500, f"emulator error: {e!r}", {}
+        if self.server.take_dropped_reply(parts.path):
+            self.close_connection = True  # applied, never answered: the client sees a reset
+            return
         data = payload if isinstance(payload, bytes) else None
         if data is None:
             data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
@@ -584,6 +621,7 @@ class ConsulAPI:
 
     def __init__(self, state: ConsulState) -> None:
         self.state = state
+        self.dropped_replies: list[str] = []  # paths whose next reply is never sent
         self.routes: list[Route] = []
         for method, pattern, handler in (
             ("GET", r"/v1/kv/(?P<key>.*)", self.kv_get),
@@ -614,6 +652,7 @@ class ConsulAPI:
             ("GET", r"/v1/status/peers", self.status_peers),
             ("PUT", r"/v1/emulator/reset-index", self.admin_reset_index),
             ("PUT", r"/v1/emulator/leader", self.admin_leader),
+            ("PUT", r"/v1/emulator/drop-next-reply", self.admin_drop_next_reply),
         ):
             self.routes.append((method, re.compile(pattern), handler))
 
@@ -1230,6 +1269,10 @@ class ConsulAPI:
         self.state.set_leader(query.get("present", "true").lower() in ("1", "true", "yes"))
         return 200, True, {}
 
+    def admin_drop_next_reply(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        self.dropped_replies.append(query.get("path") or "/v1/txn")
+        return 200, True, {}
+
 
 def _fields(raw: Any) -> dict[str, Any]:
     """Consul decodes JSON field names case-insensitively and accepts snake_case: normalise."""
@@ -1285,6 +1328,33 @@ class ConsulEmulator(ThreadingHTTPServer):
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="consul-emulator-check")
         self._runners: list[threading.Thread] = []
+        self._connections_lock = threading.Lock()
+        self._connections: set[_Handler] = set()
+
+    def drop_next_reply(self, path: str) -> None:
+        """Apply the next request to ``path``, then close its connection without answering."""
+        with self._connections_lock:
+            self.api.dropped_replies.append(path)
+
+    def take_dropped_reply(self, path: str) -> bool:
+        with self._connections_lock:
+            if path in self.api.dropped_replies:
+                self.api.dropped_replies.remove(path)
+                return True
+            return False
+
+    def connections(self) -> list[tuple[str, int]]:
+        """The client address of every connection open now."""
+        with self._connections_lock:
+            return sorted(h.client_address[:2] for h in self._connections)
+
+    def opened(self, handler: _Handler) -> None:
+        with self._connections_lock:
+            self._connections.add(handler)
+
+    def closed(self, handler: _Handler) -> None:
+        with self._connections_lock:
+            self._connections.discard(handler)
 
     @property
     def url(self) -> str:

@@ -4,6 +4,10 @@ Every call goes through :meth:`ConsulHTTP.call`: a timeout on each request (a bl
 adds its ``wait``), the shared retry policy for transient errors, ``?stale`` reads while the
 cluster has no leader, and Consul's answers mapped onto portctl's error tree. The ACL token
 travels only in the ``X-Consul-Token`` header and is scrubbed from every message.
+
+A write that fails as :class:`NotApplied` was refused before it reached the Raft log (the
+cluster has no leader); any other :class:`~portctl.errors.StoreUnavailable` from a write (a
+timeout, a connection reset after sending) leaves its outcome unknown.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ _OPTIONS = ("timeout", "cacert", "cert", "key")
 NO_LEADER = "No cluster leader"
 
 Params = Sequence[tuple[str, Any]]
+
+
+class NotApplied(StoreUnavailable):
+    """Consul answered that it did not apply the request (no cluster leader to forward it to)."""
 
 
 @dataclass(frozen=True)
@@ -211,8 +219,10 @@ class ConsulHTTP:
         self._http = client.http
         self._headers = {"X-Consul-Token": config.token} if config.token else {}
         self.stale_reads = 0  # reads answered with ?stale while the cluster had no leader
+        self._closed = False
 
     def close(self) -> None:
+        self._closed = True
         self._http.session.close()
 
     def call(
@@ -226,9 +236,18 @@ class ConsulHTTP:
     ) -> Response:
         """One request with the retry policy; 2xx, 404, 409, 400 and 413 come back to the
         caller, everything else is raised as a store error."""
-        return retried(lambda: self._once(method, path, params, body, read))
+        return retried(lambda: self.once(method, path, params, body, read=read))
 
-    def _once(self, method: str, path: str, params: Params, body: str | bytes | None, read: bool) -> Response:
+    def once(
+        self,
+        method: str,
+        path: str,
+        params: Params = (),
+        body: str | bytes | None = None,
+        *,
+        read: bool = False,
+    ) -> Response:
+        """One try of :meth:`call`, for a caller that runs the retry policy itself."""
         response = self._send(method, path, params, body)
         if read and response.code == 500 and NO_LEADER in str(response.body):
             # Consul's documented fallback: any server may answer a stale read.
@@ -239,6 +258,15 @@ class ConsulHTTP:
         return response
 
     def _send(self, method: str, path: str, params: Params, body: str | bytes | None) -> Response:
+        if self._closed:
+            raise StoreUnavailable(f"the connection to Consul at {self.config.address} is closed")
+        try:
+            return self._request(method, path, params, body)
+        finally:
+            if self._closed:  # a call that raced close() must not leave its connection open
+                self._http.session.close()
+
+    def _request(self, method: str, path: str, params: Params, body: str | bytes | None) -> Response:
         http = self._http
         identity: Any = _identity
         try:
@@ -273,6 +301,10 @@ class ConsulHTTP:
         if response.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true":
             raise StoreDenied(
                 self.config.url, self.config.token_source, f"the token may not read everything under {path}"
+            )
+        if code == 500 and NO_LEADER in str(response.body):
+            raise NotApplied(
+                f"Consul at {self.config.address} failed ({code} {self._scrub(str(response.body))[:200]})"
             )
         if code >= 500:
             raise StoreUnavailable(

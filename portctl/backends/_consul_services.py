@@ -5,6 +5,12 @@ and takes part in transactions) *and* registered as the agent service ``<id>`` n
 ``<service>``, with its tags, its address and port, its meta plus ``portctl-*`` meta, and its
 check as a Consul check that Consul runs. ``.../health`` is never stored: it is built from
 Consul's own health (``/v1/health/service/<service>``) with the status policy every store shares.
+
+An entry written with a TTL (a lease) also gets a Consul TTL check, ``portctl-lease:<id>``, with
+the lease as its TTL: renewing the lease passes it, so when its keeper stops the instance turns
+critical in Consul after one lease (DNS, ``consul_sd`` and resolvers skip it), and Consul
+deregisters it once it has been critical for ``DeregisterCriticalServiceAfter`` (the lease, at
+least Consul's minimum of a minute).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ _CONSUL_META_KEY = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 META_VALUE_MAX = 512
 META_PAIRS_MAX = 64
 _SEVERITY = {"passing": 0, "warning": 1, "critical": 2}
+REAP_MIN = 60.0  # Consul's shortest DeregisterCriticalServiceAfter
+LEASE_CHECK = "portctl-lease:"
 NOT_REGISTERED = (
     "not registered in Consul: the agent service is gone (deregistered outside portctl, or by "
     "Consul after DeregisterCriticalServiceAfter); register it again"
@@ -52,6 +60,10 @@ def health_of(entry: str) -> str:
 
 def check_id(instance: str) -> str:
     return f"service:{instance}"
+
+
+def lease_check_id(instance: str) -> str:
+    return LEASE_CHECK + instance
 
 
 def parse_entry(key: str, value: str) -> ServiceEntry:
@@ -95,8 +107,11 @@ def _check_meta(key: str, meta: Mapping[str, str]) -> None:
             )
 
 
-def registration(entry: ServiceEntry, key: str, prefix: str, status: Status | None) -> dict[str, Any]:
-    """The ``/v1/agent/service/register`` body for an entry; ``status`` is the check's first one."""
+def registration(
+    entry: ServiceEntry, key: str, prefix: str, status: Status | None, lease: float | None = None
+) -> dict[str, Any]:
+    """The ``/v1/agent/service/register`` body for an entry; ``status`` is the check's first one,
+    ``lease`` the TTL the entry is written with (its lease check's TTL)."""
     meta = {str(k): str(v) for k, v in entry.meta.items()}
     meta.update(
         {
@@ -117,8 +132,22 @@ def registration(entry: ServiceEntry, key: str, prefix: str, status: Status | No
     }
     check = _check(entry, status)
     if check is not None:
-        body["Checks"] = [check]
+        body["Checks"].append(check)
+    if lease:
+        body["Checks"].append(lease_check(entry.id, lease))
     return body
+
+
+def lease_check(instance: str, lease: float) -> dict[str, Any]:
+    """A TTL check that renewing the lease passes: it starts passing, as the lease starts now."""
+    return {
+        "CheckID": lease_check_id(instance),
+        "Name": "portctl lease",
+        "Notes": "passed on every renewal of the registration's lease; critical when it ran out",
+        "TTL": go_duration(lease),
+        "DeregisterCriticalServiceAfter": go_duration(max(REAP_MIN, lease)),
+        "Status": Status.PASSING.value,
+    }
 
 
 def _check(entry: ServiceEntry, status: Status | None) -> dict[str, Any] | None:
@@ -169,7 +198,10 @@ def health_record(instance: str, results: list[dict[str, Any]] | None) -> Health
         if _SEVERITY[status] > _SEVERITY[worst]:
             worst = status
         output = str(check.get("Output") or "").strip()
-        if check.get("ServiceID"):
+        if str(check.get("CheckID") or "").startswith(LEASE_CHECK):
+            if status != "passing":  # a lease kept alive says nothing about the instance
+                outputs.append(f"lease ran out: {output or status}")
+        elif check.get("ServiceID"):
             outputs.append(output or status)
         elif status != "passing":
             outputs.append(f"node check {check.get('Name') or check.get('CheckID')}: {output or status}")

@@ -25,10 +25,23 @@ Mapping of the neutral interface (``portctl/backends/base.py``):
   a versioned ``Delete`` ``delete-cas``; Consul's 409 names the failed operation;
 * a TTL is a session (TTL, behavior ``delete``, no lock-delay) holding the key; :meth:`refresh`
   renews it. Consul expires a session between its TTL and twice it, and refuses TTLs below its
-  ``session_ttl_min`` (10s by default);
+  ``session_ttl_min`` (10s by default). A ``Put`` without a TTL keeps the session (the key keeps
+  its TTL) unless ``keep_ttl`` is False: then the txn unlocks the key and the session goes;
 * registry entries are also agent services with Consul-run checks, and health keys are built
   from Consul's health (see :mod:`portctl.backends._consul_services`). A health write updates a
   TTL check (``/v1/agent/check/update``); for TCP and HTTP checks Consul's own result stands;
+* a leased registration (an entry written with a TTL, ``register --lease``) also gets a Consul
+  TTL check ``portctl-lease:<id>`` whose TTL is the lease; :meth:`refresh` of the entry passes it
+  with the session. When the keeper stops, the check turns critical one lease later - Consul DNS,
+  ``consul_sd``, Traefik and portctl's resolvers skip the instance - and Consul deregisters the
+  service after ``DeregisterCriticalServiceAfter`` (the lease, at least Consul's minimum of 1m;
+  Consul's reaper runs every 30s). A :meth:`refresh` that finds the entry gone (its session
+  expired) deregisters the service at once, unless the lease check passes again (registered
+  anew meanwhile) or the service is not this entry's;
+* a transaction whose answer was lost (a timeout, a connection reset after sending) is retried
+  once; when the retry fails its conditions because the first try landed, the write is reported
+  as done (:meth:`~portctl.backends.base.Store.landed`). After a try whose outcome is unknown,
+  nothing is cleaned up: its sessions expire on their own, its agent services stay;
 * the change feed follows blocking queries on the KV prefix and on ``/v1/health/state/any``
   (see :mod:`portctl.backends._consul_watch`); a position is a snapshot this store object keeps,
   so a position from another process, or one forgotten, answers ``reset=True``, as does an
@@ -54,8 +67,9 @@ from typing import Any, ClassVar
 
 from portctl import _validate
 from portctl.backends import _consul_services as services
-from portctl.backends._consul_http import ConsulConfig, ConsulHTTP, go_duration, parse_url
+from portctl.backends._consul_http import ConsulConfig, ConsulHTTP, NotApplied, go_duration, parse_url
 from portctl.backends._consul_watch import WAIT, Feed, Mark
+from portctl.backends._retry import retried
 from portctl.backends.base import (
     Capability,
     Change,
@@ -74,6 +88,7 @@ from portctl.errors import (
     KeyExists,
     NotFound,
     StoreCorrupt,
+    StoreDenied,
     StoreError,
     StoreUnavailable,
     VersionConflict,
@@ -114,8 +129,10 @@ class _Plan:
     owners: builtins.list[Operation] = field(default_factory=list)  # the portctl operation of each txn op
     new_sessions: dict[str, str] = field(default_factory=dict)  # key -> session created for it
     old_sessions: builtins.list[str] = field(default_factory=list)  # to destroy once the txn committed
-    registrations: dict[str, tuple[ServiceEntry, Status | None]] = field(default_factory=dict)
+    # key -> (entry, first status of its check, lease: the TTL it is written with)
+    registrations: dict[str, tuple[ServiceEntry, Status | None, float | None]] = field(default_factory=dict)
     deregistrations: builtins.list[str] = field(default_factory=list)  # instance ids
+    lease_passes: builtins.list[str] = field(default_factory=list)  # instances on a new lease
     ttl_updates: builtins.list[tuple[str, HealthRecord]] = field(
         default_factory=list
     )  # (instance id, record)
@@ -124,6 +141,18 @@ class _Plan:
     def add(self, owner: Operation, verb: str, key: str, **fields: Any) -> None:
         self.txn.append({"KV": {"Verb": verb, "Key": key, **fields}})
         self.owners.append(owner)
+
+    def writes(self) -> bool:
+        return any(op["KV"]["Verb"] not in _READ_ONLY for op in self.txn)
+
+
+@dataclass
+class _Sending:
+    """How the tries of one transaction went. A try left unanswered (a timeout, a connection
+    reset after sending) may have landed."""
+
+    unanswered: int = 0
+    landed: dict[str, Entry] | None = None  # what an unanswered try wrote, found after a retry
 
 
 class ConsulStore(Store):
@@ -143,6 +172,7 @@ class ConsulStore(Store):
         self._serial = 0
         self._snapshots: collections.OrderedDict[str, _Snapshot] = collections.OrderedDict()
         self._health_cache: dict[str, tuple[Any, builtins.list[dict[str, Any]]]] = {}
+        self._closed = False
 
     @classmethod
     def from_url(cls, url: str) -> ConsulStore:
@@ -165,9 +195,13 @@ class ConsulStore(Store):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             feed, self._feed = self._feed, None
+            feed_http, self._feed_http = self._feed_http, None
         if feed is not None:
             feed.stop()
+        if feed_http is not None:
+            feed_http.close()  # a blocking query in flight closes its connection when it returns
         self._http.close()
 
     # Reading ---------------------------------------------------------------------------
@@ -264,37 +298,56 @@ class ConsulStore(Store):
 
     def transact(self, operations: Sequence[Operation]) -> dict[str, Entry]:
         check_operations(operations)
-        by_key = {op.key: op for op in operations}
-        plan = _Plan()
-        for op in operations:
-            if services.is_health(op.key):
-                self._plan_health(op, by_key, plan)
-            else:
-                self._plan_kv(op, plan)
-        if len(plan.txn) > MAX_TXN_OPS:
-            raise InvalidInput(
-                "transaction",
-                f"{len(operations)} operations",
-                f"at most {MAX_TXN_OPS} Consul operations in one",
-            )
+        plan = self._plan(operations)
+        sending = _Sending()
         try:
             self._register_all(plan)
-            results = self._commit(plan)
+            results = self._commit(operations, plan, sending)
+        except (KeyExists, VersionConflict):
+            if sending.unanswered:
+                # The store does not hold this write, but a lost try may have put a key on one of
+                # its sessions that another writer then overwrote keeping the TTL: the sessions
+                # expire on their own. The services are put back as KV says.
+                self._resync_services(plan)
+            else:
+                self._undo(plan)
+            raise
         except BaseException:
-            self._undo(plan)
+            if not sending.unanswered:  # else it may have landed: its sessions and services stay
+                self._undo(plan)
             raise
         self._after_commit(plan)
+        if sending.landed is not None:
+            return self._with_health(operations, plan, sending.landed)
         return self._written(operations, plan, results)
+
+    def _plan(self, operations: Sequence[Operation]) -> _Plan:
+        by_key = {op.key: op for op in operations}
+        plan = _Plan()
+        try:
+            for op in operations:
+                if services.is_health(op.key):
+                    self._plan_health(op, by_key, plan)
+                else:
+                    self._plan_kv(op, plan)
+            _check_size(plan, operations)
+        except BaseException:
+            self._drop_sessions(plan)  # created for a transaction that is never sent
+            raise
+        return plan
 
     def _plan_kv(self, op: Operation, plan: _Plan) -> None:
         key = self.prefix + op.key
+        version = self._version(op.key, op.version) if isinstance(op, Put) else None
         if isinstance(op, (Create, Put)) and (services.registry_key(op.key) or ("",) * 4)[3] == "entry":
             entry = services.parse_entry(op.key, op.value)
-            plan.registrations[op.key] = (entry, None)
+            plan.registrations[op.key] = (entry, None, _lease(op, version))
+            if op.ttl is not None:
+                plan.lease_passes.append(entry.id)
         if isinstance(op, Create):
             self._plan_write(op, plan, key, op.value, op.ttl, None)
         elif isinstance(op, Put):
-            self._plan_write(op, plan, key, op.value, op.ttl, self._version(op.key, op.version))
+            self._plan_write(op, plan, key, op.value, op.ttl, version)
         elif isinstance(op, Check):
             if op.version is None:
                 plan.add(op, "check-not-exists", key)
@@ -306,7 +359,7 @@ class ConsulStore(Store):
     def _plan_write(
         self, op: Operation, plan: _Plan, key: str, value: str, ttl: float | None, version: _Version | None
     ) -> None:
-        if ttl is None and version is not None and version.session:
+        if ttl is None and version is not None and version.session and _keeps_ttl(op):
             # A write without a TTL keeps the key's TTL: the session still holds it.
             flags = MARK << 32 | version.ttl_ms
             value64 = base64.b64encode(value.encode()).decode()
@@ -380,8 +433,8 @@ class ConsulStore(Store):
         record = _health_record(op.key, op.value)
         plan.health_writes.append(op.key)
         if ekey in plan.registrations:
-            registered, _ = plan.registrations[ekey]
-            plan.registrations[ekey] = (registered, record.status)
+            registered, _, lease = plan.registrations[ekey]
+            plan.registrations[ekey] = (registered, record.status, lease)
             return
         if entry_op is not None:
             return
@@ -422,9 +475,9 @@ class ConsulStore(Store):
     def _register_all(self, plan: _Plan) -> None:
         """Register agent services before the KV write: a reader who sees an entry finds its
         service (its health) in Consul already."""
-        for key, (entry, status) in plan.registrations.items():
+        for key, (entry, status, lease) in plan.registrations.items():
             self._refuse_taken_id(entry, key)
-            body = services.registration(entry, key, self.prefix, status)
+            body = services.registration(entry, key, self.prefix, status, lease)
             response = self._http.call(
                 "PUT", "/v1/agent/service/register", [("replace-existing-checks", "true")], json.dumps(body)
             )
@@ -448,10 +501,33 @@ class ConsulStore(Store):
             )
             raise InvalidInput("--id", entry.id, f"an id no other Consul service uses (it is {held})")
 
-    def _commit(self, plan: _Plan) -> builtins.list[dict[str, Any]]:
+    def _commit(
+        self, operations: Sequence[Operation], plan: _Plan, sending: _Sending
+    ) -> builtins.list[dict[str, Any]]:
+        """The results of the txn. When a retry fails its conditions after a try that was never
+        answered, and the store holds what was written, that try landed: ``sending.landed``."""
         if not plan.txn:
             return []
-        response = self._http.call("PUT", "/v1/txn", body=json.dumps(plan.txn))
+        body = json.dumps(plan.txn)
+
+        def send() -> Any:
+            sending.unanswered += 1
+            try:
+                response = self._http.once("PUT", "/v1/txn", body=body)
+            except (NotApplied, StoreDenied):
+                sending.unanswered -= 1  # answered: refused before it was applied
+                raise
+            sending.unanswered -= 1
+            return response
+
+        response = retried(send)
+        if response.code == 409 and sending.unanswered and plan.writes():
+            sending.landed = self.landed([op for op in operations if not services.is_health(op.key)])
+            if sending.landed is not None:
+                return []
+        return self._results(plan, response)
+
+    def _results(self, plan: _Plan, response: Any) -> builtins.list[dict[str, Any]]:
         body = _json(response.body) if response.code in (200, 409) else None
         if response.code == 409 and isinstance(body, dict):
             errors = body.get("Errors") or [{}]
@@ -465,18 +541,27 @@ class ConsulStore(Store):
         return list((body or {}).get("Results") or [])
 
     def _undo(self, plan: _Plan) -> None:
-        """After a failed transaction: drop its sessions, and put each service it registered
-        back as KV says it is (another writer may have won)."""
+        """After a transaction known not to have landed: drop its sessions, and put each service
+        it registered back as KV says it is (another writer may have won)."""
+        self._drop_sessions(plan)
+        self._resync_services(plan)
+
+    def _drop_sessions(self, plan: _Plan) -> None:
         with contextlib.suppress(StoreError):
             for session in plan.new_sessions.values():
                 self._http.call("PUT", f"/v1/session/destroy/{session}")
-            for key, (registered, _) in plan.registrations.items():
+
+    def _resync_services(self, plan: _Plan) -> None:
+        with contextlib.suppress(StoreError):
+            for key, (registered, _, lease) in plan.registrations.items():
                 raw = self._kv_get(key)
-                current = None if raw is None else _service_entry(key, self._entry(raw).value)
+                found = None if raw is None else self._entry(raw)
+                current = None if found is None else _service_entry(key, found.value)
+                kept = None if found is None else found.ttl
                 if current is None:
                     self._http.call("PUT", f"/v1/agent/service/deregister/{registered.id}")
-                elif current != registered:
-                    body = services.registration(current, key, self.prefix, None)
+                elif current != registered or kept != lease:
+                    body = services.registration(current, key, self.prefix, None, kept)
                     self._http.call(
                         "PUT",
                         "/v1/agent/service/register",
@@ -498,6 +583,16 @@ class ConsulStore(Store):
             )
             if response.code != 404:  # deregistered meanwhile
                 _ok(response, f"updating the TTL check of {instance}")
+        # The lease check was registered passing; this pass covers an agent that kept the old
+        # status of a check registered again. Best effort: the write itself is done.
+        with contextlib.suppress(StoreError):
+            for instance in plan.lease_passes:
+                self._pass_lease(instance)
+
+    def _pass_lease(self, instance: str) -> None:
+        response = self._http.call("PUT", f"/v1/agent/check/pass/{services.lease_check_id(instance)}")
+        if response.code != 404:  # deregistered meanwhile, or written before leases had checks
+            _ok(response, f"passing the lease check of {instance}")
 
     def _written(
         self, operations: Sequence[Operation], plan: _Plan, results: builtins.list[dict[str, Any]]
@@ -505,30 +600,61 @@ class ConsulStore(Store):
         by_full_key = {str(r["KV"]["Key"]): r["KV"] for r in results if isinstance(r, dict) and r.get("KV")}
         written: dict[str, Entry] = {}
         for op in operations:
-            if not isinstance(op, (Create, Put)):
-                continue
-            if op.key in plan.health_writes:
-                current = self._health(op.key)
-                written[op.key] = current or Entry(op.key, op.value, "h0")
-                continue
-            raw = dict(by_full_key[self.prefix + op.key])
-            raw["Value"] = base64.b64encode(op.value.encode()).decode()
-            written[op.key] = self._entry(raw)
-        return written
+            if isinstance(op, (Create, Put)) and op.key not in plan.health_writes:
+                raw = dict(by_full_key[self.prefix + op.key])
+                raw["Value"] = base64.b64encode(op.value.encode()).decode()
+                written[op.key] = self._entry(raw)
+        return self._with_health(operations, plan, written)
+
+    def _with_health(
+        self, operations: Sequence[Operation], plan: _Plan, written: dict[str, Entry]
+    ) -> dict[str, Entry]:
+        """``written`` plus the health each health write left, in the order of ``operations``."""
+        out: dict[str, Entry] = {}
+        for op in operations:
+            if isinstance(op, (Create, Put)) and op.key in plan.health_writes:
+                out[op.key] = self._health(op.key) or Entry(op.key, op.value, "h0")
+            elif op.key in written:
+                out[op.key] = written[op.key]
+        return out
 
     def refresh(self, key: str) -> Entry:
         _validate.key(key)
         current = self.get(key)
         if current is None:
+            self._release_lapsed(key)
             raise NotFound(f"key {key!r} does not exist or its TTL already expired")
         match = _VERSION.fullmatch(current.version)
         session = match[3] if match else None
+        parts = services.registry_key(key)
         if session:
             response = self._http.call("PUT", f"/v1/session/renew/{session}")
             if response.code == 404:
+                self._release_lapsed(key)
                 raise NotFound(f"key {key!r} does not exist or its TTL already expired")
             _ok(response, f"renewing the TTL of {key}")
+            if parts is not None and parts[3] == "entry":
+                self._pass_lease(parts[2])
         return current
+
+    def _release_lapsed(self, key: str) -> None:
+        """A registry entry whose lease ran out: deregister its agent service, which Consul
+        would otherwise keep routing to until it reaps it. Left alone when it is not this
+        entry's, or its lease check passes (registered anew meanwhile)."""
+        parts = services.registry_key(key)
+        if parts is None or parts[3] != "entry":
+            return
+        instance = parts[2]
+        with contextlib.suppress(StoreError):  # Consul reaps it later in any case
+            response = self._http.call("GET", f"/v1/agent/service/{instance}", read=True)
+            service = (_json(response.body) or {}) if response.code == 200 else {}
+            meta = service.get("Meta") or {}
+            if (meta.get("portctl-prefix"), meta.get("portctl-key")) != (self.prefix, key):
+                return
+            checks = _json(self._http.call("GET", "/v1/agent/checks", read=True).body) or {}
+            lease = checks.get(services.lease_check_id(instance)) if isinstance(checks, dict) else None
+            if isinstance(lease, dict) and lease.get("Status") != "passing":
+                self._http.call("PUT", f"/v1/agent/service/deregister/{instance}")
 
     # Change feed -------------------------------------------------------------------------
 
@@ -561,6 +687,8 @@ class ConsulStore(Store):
 
     def _started_feed(self) -> Feed:
         with self._lock:
+            if self._closed:
+                raise StoreUnavailable(f"store {self.url} is closed")
             if self._feed is None:
                 self._feed_http = ConsulHTTP(self.config)
                 self._feed = Feed(self._fetch_kv, self._fetch_health)
@@ -630,6 +758,26 @@ class ConsulStore(Store):
 
 def _flags(ttl: float | None) -> int:
     return MARK << 32 | (min(round(ttl * 1000), TTL_MASK) if ttl else 0)
+
+
+def _check_size(plan: _Plan, operations: Sequence[Operation]) -> None:
+    if len(plan.txn) > MAX_TXN_OPS:
+        raise InvalidInput(
+            "transaction", f"{len(operations)} operations", f"at most {MAX_TXN_OPS} Consul operations in one"
+        )
+
+
+def _keeps_ttl(op: Operation) -> bool:
+    return not isinstance(op, Put) or op.keep_ttl
+
+
+def _lease(op: Create | Put, version: _Version | None) -> float | None:
+    """The TTL a write leaves its key with: its own, or the one it keeps."""
+    if op.ttl is not None:
+        return op.ttl
+    if version is not None and version.session and _keeps_ttl(op):
+        return version.ttl_ms / 1000 or None
+    return None
 
 
 def _is_key(key: str) -> bool:

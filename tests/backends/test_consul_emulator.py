@@ -13,6 +13,7 @@ import urllib.request
 
 import consul
 import pytest
+import requests
 from consul.callback import CB
 
 from tests.consul_emulator import ConsulEmulator
@@ -196,3 +197,27 @@ def test_it_starts_on_its_own_from_the_command_line():
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_ttl_check_expires_with_consuls_output_and_its_service_is_reaped(consul_emulator, c):
+    consul_emulator.state.reap_min = 0.5  # Consul's is 1m, its reaper runs every 30s
+    consul_emulator.state.reap_interval = 0.2
+    check = consul.Check.ttl("1s")
+    check["DeregisterCriticalServiceAfter"] = "10ms"  # raised to the minimum, as Consul does
+    c.agent.service.register("job", service_id="job-1", check=check)
+    c.agent.service.register("keep", service_id="keep-1", check=consul.Check.ttl("1s"))
+    c.agent.check.ttl_pass("service:job-1", "all good")
+    expired = wait_for(lambda: c.agent.checks()["service:job-1"], lambda k: k["Status"] == "critical")
+    assert expired["Output"] == "TTL expired (last output before timeout follows): all good"
+    assert wait_for(lambda: "job-1" in c.agent.services(), lambda present: not present) is False
+    assert c.health.service("job")[1] == []
+    assert "keep-1" in c.agent.services()  # critical, but without DeregisterCriticalServiceAfter
+
+
+def test_a_dropped_reply_is_applied_and_never_answered(consul_emulator, c, consul_prefix):
+    consul_emulator.drop_next_reply("/v1/txn")
+    op = {"KV": {"Verb": "set", "Key": consul_prefix + "k", "Value": base64.b64encode(b"v").decode()}}
+    with pytest.raises(requests.ConnectionError):
+        c.txn.put([op])
+    assert c.kv.get(consul_prefix + "k")[1]["Value"] == b"v"
+    assert c.txn.put([op])["Errors"] is None  # the next one is answered
