@@ -7,7 +7,15 @@ import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-BENCHMARKS = ["startup.py", "allocate_race.py", "check_scan.py", "discovery.py"]
+BENCHMARKS = [
+    "startup.py",
+    "allocate_race.py",
+    "check_scan.py",
+    "discovery.py",
+    "etcd.py",
+    "consul.py",
+    "bluegreen.py",
+]
 
 
 def main() -> int:

@@ -369,10 +369,14 @@ class PortAllocator:
 
     def _read_view(self, protocol: str) -> _View:
         view = _View()
-        for entry in self.store.list(f"allocations/{self.host}/"):
+        claims_prefix = f"ports/{self.host}/{protocol}/"
+        found, _ = self.store.snapshot_many([f"allocations/{self.host}/", claims_prefix])
+        for entry in found:
+            if entry.key.startswith(claims_prefix):
+                continue
             view.entries[entry.key] = entry
             view.records[entry.key] = self._parsed(entry)
-        for entry in self.store.list(f"ports/{self.host}/{protocol}/"):
+        for entry in (e for e in found if e.key.startswith(claims_prefix)):
             port = int(entry.key.rsplit("/", 1)[1])
             view.claims[port] = entry
             owner = self._owner(entry)

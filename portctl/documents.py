@@ -70,8 +70,9 @@ def parse_export(text: str, source: str) -> list[Allocation]:
     return [Allocation.from_dict(raw, f"allocations[{i}]") for i, raw in enumerate(doc["allocations"])]
 
 
-def write_atomically(path: str, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the new one, never a part."""
+def write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Write ``text`` to ``path`` so readers see the old file or the new one, never a part.
+    ``durable=False`` skips the fsync, for files that may be lost in a power cut (caches)."""
     folder = os.path.dirname(os.path.abspath(path))
     import tempfile
 
@@ -80,7 +81,8 @@ def write_atomically(path: str, text: str, mode: int = 0o644) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

@@ -166,6 +166,17 @@ class Store(abc.ABC):
         position = self.position()
         return self.list(prefix), position
 
+    def snapshot_many(self, prefixes: Sequence[str]) -> tuple[builtins.list[Entry], str]:
+        """:meth:`snapshot` of several prefixes at once (sorted by key, a key once even if two
+        prefixes overlap). Stores that can read them in one request override this."""
+        if not prefixes:
+            return [], self.position()
+        entries, position = self.snapshot(prefixes[0])
+        found = {e.key: e for e in entries}
+        for prefix in prefixes[1:]:
+            found.update((e.key, e) for e in self.list(prefix))
+        return sorted(found.values(), key=lambda e: e.key), position
+
     @abc.abstractmethod
     def position(self) -> str:
         """The change-feed position now; watch from here to see only later changes."""

@@ -38,7 +38,9 @@ import builtins
 import contextlib
 import json
 import os
+import queue
 import re
+import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +70,7 @@ from portctl.errors import (
     InvalidInput,
     KeyExists,
     NotFound,
+    PortctlError,
     StoreDenied,
     StoreError,
     StoreTimeout,
@@ -246,6 +249,9 @@ class _Connection:
     def __init__(self, options: EtcdOptions) -> None:
         self.options = options
         self.session = requests.Session()
+        # Proxy variables are read once here, not on every request (as requests would).
+        self.session.proxies.update(requests.utils.get_environ_proxies(options.endpoints[0]))
+        self.session.trust_env = False
         if options.cacert:
             self.session.verify = options.cacert
         if options.cert and options.key:
@@ -318,7 +324,7 @@ class _Connection:
             self._token = str(answer["token"])
             self.session.headers["Authorization"] = self._token
 
-    def watch_stream(self, body: dict[str, Any], timeout: float) -> requests.Response:
+    def watch_stream(self, body: dict[str, Any], timeout: float | None) -> requests.Response:
         def open_stream() -> requests.Response:
             if self.options.user and self._token is None:
                 self.authenticate()
@@ -378,6 +384,8 @@ class EtcdStore(Store):
         self.options = options
         self.prefix = options.prefix
         self._connection = _Connection(options)
+        self._watch_lock = threading.Lock()
+        self._follower: _Follower | None = None
 
     @classmethod
     def from_url(cls, url: str) -> EtcdStore:
@@ -417,6 +425,23 @@ class EtcdStore(Store):
         answer = self._range(prefix)
         entries = sorted((self._entry(kv) for kv in answer.get("kvs") or []), key=lambda e: e.key)
         return entries, str(answer["header"]["revision"])
+
+    def snapshot_many(self, prefixes: Sequence[str]) -> tuple[builtins.list[Entry], str]:
+        """One txn of range reads: every prefix at one revision, in one request."""
+        if not prefixes:
+            return [], self.position()
+        ranges = []
+        for prefix in prefixes:
+            _validate.prefix(prefix)
+            full = self.prefix + prefix
+            ranges.append({"request_range": {"key": _b64(full), "range_end": _range_end(full)}})
+        answer = self._connection.call("/kv/txn", {"success": ranges})
+        found: dict[str, Entry] = {}
+        for response in answer.get("responses") or []:
+            for kv in (response.get("response_range") or {}).get("kvs") or []:
+                entry = self._entry(kv)
+                found[entry.key] = entry
+        return sorted(found.values(), key=lambda e: e.key), str(answer["header"]["revision"])
 
     def position(self) -> str:
         answer = self._connection.call("/kv/range", {"key": _b64(self.prefix), "count_only": True})
@@ -529,9 +554,34 @@ class EtcdStore(Store):
     # Change feed -------------------------------------------------------------------------
 
     def watch(self, prefix: str, position: str, timeout: float) -> ChangeBatch:
+        """Changes after ``position``. A reader that goes on from the position it was last
+        given keeps one watch stream open (read by a thread), so a change costs no request."""
         _validate.prefix(prefix)
         if not position.isdigit():
             raise InvalidInput("position", position, "a position returned by this etcd store")
+        with self._watch_lock:
+            follower = self._follower
+            if follower is None or not follower.continues(prefix, position):
+                if follower is not None:
+                    follower.close()
+                follower = self._follower = self._follow(prefix, position)
+        item = follower.next(timeout)
+        if item is None:
+            return ChangeBatch(position)  # nothing changed within the timeout
+        if isinstance(item, ChangeBatch) and not item.reset:
+            return item
+        with self._watch_lock:
+            follower.close()
+            if self._follower is follower:
+                self._follower = None
+        if isinstance(item, StoreDenied) and self.options.user and "invalid auth token" in str(item):
+            self._connection.authenticate()  # the token expired: renew it; the next call reopens
+            return ChangeBatch(position)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def _follow(self, prefix: str, position: str) -> _Follower:
         full = self.prefix + prefix
         request = {
             "create_request": {
@@ -541,42 +591,30 @@ class EtcdStore(Store):
             }
         }
         try:
-            return self._watch_once(request, position, timeout)
+            response = self._connection.watch_stream(request, None)
         except StoreDenied as e:
             if self.options.user is None or "invalid auth token" not in str(e):
                 raise
-            self._connection.authenticate()  # the token expired while idle: renew, watch again
-            return self._watch_once(request, position, timeout)
+            self._connection.authenticate()
+            response = self._connection.watch_stream(request, None)
+        return _Follower(self, prefix, position, response)
 
-    def _watch_once(self, request: dict[str, Any], position: str, timeout: float) -> ChangeBatch:
-        response = self._connection.watch_stream(request, max(timeout, 0.05))
-        try:
-            return self._read_batch(response, position)
-        finally:
-            response.close()
-
-    def _read_batch(self, response: requests.Response, position: str) -> ChangeBatch:
-        try:
-            for message in _messages(response):
-                result = message.get("result") or {}
-                if "error" in message:
-                    raise self._connection.translate(Etcd3Exception(json.dumps(message["error"])))
-                if result.get("compact_revision") not in (None, "0", 0):
-                    # Too old: the reader re-reads with snapshot(), which gives the position.
-                    return ChangeBatch(str(result["compact_revision"]), (), reset=True)
-                if result.get("canceled"):
-                    reason = result.get("cancel_reason") or "the watch was cancelled"
-                    raise StoreUnavailable(f"etcd at {self._connection.endpoint} ended the watch: {reason}")
-                events = result.get("events") or []
-                if events:
-                    changes = tuple(self._change(event) for event in events)
-                    last = max(int(event["kv"]["mod_revision"]) for event in events)
-                    return ChangeBatch(str(last), changes)
-        except (requests.ConnectionError, requests.Timeout) as e:
-            if "timed out" in str(e).lower() or "timeout" in type(e).__name__.lower():
-                return ChangeBatch(position)  # nothing changed within the timeout
-            raise StoreUnavailable(f"etcd at {self._connection.endpoint} dropped the watch: {e}") from e
-        return ChangeBatch(position)
+    def _batch_of(self, message: Mapping[str, Any]) -> ChangeBatch | None:
+        """The change batch one watch message carries, if any; raises for an ended watch."""
+        result = message.get("result") or {}
+        if "error" in message:
+            raise self._connection.translate(Etcd3Exception(json.dumps(message["error"])))
+        if result.get("compact_revision") not in (None, "0", 0):
+            # Too old: the reader re-reads with snapshot(), which gives the position.
+            return ChangeBatch(str(result["compact_revision"]), (), reset=True)
+        if result.get("canceled"):
+            reason = result.get("cancel_reason") or "the watch was cancelled"
+            raise StoreUnavailable(f"etcd at {self._connection.endpoint} ended the watch: {reason}")
+        events = result.get("events") or []
+        if not events:
+            return None
+        changes = tuple(self._change(event) for event in events)
+        return ChangeBatch(str(max(int(event["kv"]["mod_revision"]) for event in events)), changes)
 
     def _change(self, event: Mapping[str, Any]) -> Change:
         kv = event["kv"]
@@ -591,7 +629,84 @@ class EtcdStore(Store):
         self._connection.call("/kv/compaction", {"revision": target, "physical": True})
 
     def close(self) -> None:
+        with self._watch_lock:
+            if self._follower is not None:
+                self._follower.close()
+                self._follower = None
         self._connection.close()
+
+
+class _Follower:
+    """One open etcd watch stream; a daemon thread reads it into a queue."""
+
+    def __init__(self, store: EtcdStore, prefix: str, position: str, response: requests.Response) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.position = position  # the last position handed out
+        self.response = response
+        self.items: queue.Queue[ChangeBatch | Exception] = queue.Queue()
+        self.closed = False
+        self._keep_alive(_socket_of(response))
+        self.thread = threading.Thread(target=self._read, name="portctl-etcd-watch", daemon=True)
+        self.thread.start()
+
+    def continues(self, prefix: str, position: str) -> bool:
+        return not self.closed and prefix == self.prefix and position == self.position
+
+    def next(self, timeout: float) -> ChangeBatch | Exception | None:
+        try:
+            item = self.items.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+        if isinstance(item, ChangeBatch) and not item.reset:
+            self.position = item.position
+        return item
+
+    def _read(self) -> None:
+        endpoint = self.store._connection.endpoint
+        try:
+            for message in _messages(self.response):
+                batch = self.store._batch_of(message)
+                if batch is not None:
+                    self.items.put(batch)
+                    if batch.reset:
+                        return
+            ended: Exception = StoreUnavailable(f"etcd at {endpoint} ended the watch stream")
+        except PortctlError as e:
+            ended = e
+        except (requests.RequestException, OSError, ValueError) as e:
+            ended = StoreUnavailable(f"etcd at {endpoint} dropped the watch: {e}")
+        if not self.closed:
+            self.items.put(ended)
+
+    @staticmethod
+    def _keep_alive(sock: socket.socket | None) -> None:
+        """A member that vanishes without a reset (power loss, partition) would leave the stream
+        silent for ever; TCP keep-alive probes end it within about 25 s."""
+        if sock is None:
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+    def close(self) -> None:
+        """Stop reading: shut the socket down (a blocked read returns), then close."""
+        if self.closed:
+            return
+        self.closed = True
+        sock = _socket_of(self.response)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=2)
+        self.response.close()
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _condition(op: Operation) -> dict[str, Any] | None:

@@ -54,7 +54,10 @@ def save(path: str, identity: dict[str, str], entries: Iterable[Entry], saved_at
     }
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=FOLDER_MODE, exist_ok=True)
-        write_atomically(path, json.dumps(doc, sort_keys=True, separators=(",", ":")), mode=FILE_MODE)
+        # No fsync: a cache lost in a power cut is unreadable or old, and load() then ignores
+        # it or serves it marked stale, both of which are right for a cache.
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        write_atomically(path, text, mode=FILE_MODE, durable=False)
     except OSError:
         return False
     return True

@@ -37,7 +37,7 @@ _FILE_WATCH_TIMEOUT = 0.2
 _NETWORK_WATCH_TIMEOUT = 5.0
 _POLL_INTERVAL = 1.0  # stores without a change feed are re-read this often
 _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0  # while the store is unreachable, back off between these
-_SAVE_EVERY = 1.0  # seconds between cache writes while the store changes (each is an fsync)
+_SAVE_EVERY = 1.0  # seconds between cache writes while the store changes
 _clock = time.time
 
 
@@ -293,12 +293,10 @@ class ServiceDiscovery:
     def _reload(self) -> None:
         """Read every key the answers come from. Called with the lock held."""
         watching = Capability.WATCH in self._store.capabilities
-        first, *others = self._prefixes
-        # The position comes with the first read (one request on etcd and Consul); a change
-        # between the reads is seen again by the watch, which only re-applies the same state.
-        found, position = self._store.snapshot(first) if watching else (self._store.list(first), "")
+        # One read where the store can (etcd): every prefix and the position, at one revision.
+        found, position = self._store.snapshot_many(self._prefixes)
         entries = {e.key: e for e in found}
-        entries.update((e.key, e) for prefix in others for e in self._store.list(prefix))
+        position = position if watching else ""
         now = _clock()
         self._entries, self._confirmed_at = entries, now
         self._publish(now)
