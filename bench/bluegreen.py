@@ -129,6 +129,25 @@ def throwaway_etcd(folder: str) -> Iterator[str]:
         process.wait(30)
 
 
+@contextmanager
+def consul_emulator(folder: str) -> Iterator[str]:
+    """The Consul HTTP API emulator of the tests, in a process of its own (so the resolvers
+    measured here do not share its interpreter)."""
+    port = free_port()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    log = open(os.path.join(folder, "consul-emulator.log"), "ab")  # noqa: SIM115 - owned by the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.consul_emulator", "--port", str(port)], cwd=root, stdout=log, stderr=log
+    )
+    log.close()
+    try:
+        _wait_listening(port)
+        yield f"consul://127.0.0.1:{port}/bench"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def deploy(store: Store, ports: dict[str, int]) -> BlueGreen:
     bg = BlueGreen(store, SETTINGS)
     for colour, port in ports.items():
@@ -322,6 +341,11 @@ def main() -> int:
                 rows.append(row(f"{name}: flip -> one resolver new colour (every one)", times["every"]))
             if not etcd_ready:
                 rows.append(f"{'etcd: skipped (no etcd store module or no etcd binary)':<52}")
+        with consul_emulator(tmp) as consul_url:
+            times = resolver_flips(consul_url, ports, args.resolvers, args.flips, tempfile.mkdtemp(dir=tmp))
+            label = f"consul (emulator): flip -> all {args.resolvers} resolvers new colour"
+            rows.append(row(label, times["slowest"]))
+            rows.append(row("consul (emulator): flip -> one resolver new colour", times["every"]))
         if os.path.exists(NGINX):
             nginx_store = f"file://{tmp}/nginx-store.json"
             delays, errors, total = nginx_flips(

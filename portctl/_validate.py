@@ -100,3 +100,16 @@ def prefix(value: str, field: str = "prefix") -> str:
         return value
     key(value.removesuffix("/"), field)
     return value
+
+
+def call_timeout(text: str | None, default: float, field: str = "store URL option timeout") -> float:
+    """Seconds a store call may take, from a URL option such as ``?timeout=2.5``."""
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 300:
+        raise InvalidInput(field, text, "seconds per call, more than 0 and at most 300")
+    return value

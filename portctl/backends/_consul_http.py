@@ -92,7 +92,7 @@ def parse_url(url: str, environ: Mapping[str, str] | None = None) -> ConsulConfi
         host=host,
         port=port or (8501 if scheme == "https" else 8500),
         prefix=_prefix(parts.path),
-        timeout=_timeout(options.get("timeout")),
+        timeout=_validate.call_timeout(options.get("timeout"), DEFAULT_TIMEOUT),
         token=token,
         token_source=source,
         verify=_verify(options, env),
@@ -138,18 +138,6 @@ def _prefix(path: str) -> str:
         return DEFAULT_PREFIX
     _validate.key(path, "store prefix")
     return path + "/"
-
-
-def _timeout(text: str | None) -> float:
-    if text is None:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 300:
-        raise InvalidInput("timeout", text, "seconds per call, more than 0 and at most 300")
-    return value
 
 
 def _token(env: Mapping[str, str]) -> tuple[str | None, str]:

@@ -137,7 +137,7 @@ def parse_url(url: str, environ: Mapping[str, str] | None = None) -> EtcdOptions
     return EtcdOptions(
         endpoints=endpoints,
         prefix=_prefix(parts.path),
-        timeout=_timeout(query.get("timeout")),
+        timeout=_validate.call_timeout(query.get("timeout"), DEFAULT_TIMEOUT),
         user=user,
         password=password,
         cacert=_file(query.get("cacert") or env.get("ETCDCTL_CACERT"), "cacert (ETCDCTL_CACERT)"),
@@ -183,18 +183,6 @@ def _prefix(path: str) -> str:
             "store URL prefix", path, "a key prefix like /portctl or /team-a/portctl"
         ) from None
     return f"/{name}/"
-
-
-def _timeout(text: str | None) -> float:
-    if text is None:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value <= 300:
-        raise InvalidInput("store URL option timeout", text, "seconds per call, more than 0 and at most 300")
-    return value
 
 
 def _credentials(
@@ -250,7 +238,8 @@ class _Connection:
         self.options = options
         self.session = requests.Session()
         # Proxy variables are read once here, not on every request (as requests would).
-        self.session.proxies.update(requests.utils.get_environ_proxies(options.endpoints[0]))
+        if any(name.lower().endswith("_proxy") for name in os.environ):
+            self.session.proxies.update(requests.utils.get_environ_proxies(options.endpoints[0]))
         self.session.trust_env = False
         if options.cacert:
             self.session.verify = options.cacert
