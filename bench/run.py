@@ -13,7 +13,7 @@ BENCHMARKS = [
     "check_scan.py",
     "discovery.py",
     "etcd.py",
-    "consul.py",
+    "consul_store.py",
     "bluegreen.py",
 ]
 

@@ -370,7 +370,7 @@ class PortAllocator:
     def _read_view(self, protocol: str) -> _View:
         view = _View()
         claims_prefix = f"ports/{self.host}/{protocol}/"
-        found, _ = self.store.snapshot_many([f"allocations/{self.host}/", claims_prefix])
+        found = self.store.list_many([f"allocations/{self.host}/", claims_prefix])
         for entry in found:
             if entry.key.startswith(claims_prefix):
                 continue

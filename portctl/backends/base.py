@@ -166,6 +166,12 @@ class Store(abc.ABC):
         position = self.position()
         return self.list(prefix), position
 
+    def list_many(self, prefixes: Sequence[str]) -> builtins.list[Entry]:
+        """:meth:`list` of several prefixes (sorted by key, a key once). Stores that can read
+        them in one request override this."""
+        found = {e.key: e for prefix in prefixes for e in self.list(prefix)}
+        return sorted(found.values(), key=lambda e: e.key)
+
     def snapshot_many(self, prefixes: Sequence[str]) -> tuple[builtins.list[Entry], str]:
         """:meth:`snapshot` of several prefixes at once (sorted by key, a key once even if two
         prefixes overlap). Stores that can read them in one request override this."""

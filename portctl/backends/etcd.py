@@ -415,6 +415,9 @@ class EtcdStore(Store):
         entries = sorted((self._entry(kv) for kv in answer.get("kvs") or []), key=lambda e: e.key)
         return entries, str(answer["header"]["revision"])
 
+    def list_many(self, prefixes: Sequence[str]) -> builtins.list[Entry]:
+        return self.snapshot_many(prefixes)[0]
+
     def snapshot_many(self, prefixes: Sequence[str]) -> tuple[builtins.list[Entry], str]:
         """One txn of range reads: every prefix at one revision, in one request."""
         if not prefixes:

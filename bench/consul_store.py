@@ -1,7 +1,7 @@
 """The Consul store against raw py-consul calls, on the Consul HTTP API emulator (tests/), and
 how soon 50 resolvers follow a re-registration through blocking queries.
 
-    python bench/consul.py [--calls 200] [--moves 20] [--resolvers 50]
+    python bench/consul_store.py [--calls 200] [--moves 20] [--resolvers 50]
 
 Every figure is measured on the emulator, in this process, over loopback: it shows portctl's
 overhead over the same HTTP round trips, not what a Consul cluster costs. Targets: each portctl
@@ -24,9 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 
 HERE = pathlib.Path(__file__).resolve().parent
-# Run as a script, this file's folder comes first on sys.path, where this very file would
-# shadow the py-consul package (import name ``consul``); the project root is added for tests/.
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != HERE]
+# The project root, for the emulator in tests/.
 sys.path.insert(0, str(HERE.parent))
 
 import consul  # noqa: E402 - after the path fix above
