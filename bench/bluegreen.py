@@ -343,9 +343,9 @@ def main() -> int:
                 rows.append(f"{'etcd: skipped (no etcd store module or no etcd binary)':<52}")
         with consul_emulator(tmp) as consul_url:
             times = resolver_flips(consul_url, ports, args.resolvers, args.flips, tempfile.mkdtemp(dir=tmp))
-            label = f"consul (emulator): flip -> all {args.resolvers} resolvers new colour"
+            label = f"consul emulator: flip -> all {args.resolvers} resolvers new colour"
             rows.append(row(label, times["slowest"]))
-            rows.append(row("consul (emulator): flip -> one resolver new colour", times["every"]))
+            rows.append(row("consul emulator: flip -> one resolver new colour", times["every"]))
         if os.path.exists(NGINX):
             nginx_store = f"file://{tmp}/nginx-store.json"
             delays, errors, total = nginx_flips(
