@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 from portctl import _validate
 from portctl.allocation import AllocationResult, PortAllocator
-from portctl.backends.base import Capability, Entry, Store
+from portctl.backends.base import Capability, Check, Entry, Store
 from portctl.config import Settings
 from portctl.errors import (
     CapabilityMissing,
@@ -505,6 +505,9 @@ class BlueGreen:
         self._precheck(check, port, env)
         result = self._allocate(service, color, env, port)
         allocation = result.allocation
+        # Registered only if the pointer is still as read: a cutover to this colour landing
+        # meanwhile must not be followed by an ungated change of what serves.
+        guard = [Check(pointer_key(env, service), pointer.version if pointer is not None else None)]
         try:
             instance = self.registry.register(
                 service,
@@ -516,10 +519,18 @@ class BlueGreen:
                 check=_with_port(check, allocation.port),
                 environment=env,
                 probe=self._probe_check,
+                guard=guard,
             )
-        except PortctlError:
+        except PortctlError as e:
             if result.changed and result.previous_port is None:  # leave the store as found
                 PortAllocator(self.store, self.settings).release(allocation.service, env)
+            elif result.changed and result.previous_port is not None:
+                self._allocate(service, color, env, result.previous_port)  # move it back
+            if isinstance(e, VersionConflict) and e.key == guard[0].key:
+                raise CutoverRefused(
+                    f"the live colour of {service} in {env} changed while {color} was being deployed; "
+                    f"nothing was registered: check portctl bluegreen status {service} and deploy again"
+                ) from e
             raise
         went_live = pointer is None and self._go_live_first(service, color, env, actor)
         return Deployed(service, env, color, instance, went_live)

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from portctl import _validate
 from portctl.allocation import PortAllocator
-from portctl.backends.base import Create, Delete, Entry, Operation, Put, Store
+from portctl.backends.base import Check, Create, Delete, Entry, Operation, Put, Store
 from portctl.config import Settings
 from portctl.errors import InvalidInput, NotFound, ServiceNotFound, StoreCorrupt, VersionConflict
 
@@ -295,12 +295,15 @@ class Registry:
         pid: int | None = None,
         probe: Callable[[ServiceEntry], tuple[Status, str]] | None = None,
         lease: float | None = None,
+        guard: Sequence[Check] = (),
     ) -> Instance:
         """Register (or re-register) one instance. Without ``port`` the service's allocation in
         this environment gives it. ``probe`` (e.g. :func:`portctl.health.run_check`) runs the
         TCP or HTTP check once, so the entry starts with a real status. With ``lease`` the
         entry and its health vanish unless kept alive (:meth:`keep_alive`) within that many
-        seconds, by the registering process or ``portctl agent``."""
+        seconds, by the registering process or ``portctl agent``. ``guard`` conditions go into
+        the registration's transaction: if one fails, nothing is written and its
+        :class:`VersionConflict` is raised at once."""
         env = self.policy.environment(environment)
         _validate.service_name(service)
         check = check or CheckSpec("tcp")
@@ -331,7 +334,7 @@ class Registry:
             lease,
         )
         initial = probe(entry) if probe is not None and check.kind in ("tcp", "http") else None
-        self._write(entry, self._first_health(check, initial))
+        self._write(entry, self._first_health(check, initial), guard)
         return self.instance(instance, env)
 
     def _port(self, service: str, env: str, port: int | None) -> int:
@@ -370,7 +373,7 @@ class Registry:
         status, output = initial
         return HealthRecord(status, output, now, critical_since=now if status == Status.CRITICAL else None)
 
-    def _write(self, entry: ServiceEntry, health: HealthRecord) -> None:
+    def _write(self, entry: ServiceEntry, health: HealthRecord, guard: Sequence[Check] = ()) -> None:
         ekey = entry_key(entry.environment, entry.service, entry.id)
         hkey = health_key(entry.environment, entry.service, entry.id)
         for _ in range(20):
@@ -378,10 +381,13 @@ class Registry:
             ops: list[Operation] = [
                 _upsert(ekey, json.dumps(entry.to_dict(), sort_keys=True), current, entry.lease),
                 _upsert(hkey, json.dumps(health.to_dict(), sort_keys=True), current_health, entry.lease),
+                *guard,
             ]
             try:
                 self.store.transact(ops)
-            except VersionConflict:
+            except VersionConflict as e:
+                if any(e.key == g.key for g in guard):
+                    raise
                 continue
             return
         raise VersionConflict(ekey, f"gave up registering {entry.id!r}: the store kept changing")

@@ -13,6 +13,7 @@ from portctl.bluegreen import HISTORY_LIMIT, BlueGreen, CutoverConflict, Cutover
 from portctl.config import Settings
 from portctl.discovery import ServiceDiscovery
 from portctl.errors import CapabilityMissing, InvalidInput
+from portctl.health import run_check
 from portctl.registry import CheckSpec, Registry
 
 SETTINGS = Settings(host="test-host")
@@ -213,3 +214,23 @@ def test_a_service_adopting_blue_green_keeps_its_plain_instances_until_the_first
         bg.rollback("web", drain=0)
         d.refresh()
         assert d.get_service_url("web") == f"http://127.0.0.1:{plain.port}"
+
+
+def test_a_redeploy_racing_a_cutover_to_that_colour_registers_nothing(deployed, colours, store):
+    """A cutover to green lands while green is being redeployed on another port: the redeploy
+    must not then change, ungated, what now serves."""
+    racer = BlueGreen(store, SETTINGS)
+
+    def probe_while_a_cutover_lands(entry):  # runs inside register(), before its write
+        racer.cutover("api", to="green", min_healthy=0, drain=0)
+        return run_check(entry)
+
+    redeploy = BlueGreen(store, SETTINGS, probe=probe_while_a_cutover_lands)
+    with pytest.raises(CutoverRefused, match="changed while green was being deployed"):
+        redeploy.deploy("api", "green", port=colours["green"].port + 1, check=CheckSpec("tcp"))
+    status = deployed.status("api")
+    assert status.live == "green"
+    assert [(c.color, c.port) for c in status.colours] == [
+        ("blue", colours["blue"].port),
+        ("green", colours["green"].port),  # still the instance the cutover checked
+    ]
