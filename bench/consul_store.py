@@ -15,7 +15,6 @@ import base64
 import contextlib
 import json
 import pathlib
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import consul  # noqa: E402 - after the path fix above
 
+from bench._common import free_ports, percentile  # noqa: E402 - after the path fix above
 from portctl.allocation import PortAllocator  # noqa: E402 - after the path for tests/
 from portctl.backends.consul import ConsulStore  # noqa: E402
 from portctl.config import Settings  # noqa: E402
@@ -39,25 +39,6 @@ from tests.consul_emulator import ConsulEmulator  # noqa: E402
 SETTINGS = Settings(host="bench-host")
 PREFIX = "bench/"
 GIVE_UP = 10.0
-
-
-def free_ports(count: int, start: int = 26000) -> list[int]:
-    found: list[int] = []
-    port = start
-    while len(found) < count and port < 32000:
-        try:
-            with socket.socket() as s:
-                s.bind(("0.0.0.0", port))
-            found.append(port)
-        except OSError:
-            pass
-        port += 1
-    return found
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def timed(call: Callable[[int], object], runs: int) -> list[float]:

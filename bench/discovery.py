@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import socket
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+
+from _common import free_ports  # bench/, first on sys.path when run as a script
 
 from portctl.allocation import PortAllocator
 from portctl.backends.file import JsonFileStore
@@ -31,20 +32,6 @@ SERVICES = [f"svc{i}" for i in range(12)]
 REGISTERED = SERVICES[:4]  # resolve to their registrations; the rest to their allocations
 MOVED = SERVICES[-1]  # allocated only, so a re-allocation moves its URL
 GIVE_UP = 5.0  # seconds to wait for a resolver to follow one move
-
-
-def free_ports(count: int, start: int = 26000) -> list[int]:
-    found: list[int] = []
-    port = start
-    while len(found) < count and port < 32000:
-        try:
-            with socket.socket() as s:
-                s.bind(("0.0.0.0", port))
-            found.append(port)
-        except OSError:
-            pass
-        port += 1
-    return found
 
 
 def per_call_ns(call: Callable[[str], object], arg: str, calls: int) -> list[int]:

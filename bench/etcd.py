@@ -28,7 +28,6 @@ import json
 import pathlib
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -47,6 +46,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import requests  # noqa: E402 - after the path fix above
 
+from bench._common import free_ports, percentile  # noqa: E402 - after the path fix above
 from portctl.allocation import PortAllocator  # noqa: E402
 from portctl.backends.base import Entry, Operation  # noqa: E402
 from portctl.backends.etcd import EtcdStore, parse_url  # noqa: E402
@@ -61,25 +61,6 @@ ENV = "production"
 GIVE_UP = 10.0  # seconds for every resolver to follow one move
 TARGET_RATIO = 1.5
 TARGET_P99_MS = 50.0
-
-
-def free_ports(count: int, start: int = 26000) -> list[int]:
-    found: list[int] = []
-    port = start
-    while len(found) < count and port < 32000:
-        try:
-            with socket.socket() as s:
-                s.bind(("0.0.0.0", port))
-            found.append(port)
-        except OSError:
-            pass
-        port += 1
-    return found
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def b64(text: str) -> str:
