@@ -138,11 +138,11 @@ class Agent:
         for key, (instance, renewed_at) in list(self._kept.items()):
             if key in present:
                 continue
-            del self._kept[key]
             lease = instance.entry.lease or 0.0
             if now - renewed_at >= lease:  # it expired unrenewed: ours to restore
-                self.registry.keep_alive(instance)
+                self.registry.keep_alive(instance)  # if this fails, the next pass tries again
                 report.rewritten.append(instance.entry.id)
+            del self._kept[key]
         for instance in mine:
             if instance.entry.lease is None:
                 continue

@@ -505,35 +505,62 @@ class BlueGreen:
         self._precheck(check, port, env)
         result = self._allocate(service, color, env, port)
         allocation = result.allocation
-        # Registered only if the pointer is still as read: a cutover to this colour landing
-        # meanwhile must not be followed by an ungated change of what serves.
-        guard = [Check(pointer_key(env, service), pointer.version if pointer is not None else None)]
         try:
-            instance = self.registry.register(
-                service,
-                port=allocation.port,
-                address=_validate.host(address, "--address") if address else None,
-                instance_id=self._instance_id(service, color),
-                tags=(color,),
-                meta={"color": color},
-                check=_with_port(check, allocation.port),
-                environment=env,
-                probe=self._probe_check,
-                guard=guard,
+            instance, pointer = self._register_colour(
+                service, color, env, check, address, allocation.port, pointer
             )
-        except PortctlError as e:
+        except PortctlError:
             if result.changed and result.previous_port is None:  # leave the store as found
                 PortAllocator(self.store, self.settings).release(allocation.service, env)
             elif result.changed and result.previous_port is not None:
                 self._allocate(service, color, env, result.previous_port)  # move it back
-            if isinstance(e, VersionConflict) and e.key == guard[0].key:
-                raise CutoverRefused(
-                    f"the live colour of {service} in {env} changed while {color} was being deployed; "
-                    f"nothing was registered: check portctl bluegreen status {service} and deploy again"
-                ) from e
             raise
         went_live = pointer is None and self._go_live_first(service, color, env, actor)
         return Deployed(service, env, color, instance, went_live)
+
+    def _register_colour(
+        self,
+        service: str,
+        color: str,
+        env: str,
+        check: CheckSpec,
+        address: str | None,
+        port: int,
+        pointer: LivePointer | None,
+    ) -> tuple[Instance, LivePointer | None]:
+        """Register the colour's instance only while ``color`` is not live: the pointer's
+        version read before goes into the registration's transaction as a guard, so a cutover
+        to this colour landing meanwhile is never followed by an ungated change of what serves.
+        Any other change of the pointer (another colour going live) just means: read, go on."""
+        for _ in range(5):
+            guard = Check(pointer_key(env, service), pointer.version if pointer is not None else None)
+            try:
+                instance = self.registry.register(
+                    service,
+                    port=port,
+                    address=_validate.host(address, "--address") if address else None,
+                    instance_id=self._instance_id(service, color),
+                    tags=(color,),
+                    meta={"color": color},
+                    check=_with_port(check, port),
+                    environment=env,
+                    probe=self._probe_check,
+                    guard=[guard],
+                )
+            except VersionConflict as e:
+                if e.key != guard.key:
+                    raise
+                pointer = self.pointer(service, env)
+                if pointer is not None and pointer.live == color:
+                    raise CutoverRefused(
+                        f"{color} went live for {service} in {env} while it was being deployed; "
+                        f"nothing was registered: check portctl bluegreen status {service}"
+                    ) from e
+                continue
+            return instance, pointer
+        raise CutoverConflict(
+            pointer_key(env, service), f"the live colour of {service} in {env} kept changing; deploy again"
+        )
 
     def _precheck(self, check: CheckSpec, port: int | None, env: str) -> None:
         """Refuse an HTTP check the registration would refuse, before the port is allocated."""

@@ -111,3 +111,32 @@ def test_a_write_whose_answer_was_lost_is_not_reported_as_a_conflict(etcd_url):
         got = store.get("lost/a")
         assert got is not None
         assert got.value == "2"  # and its lease was not revoked
+
+
+def test_the_agent_keeps_trying_to_restore_a_lapsed_lease(store):
+    """The agent finds a lease that ran out while it was away, but the store fails on the first
+    try to restore it: the next pass must still restore it."""
+    from portctl.agent import Agent
+    from portctl.errors import StoreUnavailable
+
+    registry = Registry(store, SETTINGS)
+    instance = registry.register("api", port=free_port(), check=CheckSpec("none"), lease=2)
+    agent = Agent(registry, zombie_grace=3600)
+    agent.run_once()  # renews, and remembers the entry
+    time.sleep(3.5)  # the agent is away for longer than the lease
+    assert store.get(ENTRY.format(id=instance.entry.id)) is None
+    real_keep_alive = registry.keep_alive
+    failures = []
+
+    def failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise StoreUnavailable("the store is unreachable for a moment")
+        return real_keep_alive(*args, **kwargs)
+
+    registry.keep_alive = failing_once
+    with pytest.raises(StoreUnavailable):
+        agent.run_once()
+    report = agent.run_once()
+    assert report.rewritten == [instance.entry.id]
+    assert store.get(ENTRY.format(id=instance.entry.id)) is not None

@@ -37,6 +37,7 @@ import base64
 import builtins
 import contextlib
 import json
+import math
 import os
 import queue
 import re
@@ -82,6 +83,7 @@ __all__ = ["DEFAULT_PREFIX", "EtcdOptions", "EtcdStore", "parse_url"]
 
 DEFAULT_PREFIX = "portctl"
 DEFAULT_TIMEOUT = 5.0
+MAX_FOLLOWERS = 8  # idle watch streams kept open per store
 URL_FORM = "etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?timeout=SECONDS] (or etcd+https://...)"
 PASSWORD_HELP = "the password in ETCDCTL_PASSWORD, ETCDCTL_USER=user:password or ?password_file=FILE"  # noqa: S105 - help text
 
@@ -374,7 +376,8 @@ class EtcdStore(Store):
         self.prefix = options.prefix
         self._connection = _Connection(options)
         self._watch_lock = threading.Lock()
-        self._follower: _Follower | None = None
+        self._followers: dict[tuple[str, str], _Follower] = {}  # idle streams, by where they go on
+        self._closed = False
 
     @classmethod
     def from_url(cls, url: str) -> EtcdStore:
@@ -483,7 +486,7 @@ class EtcdStore(Store):
             ttl = getattr(op, "ttl", None)
             if ttl is not None and ttl not in leases:
                 # etcd leases are whole seconds, and etcd raises a TTL below its minimum.
-                answer = self._connection.call("/lease/grant", {"TTL": max(1, round(ttl))})
+                answer = self._connection.call("/lease/grant", {"TTL": max(1, math.ceil(ttl))})
                 leases[ttl] = str(answer["ID"])
         return leases
 
@@ -547,31 +550,38 @@ class EtcdStore(Store):
 
     def watch(self, prefix: str, position: str, timeout: float) -> ChangeBatch:
         """Changes after ``position``. A reader that goes on from the position it was last
-        given keeps one watch stream open (read by a thread), so a change costs no request."""
+        given keeps one watch stream open (read by a thread), so a change costs no request.
+        Each open stream serves one reader at a time: it is taken out of the pool while read."""
         _validate.prefix(prefix)
         if not position.isdigit():
             raise InvalidInput("position", position, "a position returned by this etcd store")
         with self._watch_lock:
-            follower = self._follower
-            if follower is None or not follower.continues(prefix, position):
-                if follower is not None:
-                    follower.close()
-                follower = self._follower = self._follow(prefix, position)
+            if self._closed:
+                raise StoreUnavailable(f"the store {self.url} is closed")
+            follower = self._followers.pop((prefix, position), None)
+        if follower is None or follower.closed:
+            follower = self._follow(prefix, position)
         item = follower.next(timeout)
-        if item is None:
-            return ChangeBatch(position)  # nothing changed within the timeout
-        if isinstance(item, ChangeBatch) and not item.reset:
-            return item
-        with self._watch_lock:
-            follower.close()
-            if self._follower is follower:
-                self._follower = None
+        if item is None or (isinstance(item, ChangeBatch) and not item.reset):
+            self._put_back(follower)
+            return item if item is not None else ChangeBatch(position)
+        follower.close()
         if isinstance(item, StoreDenied) and self.options.user and "invalid auth token" in str(item):
             self._connection.authenticate()  # the token expired: renew it; the next call reopens
             return ChangeBatch(position)
         if isinstance(item, Exception):
             raise item
         return item
+
+    def _put_back(self, follower: _Follower) -> None:
+        with self._watch_lock:
+            key = (follower.prefix, follower.position)
+            if self._closed or key in self._followers:
+                follower.close()
+                return
+            self._followers[key] = follower
+            while len(self._followers) > MAX_FOLLOWERS:  # readers that went away
+                self._followers.pop(next(iter(self._followers))).close()
 
     def _follow(self, prefix: str, position: str) -> _Follower:
         full = self.prefix + prefix
@@ -583,12 +593,15 @@ class EtcdStore(Store):
             }
         }
         try:
-            response = self._connection.watch_stream(request, None)
+            response = self._connection.watch_stream(request, self.options.timeout)
         except StoreDenied as e:
             if self.options.user is None or "invalid auth token" not in str(e):
                 raise
             self._connection.authenticate()
-            response = self._connection.watch_stream(request, None)
+            response = self._connection.watch_stream(request, self.options.timeout)
+        sock = _socket_of(response)
+        if sock is not None:
+            sock.settimeout(None)  # the headers came within the timeout; the stream may be quiet
         return _Follower(self, prefix, position, response)
 
     def _batch_of(self, message: Mapping[str, Any]) -> ChangeBatch | None:
@@ -622,9 +635,10 @@ class EtcdStore(Store):
 
     def close(self) -> None:
         with self._watch_lock:
-            if self._follower is not None:
-                self._follower.close()
-                self._follower = None
+            self._closed = True
+            followers, self._followers = list(self._followers.values()), {}
+        for follower in followers:
+            follower.close()
         self._connection.close()
 
 
@@ -641,9 +655,6 @@ class _Follower:
         self._keep_alive(_socket_of(response))
         self.thread = threading.Thread(target=self._read, name="portctl-etcd-watch", daemon=True)
         self.thread.start()
-
-    def continues(self, prefix: str, position: str) -> bool:
-        return not self.closed and prefix == self.prefix and position == self.position
 
     def next(self, timeout: float) -> ChangeBatch | Exception | None:
         try:
@@ -666,8 +677,8 @@ class _Follower:
             ended: Exception = StoreUnavailable(f"etcd at {endpoint} ended the watch stream")
         except PortctlError as e:
             ended = e
-        except (requests.RequestException, OSError, ValueError) as e:
-            ended = StoreUnavailable(f"etcd at {endpoint} dropped the watch: {e}")
+        except Exception as e:  # noqa: BLE001 - whatever ends the stream must reach the reader
+            ended = StoreUnavailable(f"etcd at {endpoint} dropped the watch: {e!r}")
         if not self.closed:
             self.items.put(ended)
 
@@ -688,6 +699,7 @@ class _Follower:
         if self.closed:
             return
         self.closed = True
+        self.items.put(StoreUnavailable("the watch was closed"))  # wakes a reader waiting in next()
         sock = _socket_of(self.response)
         if sock is not None:
             with contextlib.suppress(OSError):

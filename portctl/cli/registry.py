@@ -211,9 +211,10 @@ def _keep_registered(registry: Registry, instance: Instance) -> None:
     renewed_at = time.monotonic()  # counts on while this process is stopped
     try:
         while not stop.wait(lease / 3):
+            started = time.monotonic()  # the lease restarts no earlier than this
             try:
                 # Gone although renewed within the lease: deregistered elsewhere, on purpose.
-                outcome = registry.keep_alive(instance, rewrite=time.monotonic() - renewed_at >= lease)
+                outcome = registry.keep_alive(instance, rewrite=started - renewed_at >= lease)
             except StoreUnavailable as e:
                 note(f"could not renew the lease: {e}; trying again")
                 continue
@@ -222,7 +223,7 @@ def _keep_registered(registry: Registry, instance: Instance) -> None:
                 return
             if outcome:
                 note(f"the lease of {instance.entry.id} had run out; registered it again")
-            renewed_at = time.monotonic()
+            renewed_at = started
     except KeyboardInterrupt:
         pass
     registry.deregister(instance.entry.id, instance.entry.environment)

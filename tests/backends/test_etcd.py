@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import socket
 import threading
 import time
@@ -270,3 +271,66 @@ def test_a_prefix_outside_the_users_role_is_denied(secured_etcd, monkeypatch):
     monkeypatch.setenv("ETCDCTL_USER", "portctl:right-pw")
     with open_store(f"etcd://{secured_etcd}/elsewhere") as store, pytest.raises(StoreDenied, match="roles"):
         store.create("x", "1")
+
+
+# Watch streams -----------------------------------------------------------------------------
+
+
+def test_two_readers_of_one_store_each_see_every_change(store):
+    position = store.position()
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+
+    def follow(name):
+        at = position
+        deadline = time.monotonic() + 20
+        while len(seen[name]) < 20 and time.monotonic() < deadline:
+            batch = store.watch("shared/", at, timeout=1)
+            seen[name] += [c.key for c in batch.changes]
+            at = batch.position
+
+    readers = [threading.Thread(target=follow, args=(n,)) for n in seen]
+    for r in readers:
+        r.start()
+    for i in range(20):
+        store.create(f"shared/k{i:02d}", "x")
+    for r in readers:
+        r.join(timeout=30)
+    want = [f"shared/k{i:02d}" for i in range(20)]
+    assert seen == {"a": want, "b": want}
+
+
+def test_a_quiet_stream_outlives_the_call_timeout(etcd_url):
+    with open_store(etcd_url + "?timeout=1") as store:
+        position = store.position()
+        quiet = store.watch("quiet/", position, timeout=2.5)  # longer than a call may take
+        assert quiet.changes == ()
+        store.create("quiet/a", "1")
+        batch = store.watch("quiet/", quiet.position, timeout=5)
+        assert [c.key for c in batch.changes] == ["quiet/a"]
+
+
+def test_a_member_that_stops_answering_ends_the_watch_with_an_error(tmp_path):
+    if ETCD is None:
+        pytest.skip(SKIP_REASON)
+    member = start_single(tmp_path / "etcd")
+    outcome: list[object] = []
+    try:
+        with open_store(f"etcd://{member.endpoint}/stopped?timeout=1") as store:
+            position = store.position()
+            member.process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+
+            def watch():
+                try:
+                    outcome.append(store.watch("x/", position, timeout=1))
+                except StoreUnavailable as e:
+                    outcome.append(e)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            watcher.join(timeout=30)
+            assert not watcher.is_alive(), "watch() must not block on a silent member"
+            assert isinstance(outcome[0], StoreUnavailable)
+            member.process.send_signal(signal.SIGCONT)
+    finally:
+        member.process.send_signal(signal.SIGCONT)
+        member.kill()

@@ -226,7 +226,9 @@ def test_a_redeploy_racing_a_cutover_to_that_colour_registers_nothing(deployed, 
         return run_check(entry)
 
     redeploy = BlueGreen(store, SETTINGS, probe=probe_while_a_cutover_lands)
-    with pytest.raises(CutoverRefused, match="changed while green was being deployed"):
+    with pytest.raises(
+        CutoverRefused, match="green went live for api in production while it was being deployed"
+    ):
         redeploy.deploy("api", "green", port=colours["green"].port + 1, check=CheckSpec("tcp"))
     status = deployed.status("api")
     assert status.live == "green"
@@ -234,3 +236,22 @@ def test_a_redeploy_racing_a_cutover_to_that_colour_registers_nothing(deployed, 
         ("blue", colours["blue"].port),
         ("green", colours["green"].port),  # still the instance the cutover checked
     ]
+
+
+def test_colours_deployed_at_once_both_register_and_the_first_goes_live(bg, colours, store):
+    """Blue goes live while green is being deployed: only a change to green itself may refuse
+    green, so green registers (idle) against the new pointer."""
+    other = BlueGreen(store, SETTINGS)
+
+    def probe_while_blue_deploys(entry):  # green's registration probes; blue lands meanwhile
+        if other.pointer("api") is None:
+            other.deploy("api", "blue", port=colours["blue"].port, check=http_check(colours["blue"]))
+        return run_check(entry)
+
+    green = BlueGreen(store, SETTINGS, probe=probe_while_blue_deploys).deploy(
+        "api", "green", port=colours["green"].port, check=http_check(colours["green"])
+    )
+    assert green.live is False
+    status = bg.status("api")
+    assert status.live == "blue"
+    assert [(c.color, c.state) for c in status.colours] == [("blue", "live"), ("green", "idle")]
