@@ -285,6 +285,10 @@ class _Connection:
             ) from e
         except Etcd3Exception as e:
             raise self.translate(e) from e
+        except (requests.RequestException, ValueError) as e:
+            # The answer broke off (a member killed while it was sending) or is not JSON: the
+            # call may or may not have been applied, as with a timeout.
+            raise StoreUnavailable(f"etcd at {self.endpoint} broke off its answer: {e}") from e
         return answer
 
     def translate(self, e: Etcd3Exception) -> Exception:  # noqa: PLR0911 - one answer per error class
