@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import importlib.util
-import json
 import os
 import shutil
 import socket
@@ -28,11 +27,14 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for tests/
+
+from bench._common import percentile
 from portctl.backends import open_store
 from portctl.backends.base import Store
 from portctl.bluegreen import BlueGreen
@@ -40,15 +42,11 @@ from portctl.config import Settings
 from portctl.discovery import ServiceDiscovery
 from portctl.registry import CheckSpec
 from portctl.render import Follower, install, render
+from tests.etcd_fixture import start_single
 
 SETTINGS = Settings(host="bench-host")
 GIVE_UP = 10.0
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def free_port() -> int:
@@ -93,40 +91,12 @@ def colour_servers() -> Iterator[dict[str, int]]:
 
 @contextmanager
 def throwaway_etcd(folder: str) -> Iterator[str]:
-    """One etcd member on loopback ports, as the test fixture starts it."""
-    client, peer = free_port(), free_port()
-    log = open(os.path.join(folder, "etcd.log"), "ab")  # noqa: SIM115 - owned by the process
-    process = subprocess.Popen(
-        [
-            "etcd", "--name", "bench", "--data-dir", os.path.join(folder, "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{client}",
-            "--advertise-client-urls", f"http://127.0.0.1:{client}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"bench=http://127.0.0.1:{peer}",
-            "--heartbeat-interval", "50", "--election-timeout", "500",
-        ],
-        stdout=log,
-        stderr=log,
-    )  # fmt: skip
-    log.close()
+    """One etcd member on loopback ports, started as the test fixture starts it."""
+    member = start_single(Path(folder) / "etcd")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{client}/v3/maintenance/status", b"{}")
-                with urllib.request.urlopen(request, timeout=1) as response:  # noqa: S310 - loopback
-                    if json.loads(response.read()).get("leader") not in (None, "0"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise SystemExit("etcd did not start")
-            time.sleep(0.05)
-        yield f"etcd://127.0.0.1:{client}/bench"
+        yield f"etcd://{member.endpoint}/bench"
     finally:
-        process.terminate()
-        process.wait(30)
+        member.kill()
 
 
 @contextmanager

@@ -209,6 +209,27 @@ def etcd_url(etcd_endpoint: str) -> str:
 
 
 @pytest.fixture
+def etcd_store(etcd_url: str):
+    """An opened store on ``etcd_url``, closed after the test."""
+    from portctl.backends import open_store
+
+    with open_store(etcd_url) as store:
+        yield store
+
+
+@pytest.fixture
+def own_etcd(tmp_path: Path):
+    """One etcd member of this test's own, which the test may stop or pause."""
+    if ETCD is None:
+        pytest.skip(SKIP_REASON)
+    member = start_single(tmp_path / "own-etcd")
+    yield member
+    if member.process is not None:
+        member.process.send_signal(signal.SIGCONT)  # a paused member must be able to die
+    member.kill()
+
+
+@pytest.fixture
 def etcd_cluster(tmp_path: Path):
     """Three etcd members on loopback, for leader-kill tests; stopped after the test."""
     if ETCD is None:

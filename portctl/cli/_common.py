@@ -30,6 +30,10 @@ StoreOption = Annotated[
         show_default=False,
     ),
 ]
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", metavar="A", help="Where it answers (default 127.0.0.1).", show_default=False),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON envelope for scripts.")]
 EnvOption = Annotated[
     str | None,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from portctl.cli._common import EnvOption, JsonOption, StoreOption, handled
+from portctl.cli._common import AddressOption, EnvOption, JsonOption, StoreOption, handled
 from portctl.cli._output import emit, note, table
 from portctl.errors import InvalidInput
 
@@ -103,12 +103,7 @@ def deploy(
             show_default=False,
         ),
     ] = None,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address", metavar="A", help="Where it answers (default 127.0.0.1).", show_default=False
-        ),
-    ] = None,
+    address: AddressOption = None,
     env: EnvOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from portctl.cli._common import EnvOption, JsonOption, Opened, StoreOption, handled, opened
+from portctl.cli._common import AddressOption, EnvOption, JsonOption, Opened, StoreOption, handled, opened
 from portctl.cli._output import ExitCode, emit, note, table
 from portctl.errors import InvalidInput, StoreUnavailable
 
@@ -64,12 +64,7 @@ def register(
             show_default=False,
         ),
     ] = None,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address", metavar="A", help="Where it answers (default 127.0.0.1).", show_default=False
-        ),
-    ] = None,
+    address: AddressOption = None,
     instance_id: Annotated[
         str | None,
         typer.Option(

@@ -29,9 +29,8 @@ class TestEtcdStore(StoreContract):
 
 
 @pytest.fixture
-def store(etcd_url):
-    with open_store(etcd_url) as s:
-        yield s
+def store(etcd_store):
+    return etcd_store
 
 
 def raw_keys(endpoint: str) -> list[str]:
@@ -309,28 +308,21 @@ def test_a_quiet_stream_outlives_the_call_timeout(etcd_url):
         assert [c.key for c in batch.changes] == ["quiet/a"]
 
 
-def test_a_member_that_stops_answering_ends_the_watch_with_an_error(tmp_path):
-    if ETCD is None:
-        pytest.skip(SKIP_REASON)
-    member = start_single(tmp_path / "etcd")
+def test_a_member_that_stops_answering_ends_the_watch_with_an_error(own_etcd):
     outcome: list[object] = []
-    try:
-        with open_store(f"etcd://{member.endpoint}/stopped?timeout=1") as store:
-            position = store.position()
-            member.process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+    with open_store(f"etcd://{own_etcd.endpoint}/stopped?timeout=1") as store:
+        position = store.position()
+        own_etcd.process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
 
-            def watch():
-                try:
-                    outcome.append(store.watch("x/", position, timeout=1))
-                except StoreUnavailable as e:
-                    outcome.append(e)
+        def watch():
+            try:
+                outcome.append(store.watch("x/", position, timeout=1))
+            except StoreUnavailable as e:
+                outcome.append(e)
 
-            watcher = threading.Thread(target=watch, daemon=True)
-            watcher.start()
-            watcher.join(timeout=30)
-            assert not watcher.is_alive(), "watch() must not block on a silent member"
-            assert isinstance(outcome[0], StoreUnavailable)
-            member.process.send_signal(signal.SIGCONT)
-    finally:
-        member.process.send_signal(signal.SIGCONT)
-        member.kill()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        watcher.join(timeout=30)
+        assert not watcher.is_alive(), "watch() must not block on a silent member"
+        assert isinstance(outcome[0], StoreUnavailable)
+        own_etcd.process.send_signal(signal.SIGCONT)

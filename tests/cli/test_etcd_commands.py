@@ -103,23 +103,20 @@ def test_a_name_crafted_to_escape_the_prefix_is_refused_and_writes_nothing(run, 
 # Leases through a pause --------------------------------------------------------------------
 
 
-def test_a_keep_alive_process_paused_past_its_lease_registers_again(run, background, etcd_url):
+def keep_alive_registrar(background, etcd_url: str, lease: str):
+    """``portctl register api --lease L --keep-alive`` in the background, once its entry is there:
+    the process, the port and the entry's key."""
     port = free_port()
     registrar = background(
-        "register",
-        "api",
-        "--port",
-        port,
-        "--check",
-        "none",
-        "--lease",
-        "2s",
-        "--keep-alive",
-        "--store",
-        etcd_url,
-    )
+        "register", "api", "--port", port, "--check", "none", "--lease", lease, "--keep-alive", "--store", etcd_url
+    )  # fmt: skip
     key = LEASE_KEY.format(id=f"api-test-host-{port}")
     assert wait_until(lambda: present(etcd_url, key)), registrar.stderr
+    return registrar, port, key
+
+
+def test_a_keep_alive_process_paused_past_its_lease_registers_again(run, background, etcd_url):
+    registrar, _port, key = keep_alive_registrar(background, etcd_url, lease="2s")
     registrar.send_signal(signal.SIGSTOP)
     assert wait_until(lambda: not present(etcd_url, key)), "the lease should run out while paused"
     registrar.send_signal(signal.SIGCONT)
@@ -132,22 +129,7 @@ def test_a_keep_alive_process_paused_past_its_lease_registers_again(run, backgro
 
 
 def test_a_keep_alive_process_lets_go_of_an_entry_deregistered_elsewhere(run, background, etcd_url):
-    port = free_port()
-    registrar = background(
-        "register",
-        "api",
-        "--port",
-        port,
-        "--check",
-        "none",
-        "--lease",
-        "3s",
-        "--keep-alive",
-        "--store",
-        etcd_url,
-    )
-    key = LEASE_KEY.format(id=f"api-test-host-{port}")
-    assert wait_until(lambda: present(etcd_url, key)), registrar.stderr
+    registrar, port, key = keep_alive_registrar(background, etcd_url, lease="3s")
     assert run("deregister", f"api-test-host-{port}", "--store", etcd_url).returncode == 0
     registrar.wait(timeout=30)
     assert registrar.returncode == 0

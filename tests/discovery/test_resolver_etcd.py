@@ -33,23 +33,11 @@ from tests.discovery.test_resolver import (  # noqa: F401 - fixtures and tests r
     test_without_watch_only_refresh_rereads,
     wait_for,
 )
-from tests.etcd_fixture import ETCD, SKIP_REASON, start_single
 
 
 @pytest.fixture
-def store(etcd_url):
-    with open_store(etcd_url) as s:
-        yield s
-
-
-@pytest.fixture
-def own_etcd(tmp_path):
-    """An etcd of this test's own, which it may stop."""
-    if ETCD is None:
-        pytest.skip(SKIP_REASON)
-    member = start_single(tmp_path / "etcd")
-    yield member
-    member.kill()
+def store(etcd_store):
+    return etcd_store
 
 
 def test_a_stopped_etcd_serves_the_last_known_good_marked_stale(own_etcd, tmp_path):
