@@ -62,6 +62,7 @@ import json
 import random
 import re
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -75,6 +76,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 NODE = "emulator"
+VERSION = "1.22.0"  # the Consul release whose documented HTTP API this follows
 DATACENTER = "dc1"
 LEADER = "127.0.0.1:8300"
 MAX_TXN_OPS = 64
@@ -89,6 +91,9 @@ _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SEVERITY = {"passing": 0, "warning": 1, "critical": 2}
+RUN_KINDS = ("http", "tcp", "script")  # the checks the agent runs on their interval
+NODE_MAINTENANCE = "_node_maintenance"
+SERVICE_MAINTENANCE = "_service_maintenance:"
 
 
 class ConsulError(Exception):
@@ -141,7 +146,7 @@ class KVEntry:
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
         }
-        if with_value and self.value is not None:
+        if with_value and self.value:  # Consul answers an empty value as null
             out["Value"] = base64.b64encode(self.value).decode()
         if self.session:
             out["Session"] = self.session
@@ -159,12 +164,13 @@ class Session:
     create_index: int
     modify_index: int
     expires_at: float | None = None
+    node: str = NODE
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ID": self.id,
             "Name": self.name,
-            "Node": NODE,
+            "Node": self.node,
             "LockDelay": int(self.lock_delay * 1e9),
             "Behavior": self.behavior,
             "TTL": go_duration(self.ttl) if self.ttl else "",
@@ -181,8 +187,9 @@ class HealthCheck:
     name: str
     service_id: str
     service_name: str
-    kind: str  # "http", "tcp", "ttl" or "serf"
+    kind: str  # "http", "tcp", "script", "ttl", "maintenance", or "" (serf and catalog checks)
     target: str = ""  # URL for http, host:port for tcp
+    args: list[str] = field(default_factory=list)  # the command of a script check
     interval: float = 0.0
     timeout: float = 10.0
     ttl: float = 0.0
@@ -201,6 +208,7 @@ class HealthCheck:
     failures: int = 0
     running: bool = False
     service_tags: list[str] = field(default_factory=list)
+    node: str = NODE
 
     def to_json(self) -> dict[str, Any]:
         definition: dict[str, Any] = {}
@@ -208,12 +216,14 @@ class HealthCheck:
             definition = {"HTTP": self.target, "Interval": go_duration(self.interval)}
         elif self.kind == "tcp":
             definition = {"TCP": self.target, "Interval": go_duration(self.interval)}
-        if self.kind in ("http", "tcp"):
+        elif self.kind == "script":
+            definition = {"ScriptArgs": list(self.args), "Interval": go_duration(self.interval)}
+        if self.kind in ("http", "tcp", "script"):
             definition["Timeout"] = go_duration(self.timeout)
         if self.deregister_after is not None:
             definition["DeregisterCriticalServiceAfter"] = go_duration(self.deregister_after)
         return {
-            "Node": NODE,
+            "Node": self.node,
             "CheckID": self.check_id,
             "Name": self.name,
             "Status": self.status,
@@ -222,13 +232,37 @@ class HealthCheck:
             "ServiceID": self.service_id,
             "ServiceName": self.service_name,
             "ServiceTags": list(self.service_tags),
-            "Type": "" if self.kind == "serf" else self.kind,
+            "Type": self.kind,
             "Interval": go_duration(self.interval) if self.interval else "",
-            "Timeout": go_duration(self.timeout) if self.kind in ("http", "tcp") else "",
+            "Timeout": go_duration(self.timeout) if self.kind in ("http", "tcp", "script") else "",
             "Definition": definition,
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
         }
+
+
+@dataclass
+class Node:
+    name: str
+    address: str
+    id: str = ""
+    tagged_addresses: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+    create_index: int = 1
+    modify_index: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ID": self.id,
+            "Node": self.name,
+            "Address": self.address,
+            "Datacenter": DATACENTER,
+            "TaggedAddresses": dict(self.tagged_addresses),
+            "Meta": dict(self.meta),
+        }
+
+    def indexed_json(self) -> dict[str, Any]:
+        return {**self.to_json(), "CreateIndex": self.create_index, "ModifyIndex": self.modify_index}
 
 
 @dataclass
@@ -242,9 +276,11 @@ class Service:
     enable_tag_override: bool
     create_index: int
     modify_index: int
+    node: str = NODE
+    tagged_addresses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def agent_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "ID": self.id,
             "Service": self.name,
             "Tags": list(self.tags),
@@ -255,6 +291,9 @@ class Service:
             "EnableTagOverride": self.enable_tag_override,
             "Datacenter": DATACENTER,
         }
+        if self.tagged_addresses:
+            out["TaggedAddresses"] = copy.deepcopy(self.tagged_addresses)
+        return out
 
     def health_json(self) -> dict[str, Any]:
         out = self.agent_json()
@@ -262,20 +301,21 @@ class Service:
         out["CreateIndex"], out["ModifyIndex"] = self.create_index, self.modify_index
         return out
 
-    def catalog_json(self) -> dict[str, Any]:
+    def catalog_json(self, node: Node) -> dict[str, Any]:
         return {
-            "ID": NODE_ID,
-            "Node": NODE,
-            "Address": "127.0.0.1",
+            "ID": node.id,
+            "Node": node.name,
+            "Address": node.address,
             "Datacenter": DATACENTER,
-            "TaggedAddresses": {"lan": "127.0.0.1", "wan": "127.0.0.1"},
-            "NodeMeta": {},
+            "TaggedAddresses": dict(node.tagged_addresses),
+            "NodeMeta": dict(node.meta),
             "ServiceID": self.id,
             "ServiceName": self.name,
             "ServiceTags": list(self.tags),
             "ServiceAddress": self.address,
             "ServicePort": self.port,
             "ServiceMeta": dict(self.meta),
+            "ServiceTaggedAddresses": copy.deepcopy(self.tagged_addresses),
             "ServiceWeights": {"Passing": 1, "Warning": 1},
             "ServiceEnableTagOverride": self.enable_tag_override,
             "CreateIndex": self.create_index,
@@ -286,15 +326,8 @@ class Service:
 NODE_ID = "8a1a3f5c-0000-4000-8000-000000000001"
 
 
-def _node_json() -> dict[str, Any]:
-    return {
-        "ID": NODE_ID,
-        "Node": NODE,
-        "Address": "127.0.0.1",
-        "Datacenter": DATACENTER,
-        "TaggedAddresses": {"lan": "127.0.0.1", "wan": "127.0.0.1"},
-        "Meta": {},
-    }
+def _agent_node() -> Node:
+    return Node(NODE, "127.0.0.1", NODE_ID, {"lan": "127.0.0.1", "wan": "127.0.0.1"})
 
 
 class ConsulState:
@@ -305,6 +338,7 @@ class ConsulState:
     def __init__(self, *, acl_token: str | None = None, session_ttl_min: float = 10.0) -> None:
         self.cond = threading.Condition()
         self.acl_token = acl_token
+        self.enable_script_checks = False  # Consul's enable_script_checks: run "Args" checks
         self.session_ttl_min = session_ttl_min
         self.reap_min = REAP_MIN
         self.reap_interval = REAP_INTERVAL
@@ -316,16 +350,24 @@ class ConsulState:
         self.tombstones: dict[str, int] = {}
         self.lock_delays: dict[str, float] = {}
         self.sessions: dict[str, Session] = {}
-        self.services: dict[str, Service] = {}
-        self.checks: dict[str, HealthCheck] = {}
+        self.services: dict[str, Service] = {}  # the agent's, by ID
+        self.checks: dict[str, HealthCheck] = {}  # the agent's, by ID
+        # What the servers hold besides: other nodes, and what /v1/catalog/register put there;
+        # the agent node's Serf check and the "consul" service of the server itself
+        self.nodes: dict[str, Node] = {NODE: _agent_node()}
+        self.catalog_services: dict[tuple[str, str], Service] = {}
+        self.catalog_checks: dict[tuple[str, str], HealthCheck] = {}
         self.service_index: dict[str, int] = {}
         self.catalog_index = self.index
         self.checks_index = self.index
         self.sessions_index = self.index
-        serf = HealthCheck("serfHealth", "Serf Health Status", "", "", "serf", status="passing")
+        self.maintenance_notes = ""
+        serf = HealthCheck("serfHealth", "Serf Health Status", "", "", "", status="passing")
         serf.output = "Agent alive and reachable"
         serf.create_index = serf.modify_index = self.index
-        self.checks[serf.check_id] = serf
+        self.catalog_checks[(NODE, serf.check_id)] = serf
+        server = Service("consul", "consul", [], "", 8300, {}, False, self.index, self.index)
+        self.catalog_services[(NODE, "consul")] = server
 
     # Index ----------------------------------------------------------------------------
 
@@ -346,10 +388,12 @@ class ConsulState:
             self.tombstones = {k: min(v, to) for k, v in self.tombstones.items()}
             for s in self.sessions.values():
                 s.create_index, s.modify_index = min(s.create_index, to), min(s.modify_index, to)
-            for svc in self.services.values():
+            for svc in self.all_services():
                 svc.create_index, svc.modify_index = min(svc.create_index, to), min(svc.modify_index, to)
-            for c in self.checks.values():
+            for c in self.all_checks():
                 c.create_index, c.modify_index = min(c.create_index, to), min(c.modify_index, to)
+            for n in self.nodes.values():
+                n.create_index, n.modify_index = min(n.create_index, to), min(n.modify_index, to)
             self.service_index = {k: min(v, to) for k, v in self.service_index.items()}
             self.catalog_index = min(self.catalog_index, to)
             self.checks_index = min(self.checks_index, to)
@@ -451,11 +495,31 @@ class ConsulState:
         check.status, check.output = status, output
         idx = self.bump()
         check.modify_index = self.checks_index = idx
+        self.touch_checked(check, idx)
+
+    def touch_checked(self, check: HealthCheck, idx: int) -> None:
+        """A check changed: so did the health of its service, or of every service on its node."""
+        self.checks_index = idx
         if check.service_name:
             self.touch_service(check.service_name, idx)
-        else:  # a node check changes the health of every service on the node
-            for svc in self.services.values():
+            return
+        for svc in self.all_services():
+            if svc.node == check.node:
                 self.touch_service(svc.name, idx)
+
+    def add_check(self, check: HealthCheck) -> None:
+        """Register (or replace) an agent check. Lock held."""
+        idx = self.bump()
+        check.create_index = check.modify_index = idx
+        self.checks[check.check_id] = check
+        self.touch_checked(check, idx)
+
+    def remove_check(self, check_id: str) -> bool:
+        check = self.checks.pop(check_id, None)
+        if check is None:
+            return False
+        self.touch_checked(check, self.bump())
+        return True
 
     def deregister_service(self, service_id: str) -> bool:
         svc = self.services.pop(service_id, None)
@@ -468,17 +532,25 @@ class ConsulState:
         self.touch_service(svc.name, idx)
         return True
 
-    def service_checks(self, service_id: str) -> list[HealthCheck]:
-        node = [c for c in self.checks.values() if not c.service_id]
-        own = [c for c in self.checks.values() if c.service_id == service_id]
-        return sorted(node, key=lambda c: c.check_id) + sorted(own, key=lambda c: c.check_id)
+    def all_services(self) -> list[Service]:
+        found = [*self.services.values(), *self.catalog_services.values()]
+        return sorted(found, key=lambda s: (s.node, s.id))
+
+    def all_checks(self) -> list[HealthCheck]:
+        found = [*self.checks.values(), *self.catalog_checks.values()]
+        return sorted(found, key=lambda c: (c.node, c.service_id, c.check_id))
+
+    def service_checks(self, svc: Service) -> list[HealthCheck]:
+        """The checks of the service's node, then its own."""
+        return [c for c in self.all_checks() if c.node == svc.node and c.service_id in ("", svc.id)]
 
     def health_of(self, name: str) -> list[dict[str, Any]]:
         out = []
-        for svc in sorted(self.services.values(), key=lambda s: s.id):
+        for svc in self.all_services():
             if svc.name == name:
-                checks = [c.to_json() for c in self.service_checks(svc.id)]
-                out.append({"Node": _node_json(), "Service": svc.health_json(), "Checks": checks})
+                checks = [c.to_json() for c in self.service_checks(svc)]
+                node = self.nodes[svc.node].to_json()
+                out.append({"Node": node, "Service": svc.health_json(), "Checks": checks})
         return out
 
     # The timers: TTLs, sessions, reaping ------------------------------------------------
@@ -491,7 +563,7 @@ class ConsulState:
             if check.kind == "ttl" and check.ttl_deadline and now >= check.ttl_deadline:
                 check.ttl_deadline = 0.0
                 self.set_check(check, "critical", _ttl_expired(check.output))
-            elif check.kind in ("http", "tcp") and not check.running and now >= check.next_run:
+            elif check.kind in RUN_KINDS and not check.running and now >= check.next_run:
                 check.running = True
                 due.append(check)
         for session in list(self.sessions.values()):
@@ -540,6 +612,19 @@ def run_http(url: str, timeout: float) -> tuple[str, str]:
     return "critical", output
 
 
+def run_script(args: list[str], timeout: float) -> tuple[str, str]:
+    """Consul's script check: exit 0 passing, 1 warning, anything else critical; the output is
+    what it printed (stdout and stderr), cut to 4 KiB."""
+    try:
+        done = subprocess.run(args, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return "critical", f"Timed out ({go_duration(timeout)}) running check"
+    except OSError as e:
+        return "critical", f"Failed to run check: {e}"
+    output = (done.stdout + done.stderr)[:4096].decode("utf-8", "replace")
+    return {0: "passing", 1: "warning"}.get(done.returncode, "critical"), output
+
+
 def run_tcp(target: str, timeout: float) -> tuple[str, str]:
     host, _, port = target.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
@@ -549,6 +634,140 @@ def run_tcp(target: str, timeout: float) -> tuple[str, str]:
     except (OSError, ValueError) as e:
         return "critical", f"dial tcp {target}: {e}"
     return "passing", f"TCP connect {target}: Success"
+
+
+# Filter expressions ---------------------------------------------------------------------
+
+_FILTER_TOKEN = re.compile(r'\s*(?:("(?:[^"\\]|\\.)*")|(`[^`]*`)|(==|!=|\(|\))|([^\s()"`=!]+))')
+Predicate = Callable[[Any], bool]
+
+
+def compile_filter(text: str) -> Predicate:
+    """A predicate for Consul's ``?filter=`` expression language (go-bexpr): selectors such as
+    ``Service.Tags`` or ``Meta.env``; ``==``, ``!=``, ``in``, ``not in``, ``contains``,
+    ``matches``, ``is empty``, ``is not empty``; ``and``, ``or``, ``not`` and parentheses."""
+    try:
+        parser = _FilterParser(_filter_tokens(text))
+        predicate = parser.either()
+        if parser.tokens:
+            raise ValueError(f"unexpected {parser.tokens[0][1]!r}")
+    except ValueError as e:
+        raise ConsulError(400, f"Failed to create boolean expression evaluator: {e}") from e
+    return predicate
+
+
+def _filter_tokens(text: str) -> list[tuple[str, str]]:
+    tokens, position = [], 0
+    while text[position:].strip():
+        match = _FILTER_TOKEN.match(text, position)
+        if match is None:
+            raise ValueError(f"invalid character at {position}")
+        quoted, raw, punct, word = match.groups()
+        if quoted is not None:
+            tokens.append(("value", json.loads(quoted)))
+        elif raw is not None:
+            tokens.append(("value", raw[1:-1]))
+        else:
+            tokens.append(("punct", punct) if punct else ("word", word))
+        position = match.end()
+    return tokens
+
+
+class _FilterParser:
+    def __init__(self, tokens: list[tuple[str, str]]) -> None:
+        self.tokens = tokens
+
+    def take(self, *words: str) -> bool:
+        if self.tokens and self.tokens[0][0] != "value" and self.tokens[0][1] in words:
+            self.tokens.pop(0)
+            return True
+        return False
+
+    def next(self, kind: str) -> str:
+        if not self.tokens or self.tokens[0][0] != kind:
+            found = self.tokens[0][1] if self.tokens else "the end"
+            raise ValueError(f"expected a {kind}, found {found!r}")
+        return self.tokens.pop(0)[1]
+
+    def either(self) -> Predicate:
+        left = self.both()
+        while self.take("or"):
+            right, first = self.both(), left
+            left = lambda item, a=first, b=right: a(item) or b(item)  # noqa: E731
+        return left
+
+    def both(self) -> Predicate:
+        left = self.unary()
+        while self.take("and"):
+            right, first = self.unary(), left
+            left = lambda item, a=first, b=right: a(item) and b(item)  # noqa: E731
+        return left
+
+    def unary(self) -> Predicate:
+        if self.take("not"):
+            inner = self.unary()
+            return lambda item: not inner(item)
+        if self.take("("):
+            inner = self.either()
+            if not self.take(")"):
+                raise ValueError("missing ')'")
+            return inner
+        if self.tokens and self.tokens[0][0] == "value":
+            value = self.next("value")
+            negate = self.take("not")
+            if not self.take("in"):
+                raise ValueError("expected 'in' after a value")
+            return _negated(negate, _matcher("contains", _selector(self.next("word")), value))
+        return self.match(_selector(self.next("word")))
+
+    def match(self, select: Callable[[Any], Any]) -> Predicate:
+        if self.take("is"):
+            negate = self.take("not")
+            if not self.take("empty"):
+                raise ValueError("expected 'empty'")
+            return _negated(negate, lambda item: not select(item))
+        if self.tokens and self.tokens[0] in (("punct", "=="), ("punct", "!=")):
+            negate = self.tokens.pop(0)[1] == "!="
+            return _negated(negate, _matcher("==", select, self.literal()))
+        negate = self.take("not")
+        for op in ("contains", "matches"):
+            if self.take(op):
+                return _negated(negate, _matcher(op, select, self.literal()))
+        raise ValueError("expected an operator (==, !=, contains, matches, in, is empty)")
+
+    def literal(self) -> str:
+        if self.tokens and self.tokens[0][0] in ("value", "word"):
+            return self.tokens.pop(0)[1]
+        raise ValueError("expected a value")
+
+
+def _negated(negate: bool, predicate: Predicate) -> Predicate:
+    return (lambda item: not predicate(item)) if negate else predicate
+
+
+def _selector(path: str) -> Callable[[Any], Any]:
+    parts = path.split(".")
+
+    def select(item: Any) -> Any:
+        for part in parts:
+            item = item.get(part) if isinstance(item, dict) else None
+        return item
+
+    return select
+
+
+def _matcher(op: str, select: Callable[[Any], Any], value: str) -> Predicate:
+    def test(item: Any) -> bool:
+        found = select(item)
+        if op == "contains":
+            return value in found if isinstance(found, (list, dict, str)) else False
+        if op == "matches":
+            return isinstance(found, str) and re.search(value, found) is not None
+        if isinstance(found, bool):
+            return str(found).lower() == value.lower()
+        return str("" if found is None else found) == value
+
+    return test
 
 
 # The HTTP API --------------------------------------------------------------------------
@@ -622,6 +841,7 @@ class ConsulAPI:
     def __init__(self, state: ConsulState) -> None:
         self.state = state
         self.dropped_replies: list[str] = []  # paths whose next reply is never sent
+        self.on_leave: Callable[[], None] | None = None  # how the agent shuts down on /v1/agent/leave
         self.routes: list[Route] = []
         for method, pattern, handler in (
             ("GET", r"/v1/kv/(?P<key>.*)", self.kv_get),
@@ -633,22 +853,39 @@ class ConsulAPI:
             ("PUT", r"/v1/session/renew/(?P<sid>[^/]+)", self.session_renew),
             ("GET", r"/v1/session/info/(?P<sid>[^/]+)", self.session_info),
             ("GET", r"/v1/session/list", self.session_list),
+            ("GET", r"/v1/session/node/(?P<node>[^/]+)", self.session_node),
             ("PUT", r"/v1/agent/service/register", self.service_register),
             ("PUT", r"/v1/agent/service/deregister/(?P<sid>.+)", self.service_deregister),
             ("GET", r"/v1/agent/services", self.agent_services),
             ("GET", r"/v1/agent/service/(?P<sid>.+)", self.agent_service),
+            ("PUT", r"/v1/agent/service/maintenance/(?P<sid>.+)", self.service_maintenance),
             ("GET", r"/v1/agent/checks", self.agent_checks),
+            ("PUT", r"/v1/agent/check/register", self.check_register),
+            ("PUT", r"/v1/agent/check/deregister/(?P<cid>.+)", self.check_deregister),
+            ("PUT", r"/v1/agent/maintenance", self.agent_maintenance),
             ("GET", r"/v1/agent/self", self.agent_self),
+            ("GET", r"/v1/agent/members", self.agent_members),
+            ("PUT", r"/v1/agent/force-leave/(?P<node>[^/]+)", self.agent_force_leave),
+            ("PUT", r"/v1/agent/reload", self.agent_reload),
+            ("PUT", r"/v1/agent/leave", self.agent_leave),
             ("PUT", r"/v1/agent/check/(?P<verb>pass|warn|fail)/(?P<cid>.+)", self.check_ttl),
             ("PUT", r"/v1/agent/check/update/(?P<cid>.+)", self.check_update),
             ("GET", r"/v1/health/service/(?P<name>[^/]+)", self.health_service),
             ("GET", r"/v1/health/checks/(?P<name>[^/]+)", self.health_checks),
             ("GET", r"/v1/health/state/(?P<state_name>[^/]+)", self.health_state),
+            ("GET", r"/v1/health/node/(?P<node>[^/]+)", self.health_node),
+            ("GET", r"/v1/health/(?:connect|ingress)/(?P<name>[^/]+)", self.no_instances),
             ("GET", r"/v1/catalog/services", self.catalog_services),
             ("GET", r"/v1/catalog/service/(?P<name>[^/]+)", self.catalog_service),
             ("GET", r"/v1/catalog/nodes", self.catalog_nodes),
+            ("GET", r"/v1/catalog/node/(?P<node>[^/]+)", self.catalog_node),
+            ("GET", r"/v1/catalog/connect/(?P<name>[^/]+)", self.no_instances),
+            ("PUT", r"/v1/catalog/register", self.catalog_register),
+            ("PUT", r"/v1/catalog/deregister", self.catalog_deregister),
             ("GET", r"/v1/catalog/datacenters", lambda q, b: (200, [DATACENTER], {})),
             ("GET", r"/v1/status/leader", self.status_leader),
+            ("GET", r"/", lambda q, b: (301, "", {"Location": "/ui/"})),
+            ("GET", r"/ui/.*", self.ui),
             ("GET", r"/v1/status/peers", self.status_peers),
             ("PUT", r"/v1/emulator/reset-index", self.admin_reset_index),
             ("PUT", r"/v1/emulator/leader", self.admin_leader),
@@ -670,6 +907,7 @@ class ConsulAPI:
             raise ConsulError(403, "ACL not found")
 
     def route(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        _datacenter(query.get("dc"))
         allowed = False
         for verb, pattern, handler in self.routes:
             match = pattern.fullmatch(path)
@@ -958,15 +1196,21 @@ class ConsulAPI:
         node_checks = list(checks) if checks is not None else ["serfHealth"]
         with state.cond:
             self._server_write()
+            node = str(spec.get("node") or NODE)
+            if node not in state.nodes:
+                raise ConsulError(500, f"Failed session create: node {node!r} is not registered")
             for cid in node_checks:
-                check = state.checks.get(cid)
+                check = state.checks.get(cid) if node == NODE else None
+                check = check or state.catalog_checks.get((node, cid))
                 if check is None:
                     raise ConsulError(500, f'Missing check "{cid}" registration')
                 if check.status == "critical":
                     raise ConsulError(500, f'Check "{cid}" is in critical state')
             idx = state.bump()
             sid = str(uuid.uuid4())
-            session = Session(sid, spec.get("name", ""), ttl, behavior, lock_delay, node_checks, idx, idx)
+            session = Session(
+                sid, spec.get("name", ""), ttl, behavior, lock_delay, node_checks, idx, idx, node=node
+            )
             if ttl is not None:
                 session.expires_at = time.monotonic() + ttl * TTL_MULTIPLIER
             state.sessions[sid] = session
@@ -993,6 +1237,15 @@ class ConsulAPI:
         def compute() -> tuple[int, Any]:
             session = state.sessions.get(sid)
             return state.sessions_index, [session.to_json()] if session else []
+
+        _, payload, headers = self._blocking(query, compute)
+        return 200, payload, headers
+
+    def session_node(self, query: dict[str, str], body: bytes, node: str) -> tuple[int, Any, dict]:
+        state = self.state
+
+        def compute() -> tuple[int, Any]:
+            return state.sessions_index, [s.to_json() for s in state.sessions.values() if s.node == node]
 
         _, payload, headers = self._blocking(query, compute)
         return 200, payload, headers
@@ -1025,8 +1278,10 @@ class ConsulAPI:
             raw_checks.insert(0, spec["check"])
         state = self.state
         with state.cond:
+            count = len(raw_checks)
             checks = [
-                self._check_from(_fields(c), sid, name, i, len(raw_checks)) for i, c in enumerate(raw_checks)
+                self._check_from(_fields(c), f"service:{sid}" + (f":{i + 1}" if count > 1 else ""), sid, name)
+                for i, c in enumerate(raw_checks)
             ]
             idx = state.bump()
             old = state.services.get(sid)
@@ -1042,6 +1297,7 @@ class ConsulAPI:
                 bool(spec.get("enabletagoverride")),
                 old.create_index if old else idx,
                 idx,
+                tagged_addresses=_tagged_addresses(spec.get("taggedaddresses")),
             )
             state.services[sid] = svc
             new_ids = {c.check_id for c in checks}
@@ -1064,25 +1320,27 @@ class ConsulAPI:
             state.touch_service(name, idx)
             return 200, "", {}
 
-    def _check_from(self, spec: dict[str, Any], sid: str, name: str, i: int, count: int) -> HealthCheck:
-        cid = (
-            spec.get("checkid")
-            or spec.get("id")
-            or (f"service:{sid}" if count == 1 else f"service:{sid}:{i + 1}")
-        )
-        kinds = [k for k in ("http", "tcp", "ttl") if spec.get(k)]
+    def _check_from(self, spec: dict[str, Any], default_id: str, sid: str, name: str) -> HealthCheck:
+        """A check from its definition; its ID is ``CheckID`` or ``ID``, else ``default_id``."""
+        cid = spec.get("checkid") or spec.get("id") or default_id
+        kinds = [k for k in ("http", "tcp", "ttl", "args") if spec.get(k)]
+        if kinds == ["args"] and not self.state.enable_script_checks:
+            raise ConsulError(
+                500,
+                "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' "
+                "or 'enable_local_script_checks' to true",
+            )
         if len(kinds) != 1:
-            unsupported = [
-                k for k in ("args", "grpc", "h2ping", "dockercontainerid", "aliasservice") if spec.get(k)
-            ]
+            unsupported = [k for k in ("grpc", "h2ping", "dockercontainerid", "aliasservice") if spec.get(k)]
             what = (
                 f"the {unsupported[0]} check type is not emulated"
                 if unsupported
                 else "Must provide TTL or Interval"
             )
             raise ConsulError(400, f"Invalid check: {what}")
-        kind = kinds[0]
-        check = HealthCheck(cid, spec.get("name") or f"Service '{name}' check", sid, name, kind)
+        kind = "script" if kinds[0] == "args" else kinds[0]
+        default_name = f"Service '{name}' check" if sid else cid
+        check = HealthCheck(cid, spec.get("name") or default_name, sid, name, kind)
         check.notes = spec.get("notes") or ""
         check.status = spec.get("status") or "critical"
         if check.status not in _SEVERITY:
@@ -1095,11 +1353,15 @@ class ConsulAPI:
             check.ttl = parse_duration(spec["ttl"], "TTL")
             check.ttl_deadline = time.monotonic() + check.ttl
             return check
-        check.target = str(spec[kind])
+        if kind == "script":
+            check.args = [str(a) for a in spec["args"]]
+        else:
+            check.target = str(spec[kind])
         check.interval = parse_duration(spec.get("interval", ""), "Interval")
         if check.interval <= 0:
-            raise ConsulError(400, "Invalid check: Interval must be > 0 for HTTP and TCP checks")
-        check.timeout = parse_duration(spec["timeout"]) if spec.get("timeout") else 10.0
+            raise ConsulError(400, "Invalid check: Interval must be > 0 for HTTP, TCP and script checks")
+        default_timeout = 30.0 if kind == "script" else 10.0
+        check.timeout = parse_duration(spec["timeout"]) if spec.get("timeout") else default_timeout
         check.next_run = time.monotonic()  # Consul staggers the first run within the interval
         return check
 
@@ -1114,7 +1376,8 @@ class ConsulAPI:
 
     def agent_services(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
         with self.state.cond:
-            return 200, {sid: s.agent_json() for sid, s in sorted(self.state.services.items())}, {}
+            found = {sid: s.agent_json() for sid, s in sorted(self.state.services.items())}
+            return 200, _filtered_map(query, found), {}
 
     def agent_service(self, query: dict[str, str], body: bytes, sid: str) -> tuple[int, Any, dict]:
         with self.state.cond:
@@ -1126,18 +1389,119 @@ class ConsulAPI:
             return 200, out, {"X-Consul-ContentHash": out["ContentHash"]}
 
     def agent_checks(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        """The agent's own checks: not the Serf check, which the servers keep for the node."""
         with self.state.cond:
-            return 200, {cid: c.to_json() for cid, c in sorted(self.state.checks.items())}, {}
+            found = {cid: c.to_json() for cid, c in sorted(self.state.checks.items())}
+            return 200, _filtered_map(query, found), {}
+
+    def check_register(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        """``PUT /v1/agent/check/register``: ``Name`` is required, ``ID`` defaults to it; a
+        ``ServiceID`` must name a service of this agent."""
+        spec = _fields(_json_body(body))
+        name = str(spec.get("name") or "")
+        if not name:
+            raise ConsulError(400, "Missing check name")
+        sid = str(spec.get("serviceid") or "")
+        state = self.state
+        with state.cond:
+            svc = state.services.get(sid) if sid else None
+            if sid and svc is None:
+                raise ConsulError(404, f'ServiceID "{sid}" does not exist')
+            check = self._check_from(spec, name, sid, svc.name if svc else "")
+            check.service_tags = list(svc.tags) if svc else []
+            state.add_check(check)
+            return 200, "", {}
+
+    def check_deregister(self, query: dict[str, str], body: bytes, cid: str) -> tuple[int, Any, dict]:
+        with self.state.cond:
+            if not self.state.remove_check(cid):
+                raise ConsulError(404, f'Unknown check ID "{cid}"')
+            return 200, "", {}
+
+    def agent_maintenance(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        """Node maintenance: a critical ``_node_maintenance`` check fails every service here."""
+        enable = _enable(query)
+        notes = query.get("reason") or (
+            "Maintenance mode is enabled for this node, but no reason was provided. This is a default message."
+        )
+        with self.state.cond:
+            self._set_maintenance(NODE_MAINTENANCE, "Node Maintenance Mode", None, enable, notes)
+            return 200, "", {}
+
+    def service_maintenance(self, query: dict[str, str], body: bytes, sid: str) -> tuple[int, Any, dict]:
+        """Service maintenance: a critical ``_service_maintenance:<id>`` check on that service."""
+        enable = _enable(query)
+        notes = query.get("reason") or (
+            "Maintenance mode is enabled for this service, but no reason was provided. "
+            "This is a default message."
+        )
+        with self.state.cond:
+            svc = self.state.services.get(sid)
+            if svc is None:
+                raise ConsulError(404, f'Unknown service ID "{sid}"')
+            self._set_maintenance(SERVICE_MAINTENANCE + sid, "Service Maintenance Mode", svc, enable, notes)
+            return 200, "", {}
+
+    def _set_maintenance(self, cid: str, name: str, svc: Service | None, enable: bool, notes: str) -> None:
+        if not enable:
+            self.state.remove_check(cid)
+            return
+        if cid in self.state.checks:
+            return  # already in maintenance: Consul keeps the first reason
+        check = HealthCheck(cid, name, svc.id if svc else "", svc.name if svc else "", "maintenance")
+        check.notes = notes
+        check.service_tags = list(svc.tags) if svc else []
+        self.state.add_check(check)
 
     def agent_self(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        with self.state.cond:
+            leader = LEADER if self.state.leader else ""
         config = {
             "Datacenter": DATACENTER,
+            "PrimaryDatacenter": DATACENTER,
             "NodeName": NODE,
             "NodeID": NODE_ID,
             "Server": True,
-            "Version": "1.20.0-emulator",
+            "Version": VERSION,
+            "VersionPrerelease": "",
+            "Revision": "emulator",
         }
-        return 200, {"Config": config, "Member": {"Name": NODE, "Addr": "127.0.0.1", "Status": 1}}, {}
+        stats = {
+            "agent": {"checks": str(len(self.state.checks)), "services": str(len(self.state.services))},
+            "consul": {"leader": str(bool(leader)).lower(), "leader_addr": leader, "server": "true"},
+        }
+        coord = {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05}
+        return (
+            200,
+            {
+                "Config": config,
+                "DebugConfig": {"Datacenter": DATACENTER, "NodeName": NODE, "ServerMode": True},
+                "Coord": coord,
+                "Member": _member(),
+                "Stats": stats,
+                "Meta": {"consul-network-segment": "", "consul-version": VERSION},
+                "xDS": {"SupportedProxies": {}, "Port": -1, "Ports": {}},
+            },
+            {},
+        )
+
+    def agent_members(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        wan = query.get("wan") not in (None, "", "0", "false")
+        return 200, [_member(wan)], {}
+
+    def agent_force_leave(self, query: dict[str, str], body: bytes, node: str) -> tuple[int, Any, dict]:
+        if node != NODE:
+            raise ConsulError(500, f"agent: No node found with name '{node}'")
+        return 200, "", {}
+
+    def agent_reload(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        return 200, "", {}  # the emulator has no configuration files to read again
+
+    def agent_leave(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        """Leave gracefully and shut the agent down, once this answer is sent."""
+        if self.on_leave is not None:
+            threading.Timer(0.05, self.on_leave).start()
+        return 200, "", {}
 
     def _ttl_check(self, cid: str) -> HealthCheck:
         check = self.state.checks.get(cid)
@@ -1172,83 +1536,228 @@ class ConsulAPI:
     def _service_index(self, name: str) -> int:
         return self.state.service_index.get(name) or self.state.catalog_index
 
+    def _read(
+        self, query: dict[str, str], compute: Callable[[], Any], index_of: Callable[[], int]
+    ) -> tuple[int, Any, dict]:
+        """A blocking read whose list answer goes through ``?filter``; none with ``?peer`` (no
+        cluster peering here)."""
+        predicate = compile_filter(query["filter"]) if query.get("filter") else None
+
+        def indexed() -> tuple[int, Any]:
+            found = [] if query.get("peer") else compute()
+            if predicate is not None and isinstance(found, list):
+                found = [f for f in found if predicate(f)]
+            return index_of(), found
+
+        _, payload, headers = self._blocking(query, indexed, index_of)
+        return 200, payload, headers
+
     def health_service(self, query: dict[str, str], body: bytes, name: str) -> tuple[int, Any, dict]:
         state = self.state
         passing, tag = "passing" in query and query["passing"] not in ("false", "0"), query.get("tag")
 
-        def compute() -> tuple[int, Any]:
+        def compute() -> list[dict[str, Any]]:
             found = state.health_of(name)
             if tag:
                 found = [f for f in found if tag in f["Service"]["Tags"]]
             if passing:
                 found = [f for f in found if all(c["Status"] == "passing" for c in f["Checks"])]
-            return self._service_index(name), found
+            return found
 
-        _, payload, headers = self._blocking(query, compute, lambda: self._service_index(name))
-        return 200, payload, headers
+        return self._read(query, compute, lambda: self._service_index(name))
 
     def health_checks(self, query: dict[str, str], body: bytes, name: str) -> tuple[int, Any, dict]:
         state = self.state
 
-        def compute() -> tuple[int, Any]:
-            found = [
-                c.to_json()
-                for c in sorted(state.checks.values(), key=lambda c: c.check_id)
-                if c.service_name == name
-            ]
-            return self._service_index(name), found
+        def compute() -> list[dict[str, Any]]:
+            return [c.to_json() for c in state.all_checks() if c.service_name == name]
 
-        _, payload, headers = self._blocking(query, compute, lambda: self._service_index(name))
-        return 200, payload, headers
+        return self._read(query, compute, lambda: self._service_index(name))
+
+    def health_node(self, query: dict[str, str], body: bytes, node: str) -> tuple[int, Any, dict]:
+        state = self.state
+        compute = lambda: [c.to_json() for c in state.all_checks() if c.node == node]  # noqa: E731
+        return self._read(query, compute, lambda: state.checks_index)
 
     def health_state(self, query: dict[str, str], body: bytes, state_name: str) -> tuple[int, Any, dict]:
         if state_name not in ("any", *_SEVERITY):
             raise ConsulError(400, f"Invalid state: {state_name}")
         state = self.state
 
-        def compute() -> tuple[int, Any]:
-            checks = sorted(state.checks.values(), key=lambda c: (c.service_id, c.check_id))
-            found = [c.to_json() for c in checks if state_name in ("any", c.status)]
-            return state.checks_index, found
+        def compute() -> list[dict[str, Any]]:
+            return [c.to_json() for c in state.all_checks() if state_name in ("any", c.status)]
 
-        _, payload, headers = self._blocking(query, compute, lambda: state.checks_index)
-        return 200, payload, headers
+        return self._read(query, compute, lambda: state.checks_index)
+
+    def no_instances(self, query: dict[str, str], body: bytes, name: str) -> tuple[int, Any, dict]:
+        """Connect-capable instances and ingress gateways: none, as nothing here speaks the mesh."""
+        return self._read(query, list, lambda: self._service_index(name))
 
     def catalog_services(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        """Service names with their tags, from the catalog entries ``?filter`` keeps."""
         state = self.state
 
-        def compute() -> tuple[int, Any]:
-            names: dict[str, list[str]] = {"consul": []}
-            for svc in state.services.values():
-                tags = names.setdefault(svc.name, [])
-                tags.extend(t for t in svc.tags if t not in tags)
-            return state.catalog_index, {k: sorted(v) for k, v in sorted(names.items())}
+        def compute() -> list[dict[str, Any]]:
+            return [s.catalog_json(state.nodes[s.node]) for s in state.all_services()]
 
-        _, payload, headers = self._blocking(query, compute, lambda: state.catalog_index)
-        return 200, payload, headers
+        code, entries, headers = self._read(query, compute, lambda: state.catalog_index)
+        names: dict[str, list[str]] = {}
+        for entry in entries:
+            tags = names.setdefault(entry["ServiceName"], [])
+            tags.extend(t for t in entry["ServiceTags"] if t not in tags)
+        return code, {k: sorted(v) for k, v in sorted(names.items())}, headers
 
     def catalog_service(self, query: dict[str, str], body: bytes, name: str) -> tuple[int, Any, dict]:
         state = self.state
         tag = query.get("tag")
 
-        def compute() -> tuple[int, Any]:
-            found = [
-                s.catalog_json()
-                for s in sorted(state.services.values(), key=lambda s: s.id)
-                if s.name == name
-            ]
-            if tag:
-                found = [f for f in found if tag in f["ServiceTags"]]
-            return self._service_index(name), found
+        def compute() -> list[dict[str, Any]]:
+            found = [s.catalog_json(state.nodes[s.node]) for s in state.all_services() if s.name == name]
+            return [f for f in found if tag in f["ServiceTags"]] if tag else found
 
-        _, payload, headers = self._blocking(query, compute, lambda: self._service_index(name))
-        return 200, payload, headers
+        return self._read(query, compute, lambda: self._service_index(name))
 
     def catalog_nodes(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
-        node = _node_json()
-        node.update({"CreateIndex": 1, "ModifyIndex": 1})
-        _, payload, headers = self._blocking(query, lambda: (1, [node]))
+        state = self.state
+        compute = lambda: [n.indexed_json() for _, n in sorted(state.nodes.items())]  # noqa: E731
+        return self._read(query, compute, lambda: state.catalog_index)
+
+    def catalog_node(self, query: dict[str, str], body: bytes, node: str) -> tuple[int, Any, dict]:
+        """A node and its services (those ``?filter`` keeps); ``null`` for an unknown node."""
+        state = self.state
+        predicate = compile_filter(query["filter"]) if query.get("filter") else None
+
+        def compute() -> tuple[int, Any]:
+            found = state.nodes.get(node)
+            if found is None:
+                return state.catalog_index, None
+            services = {s.id: s.health_json() for s in state.all_services() if s.node == node}
+            if predicate is not None:
+                services = {k: v for k, v in services.items() if predicate(v)}
+            return state.catalog_index, {"Node": found.indexed_json(), "Services": services}
+
+        _, payload, headers = self._blocking(query, compute, lambda: state.catalog_index)
         return 200, payload, headers
+
+    def catalog_register(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        """``PUT /v1/catalog/register``: a node (``Node`` and ``Address`` required), with an
+        optional service (``ID`` defaults to its name) and checks (``CheckID`` defaults to
+        ``Name``); ``SkipNodeUpdate`` keeps a known node's address and tags."""
+        spec = _fields(_json_body(body))
+        _datacenter(spec.get("datacenter"))
+        name, address = str(spec.get("node") or ""), str(spec.get("address") or "")
+        if not name:
+            raise ConsulError(400, "Must provide node")
+        if not address:
+            raise ConsulError(400, "Must provide address if SkipNodeUpdate is not set")
+        state = self.state
+        with state.cond:
+            self._server_write()
+            idx = state.bump()
+            node = self._register_node(spec, name, address, idx)
+            self._register_catalog_service(node, spec.get("service"), idx)
+            checks = ([spec["check"]] if spec.get("check") else []) + list(spec.get("checks") or [])
+            for raw in checks:
+                self._register_catalog_check(node, _fields(raw), idx)
+            state.catalog_index = state.checks_index = idx
+            return 200, True, {}
+
+    def _register_node(self, spec: dict[str, Any], name: str, address: str, idx: int) -> Node:
+        state = self.state
+        node = state.nodes.get(name)
+        if node is None:
+            node = state.nodes[name] = Node(name, address, str(spec.get("id") or ""), create_index=idx)
+        elif spec.get("skipnodeupdate"):
+            return node
+        node.address, node.modify_index = address, idx
+        node.tagged_addresses = {str(k): str(v) for k, v in (spec.get("taggedaddresses") or {}).items()}
+        node.meta = {str(k): str(v) for k, v in (spec.get("nodemeta") or {}).items()}
+        for svc in state.all_services():
+            if svc.node == name:
+                state.touch_service(svc.name, idx)
+        return node
+
+    def _register_catalog_service(self, node: Node, raw: Any, idx: int) -> Service | None:
+        if not raw:
+            return None
+        spec = _fields(raw)
+        name = str(spec.get("service") or spec.get("name") or "")
+        if not name:
+            raise ConsulError(400, "Invalid Service: Missing service name")
+        sid = str(spec.get("id") or name)
+        old = self.state.catalog_services.get((node.name, sid))
+        meta = spec.get("meta") or {}
+        _check_meta(meta)
+        svc = Service(
+            sid,
+            name,
+            list(spec.get("tags") or []),
+            str(spec.get("address") or ""),
+            int(spec.get("port") or 0),
+            {str(k): str(v) for k, v in meta.items()},
+            bool(spec.get("enabletagoverride")),
+            old.create_index if old else idx,
+            idx,
+            node=node.name,
+            tagged_addresses=_tagged_addresses(spec.get("taggedaddresses")),
+        )
+        self.state.catalog_services[(node.name, sid)] = svc
+        self.state.touch_service(name, idx)
+        return svc
+
+    def _register_catalog_check(self, node: Node, spec: dict[str, Any], idx: int) -> None:
+        name = str(spec.get("name") or "")
+        cid = str(spec.get("checkid") or spec.get("id") or name)
+        if not cid:
+            raise ConsulError(400, "Missing check ID or name")
+        sid = str(spec.get("serviceid") or "")  # without one, a check of the node
+        owner = self.state.catalog_services.get((node.name, sid)) if sid else None
+        if sid and owner is None:
+            raise ConsulError(400, f"Unknown service ID '{sid}' for check ID '{cid}'")
+        check = HealthCheck(cid, name or cid, sid, owner.name if owner else "", "", node=node.name)
+        check.status = str(spec.get("status") or "critical")
+        check.notes, check.output = str(spec.get("notes") or ""), str(spec.get("output") or "")
+        check.service_tags = list(owner.tags) if owner else []
+        check.create_index = check.modify_index = idx
+        self.state.catalog_checks[(node.name, cid)] = check
+        self.state.touch_checked(check, idx)
+
+    def catalog_deregister(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        """``PUT /v1/catalog/deregister``: one check, one service (with its checks), or the node
+        with everything on it. The agent's own node is kept: its agent would register it again."""
+        spec = _fields(_json_body(body))
+        _datacenter(spec.get("datacenter"))
+        name = str(spec.get("node") or "")
+        if not name:
+            raise ConsulError(400, "Must provide node")
+        state = self.state
+        with state.cond:
+            self._server_write()
+            idx = state.bump()
+            sid, cid = str(spec.get("serviceid") or ""), str(spec.get("checkid") or "")
+            doomed_services = [k for k in state.catalog_services if k[0] == name and sid in ("", k[1])]
+            doomed_checks = [
+                k
+                for k, c in state.catalog_checks.items()
+                if k[0] == name and (k[1] == cid if cid else (not sid or c.service_id == sid))
+            ]
+            if cid:
+                doomed_services = []
+            if name == NODE and not sid and not cid:
+                doomed_services = doomed_checks = []
+            for key in doomed_services:
+                state.touch_service(state.catalog_services.pop(key).name, idx)
+            for key in doomed_checks:
+                state.touch_checked(state.catalog_checks.pop(key), idx)
+            if not sid and not cid and name != NODE:
+                state.nodes.pop(name, None)
+            state.catalog_index = state.checks_index = idx
+            return 200, True, {}
+
+    def ui(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
+        """The agent's web UI (``/`` redirects here, as on an agent with ``ui`` on): one page."""
+        page = f"<!doctype html><title>Consul {VERSION} (emulator)</title><h1>{NODE}</h1>"
+        return 200, page.encode(), {"Content-Type": "text/html; charset=utf-8"}
 
     def status_leader(self, query: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
         with self.state.cond:
@@ -1279,6 +1788,64 @@ def _fields(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConsulError(400, "Request decode failed: expected a JSON object")
     return {str(k).replace("_", "").lower(): v for k, v in raw.items()}
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body.strip() else {}
+    except ValueError as e:
+        raise ConsulError(400, f"Request decode failed: {e}") from e
+
+
+def _datacenter(name: object) -> None:
+    """Only this datacenter exists: any other is out of reach, as Consul says."""
+    if name not in (None, "", DATACENTER):
+        raise ConsulError(500, "No path to datacenter")
+
+
+def _enable(query: dict[str, str]) -> bool:
+    value = query.get("enable")
+    if value is None or value == "":
+        raise ConsulError(400, "Missing value for enable")
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise ConsulError(400, f"Invalid value for enable: {value!r}")
+    return value.lower() in ("true", "1")
+
+
+def _member(wan: bool = False) -> dict[str, Any]:
+    return {
+        "Name": f"{NODE}.{DATACENTER}" if wan else NODE,
+        "Addr": "127.0.0.1",
+        "Port": 8302 if wan else 8301,
+        "Tags": {"dc": DATACENTER, "role": "consul", "build": VERSION, "port": "8300", "bootstrap": "1"},
+        "Status": 1,
+        "ProtocolMin": 1,
+        "ProtocolMax": 5,
+        "ProtocolCur": 2,
+        "DelegateMin": 2,
+        "DelegateMax": 5,
+        "DelegateCur": 4,
+    }
+
+
+def _filtered_map(query: dict[str, str], found: dict[str, Any]) -> dict[str, Any]:
+    if not query.get("filter"):
+        return found
+    predicate = compile_filter(query["filter"])
+    return {k: v for k, v in found.items() if predicate(v)}
+
+
+def _tagged_addresses(raw: Any) -> dict[str, dict[str, Any]]:
+    """A service's tagged addresses, ``{"lan": {"Address": ..., "Port": ...}}``, from any casing."""
+    if not raw:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConsulError(400, "Request decode failed: TaggedAddresses must be an object")
+    out = {}
+    for tag, value in raw.items():
+        fields = _fields(value)
+        out[str(tag)] = {"Address": str(fields.get("address") or ""), "Port": int(fields.get("port") or 0)}
+    return out
 
 
 def _check_meta(meta: Any) -> None:
@@ -1321,11 +1888,15 @@ class ConsulEmulator(ThreadingHTTPServer):
         *,
         acl_token: str | None = None,
         session_ttl_min: float = 10.0,
+        enable_script_checks: bool = False,
     ) -> None:
         super().__init__(address, _Handler)
         self.state = ConsulState(acl_token=acl_token, session_ttl_min=session_ttl_min)
+        self.state.enable_script_checks = enable_script_checks
         self.api = ConsulAPI(self.state)
+        self.api.on_leave = self._leave
         self._stop = threading.Event()
+        self._stop_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="consul-emulator-check")
         self._runners: list[threading.Thread] = []
         self._connections_lock = threading.Lock()
@@ -1380,13 +1951,20 @@ class ConsulEmulator(ThreadingHTTPServer):
     def _serve(self) -> None:
         self.serve_forever(poll_interval=0.05)
 
+    def _leave(self) -> None:
+        threading.Thread(target=self.stop, name="consul-emulator-leave", daemon=True).start()
+
     def stop(self) -> None:
-        self._stop.set()
-        self.shutdown()
-        self.server_close()
-        for thread in self._runners:
-            thread.join(5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop serving and running checks; a second call waits for the first to finish."""
+        with self._stop_lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+            self.shutdown()
+            self.server_close()
+            for thread in self._runners:
+                thread.join(5)
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> ConsulEmulator:
         return self.start()
@@ -1403,8 +1981,10 @@ class ConsulEmulator(ThreadingHTTPServer):
                     self._pool.submit(self._run_check, check)
 
     def _run_check(self, check: HealthCheck) -> None:
-        runner = run_http if check.kind == "http" else run_tcp
-        status, output = runner(check.target, check.timeout)
+        if check.kind == "script":
+            status, output = run_script(check.args, check.timeout)
+        else:
+            status, output = (run_http if check.kind == "http" else run_tcp)(check.target, check.timeout)
         with self.state.cond:
             check.running = False
             check.next_run = time.monotonic() + check.interval
