@@ -8,20 +8,32 @@ way moto serves AWS:
   TCP and TTL; ``Interval``, ``Timeout``, ``Status``, ``DeregisterCriticalServiceAfter``,
   ``SuccessBeforePassing``, ``FailuresBeforeCritical``; ``?replace-existing-checks``),
   ``PUT /v1/agent/service/deregister/:id``, ``GET /v1/agent/services``,
-  ``GET /v1/agent/service/:id``, ``GET /v1/agent/checks``; HTTP and TCP checks are run by the
-  emulator on their interval (2xx passing, 429 warning, anything else critical); TTL checks
+  ``GET /v1/agent/service/:id``, ``GET /v1/agent/checks`` (the agent's own: not ``serfHealth``),
+  ``PUT /v1/agent/check/register`` (``ID`` defaults to ``Name``; a ``ServiceID`` must exist) and
+  ``/v1/agent/check/deregister/:id``; several checks per service (``service:<id>:<n>``);
+  maintenance mode (``PUT /v1/agent/maintenance`` and ``/v1/agent/service/maintenance/:id``,
+  ``?enable``, ``?reason``: a critical ``_node_maintenance`` or ``_service_maintenance:<id>``
+  check); HTTP, TCP and (with ``enable_script_checks``) script checks are run by the
+  emulator on their interval (2xx passing, 429 warning, anything else critical; a script's
+  exit 0 passing, 1 warning, else critical); TTL checks
   turn critical when not updated in time (``PUT /v1/agent/check/pass|warn|fail/:id``,
   ``PUT /v1/agent/check/update/:id``), with Consul's output ``TTL expired (last output before
   timeout follows): ...``; a service whose check has been critical for longer than its
   ``DeregisterCriticalServiceAfter`` (at least 1m, Consul's minimum) is deregistered by a reaper
   that runs every 30s, as Consul's does;
 * health and catalog: ``GET /v1/health/service/:name`` (``?passing``, ``?tag``),
-  ``GET /v1/health/state/:state``, ``GET /v1/health/checks/:name``, ``GET /v1/catalog/services``,
-  ``GET /v1/catalog/service/:name``, ``GET /v1/catalog/nodes``;
+  ``GET /v1/health/state/:state``, ``GET /v1/health/checks/:name``, ``GET /v1/health/node/:node``,
+  ``GET /v1/catalog/services``, ``/v1/catalog/service/:name``, ``/v1/catalog/nodes``,
+  ``/v1/catalog/node/:node``, ``PUT /v1/catalog/register`` and ``/v1/catalog/deregister`` (other
+  nodes, their services and checks); ``?filter`` expressions (go-bexpr's selectors, ``==``,
+  ``!=``, ``in``, ``contains``, ``matches``, ``is empty``, ``and``/``or``/``not``); ``?peer``
+  finds nothing (no peering); ``?dc`` other than ``dc1`` is ``500 No path to datacenter``;
+* agent: ``/v1/agent/self`` (``Stats.consul.leader_addr``), ``/v1/agent/members``,
+  ``/v1/agent/reload``, ``/v1/agent/leave`` (the emulator shuts down), ``/v1/agent/force-leave``;
 * KV: ``GET``/``PUT``/``DELETE /v1/kv/:key`` with ``recurse``, ``keys`` (``separator``),
-  ``raw``, ``cas``, ``flags``, ``acquire`` and ``release``;
+  ``raw``, ``cas``, ``flags``, ``acquire`` and ``release``; an empty value reads back as ``null``;
 * sessions: ``PUT /v1/session/create|destroy/:id|renew/:id``, ``GET /v1/session/info/:id``,
-  ``GET /v1/session/list``; TTLs between ``session_ttl_min`` (10s, as Consul) and 24h, expired
+  ``GET /v1/session/list``, ``GET /v1/session/node/:node``; TTLs between ``session_ttl_min`` (10s, as Consul) and 24h, expired
   at twice their TTL as Consul does; behaviours ``release`` and ``delete``; lock-delay;
 * ``PUT /v1/txn`` with KV verbs (set, cas, lock, unlock, get, get-tree, check-index,
   check-session, check-not-exists, delete, delete-tree, delete-cas), at most 64 operations,
@@ -1962,6 +1974,10 @@ class ConsulEmulator(ThreadingHTTPServer):
             self._stop.set()
             self.shutdown()
             self.server_close()
+            with self._connections_lock:  # an agent that exits drops its clients' connections too
+                for handler in self._connections:
+                    with contextlib.suppress(OSError):
+                        handler.connection.shutdown(socket.SHUT_RDWR)
             for thread in self._runners:
                 thread.join(5)
             self._pool.shutdown(wait=False, cancel_futures=True)

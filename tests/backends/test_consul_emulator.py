@@ -221,3 +221,192 @@ def test_a_dropped_reply_is_applied_and_never_answered(consul_emulator, c, consu
         c.txn.put([op])
     assert c.kv.get(consul_prefix + "k")[1]["Value"] == b"v"
     assert c.txn.put([op])["Errors"] is None  # the next one is answered
+
+
+def test_an_empty_value_reads_back_as_null(c, consul_prefix):
+    p, b64 = consul_prefix, lambda s: base64.b64encode(s.encode()).decode()
+    assert c.kv.put(p + "empty", "")
+    assert c.kv.put(p + "dir/", None)
+    assert c.kv.put(p + "dir/x", "1")
+    assert c.kv.get(p + "empty")[1]["Value"] is None
+    assert [i["Value"] for i in c.kv.get(p + "dir/", recurse=True)[1]] == [None, b"1"]
+    got = c.txn.put(
+        [{"KV": {"Verb": "get", "Key": p + "empty"}}, {"KV": {"Verb": "get", "Key": p + "dir/x"}}]
+    )
+    assert [r["KV"]["Value"] for r in got["Results"]] == [None, b64("1")]
+
+
+def test_a_lock_is_released_only_by_its_session(c, consul_prefix):
+    key = consul_prefix + "lock"
+    first, second = c.session.create(), c.session.create()
+    assert c.kv.put(key, "1", acquire=first)
+    assert c.kv.put(key, "1", acquire=first)  # again by its holder: still held
+    assert c.kv.put(key, "2", acquire=second) is False
+    assert c.kv.put(key, "2", release=second) is False
+    assert c.kv.put(key, "2", release=first)
+    _, item = c.kv.get(key)
+    assert ("Session" in item, item["LockIndex"], item["Value"]) == (False, 1, b"2")
+    assert c.kv.put(key, "3", acquire=second)
+    assert c.kv.get(key)[1]["LockIndex"] == 2
+
+
+def test_a_registered_check_is_named_by_its_id_which_defaults_to_its_name(c):
+    assert c.agent.check.register("disk space", consul.Check.ttl("10s"), notes="df -h")
+    assert c.agent.check.register("mem", consul.Check.ttl("10s"), check_id="mem-1")
+    checks = c.agent.checks()
+    assert (checks["disk space"]["Name"], checks["disk space"]["Notes"]) == ("disk space", "df -h")
+    assert checks["mem-1"]["Name"] == "mem"
+    assert "serfHealth" not in checks  # the node's Serf check is the servers', not the agent's
+    assert c.agent.check.register("orphan", consul.Check.ttl("10s"), service_id="nowhere") is False  # 404
+    assert c.agent.check.deregister("mem-1")
+    assert c.agent.check.deregister("mem-1") is False  # 404: unknown check ID
+    assert set(c.agent.checks()) == {"disk space"}
+
+
+def test_a_service_has_several_checks_numbered_in_order_plus_the_node_check(c):
+    c.agent.service.register(
+        "multi",
+        check=consul.Check.ttl("10s"),
+        extra_checks=[consul.Check.ttl("10s"), consul.Check.ttl("10s")],
+    )
+    c.agent.check.register("extra", consul.Check.ttl("10s"), service_id="multi")
+    _, nodes = c.health.service("multi")
+    ids = [check["CheckID"] for check in nodes[0]["Checks"]]
+    assert ids == ["serfHealth", "extra", "service:multi:1", "service:multi:2", "service:multi:3"]
+    for cid in ids[1:]:
+        c.agent.check.ttl_pass(cid)
+    assert len(c.health.service("multi", passing=True)[1]) == 1
+    c.agent.check.ttl_fail("service:multi:2")
+    assert c.health.service("multi", passing=True)[1] == []  # one critical check is enough
+    assert [x["CheckID"] for x in c.health.checks("multi")[1]] == ids[1:]
+
+
+def test_node_maintenance_fails_every_service_until_it_is_disabled(c):
+    c.agent.service.register("web", service_id="web-1", check=consul.Check.ttl("10s"))
+    c.agent.check.ttl_pass("service:web-1")
+    assert len(c.health.service("web", passing=True)[1]) == 1
+    assert c.agent.maintenance("true")
+    check = c.agent.checks()["_node_maintenance"]
+    assert (check["Status"], check["ServiceID"]) == ("critical", "")
+    assert "no reason was provided" in check["Notes"]
+    assert c.health.service("web", passing=True)[1] == []
+    assert "_node_maintenance" in [x["CheckID"] for x in c.health.node("emulator")[1]]
+    assert c.agent.maintenance("false")
+    assert "_node_maintenance" not in c.agent.checks()
+    assert len(c.health.service("web", passing=True)[1]) == 1
+
+
+def test_service_maintenance_fails_only_that_service(c):
+    for sid in ("api-1", "api-2"):
+        c.agent.service.register("api", service_id=sid, check=consul.Check.ttl("10s"))
+        c.agent.check.ttl_pass(f"service:{sid}")
+    assert c.agent.service.maintenance("api-1", "true", "upgrading")
+    check = c.agent.checks()["_service_maintenance:api-1"]
+    assert (check["Status"], check["Notes"], check["ServiceID"]) == ("critical", "upgrading", "api-1")
+    assert [n["Service"]["ID"] for n in c.health.service("api", passing=True)[1]] == ["api-2"]
+    with pytest.raises(consul.ConsulException, match="400"):
+        c.http.put(CB.boolean(), "/v1/agent/service/maintenance/api-1")  # enable is required
+    assert c.agent.service.maintenance("nope", "true") is False  # 404: unknown service
+    assert c.agent.service.maintenance("api-1", "false")
+    assert len(c.health.service("api", passing=True)[1]) == 2
+
+
+def test_health_state_and_node_list_node_and_service_checks(c):
+    c.agent.service.register("job", service_id="job-1", check=consul.Check.ttl("10s"))
+    assert [x["CheckID"] for x in c.health.state("passing")[1]] == ["serfHealth"]
+    assert {x["CheckID"] for x in c.health.state("critical")[1]} == {"service:job-1"}
+    assert {x["CheckID"] for x in c.health.state("any")[1]} == {"serfHealth", "service:job-1"}
+    node = c.agent.self()["Config"]["NodeName"]
+    assert {x["CheckID"] for x in c.health.node(node)[1]} == {"serfHealth", "service:job-1"}
+    assert c.health.node("elsewhere")[1] == []
+
+
+def test_catalog_lists_nodes_services_and_what_is_registered_on_other_nodes(c):
+    _, nodes = c.catalog.nodes()
+    assert [n["Node"] for n in nodes] == ["emulator"]
+    assert c.catalog.services()[1] == {"consul": []}
+    assert c.catalog.register(
+        "n1", "10.1.10.11", service={"service": "db", "port": 5432}, check={"name": "up"}
+    )
+    assert c.catalog.register("n2", "10.1.10.12", service={"service": "db", "tags": ["primary"]})
+    c.agent.service.register("web", service_id="web-1", port=8080, tags=["v1"])
+    assert [n["Node"] for n in c.catalog.nodes()[1]] == ["emulator", "n1", "n2"]
+    assert c.catalog.services()[1] == {"consul": [], "db": ["primary"], "web": ["v1"]}
+    assert {x["Node"] for x in c.catalog.service("db")[1]} == {"n1", "n2"}
+    assert [x["Node"] for x in c.catalog.service("db", tag="primary")[1]] == ["n2"]
+    _, n1 = c.catalog.node("n1")
+    assert (n1["Node"]["Address"], set(n1["Services"])) == ("10.1.10.11", {"db"})
+    assert set(c.catalog.node("emulator")[1]["Services"]) == {"consul", "web-1"}
+    assert c.catalog.node("n3")[1] is None
+    _, db = c.health.service("db")
+    assert {n["Node"]["Node"]: [x["CheckID"] for x in n["Checks"]] for n in db} == {"n1": ["up"], "n2": []}
+    assert c.catalog.deregister("n1", check_id="up")
+    assert c.catalog.deregister("n2", service_id="db")
+    assert {x["Node"] for x in c.catalog.service("db")[1]} == {"n1"}
+    assert c.catalog.deregister("n1")
+    assert [n["Node"] for n in c.catalog.nodes()[1]] == ["emulator", "n2"]
+
+
+def test_status_names_the_leader_that_agent_self_reports(c):
+    leader = c.status.leader()
+    assert leader == c.agent.self()["Stats"]["consul"]["leader_addr"]
+    assert c.status.peers() == [leader]
+    assert c.agent.self()["Member"] in c.agent.members()
+
+
+def test_filter_expressions_select_entries_and_a_malformed_one_is_refused(c):
+    c.agent.service.register("f", service_id="f-1", tags=["keep"], check=consul.Check.ttl("10s"))
+    c.agent.service.register("f", service_id="f-2", tags=["drop"], check=consul.Check.ttl("10s"))
+    assert set(c.agent.services(filter_expr='"keep" in Tags')) == {"f-1"}
+    assert set(c.agent.checks(filter_expr='ServiceID == "f-2"')) == {"service:f-2"}
+    found = c.health.service("f", filter_expr='"keep" in Service.Tags or Service.ID == `nothing`')[1]
+    assert [n["Service"]["ID"] for n in found] == ["f-1"]
+    assert [x["ServiceID"] for x in c.health.state("any", filter_expr="not (ServiceID is empty)")[1]] == [
+        "f-1",
+        "f-2",
+    ]
+    with pytest.raises(consul.ConsulException, match="boolean expression"):
+        c.catalog.nodes(filter_expr="not a valid expression((")
+
+
+def test_another_datacenter_has_no_path(c, consul_prefix):
+    for call in (lambda: c.kv.get(consul_prefix + "k", dc="dc2"), lambda: c.session.create(dc="dc2")):
+        with pytest.raises(consul.ConsulException, match="No path to datacenter"):
+            call()
+
+
+def test_script_checks_run_only_where_enabled():
+    with ConsulEmulator() as server:
+        host, port = server.address.rsplit(":", 1)
+        c = consul.Consul(host=host, port=int(port))
+        with pytest.raises(consul.ConsulException, match="Scripts are disabled"):
+            c.agent.check.register("script", consul.Check.script(["true"], "1s"))
+    with ConsulEmulator(enable_script_checks=True) as server:
+        host, port = server.address.rsplit(":", 1)
+        c = consul.Consul(host=host, port=int(port))
+        for name, args in (
+            ("ok", ["true"]),
+            ("warn", ["sh", "-c", "echo low; exit 1"]),
+            ("bad", ["sh", "-c", "exit 2"]),
+        ):
+            assert c.agent.check.register(name, consul.Check.script(args, "1s"))
+        status = lambda: {k: (v["Status"], v["Output"]) for k, v in c.agent.checks().items()}  # noqa: E731
+        want = {"ok": ("passing", ""), "warn": ("warning", "low\n"), "bad": ("critical", "")}
+        assert wait_for(status, lambda s: s == want) == want
+
+
+def test_leave_shuts_the_agent_down():
+    server = ConsulEmulator().start()
+    host, port = server.address.rsplit(":", 1)
+    c = consul.Consul(host=host, port=int(port))
+    assert c.agent.leave()
+
+    def reachable() -> bool:
+        try:
+            c.status.leader()
+        except requests.ConnectionError:
+            return False
+        return True
+
+    assert wait_for(reachable, lambda up: not up) is False
+    server.stop()  # already stopped: harmless
