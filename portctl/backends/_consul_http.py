@@ -272,11 +272,17 @@ class ConsulHTTP:
                 "check the agent, or raise ?timeout= in the store URL"
             ) from e
         except requests.RequestException as e:
-            raise StoreUnavailable(
-                f"Consul is unreachable at {self.config.address} ({self._scrub(network_cause(e))}); is the "
-                "agent running? (set the address with the store URL or CONSUL_HTTP_ADDR)"
-            ) from e
+            raise self._unreachable(e) from e
         return response
+
+    def _unreachable(self, error: requests.RequestException) -> StoreUnavailable:
+        cause = self._scrub(network_cause(error))
+        advice = (
+            "check cacert= (or CONSUL_CACERT) and that the agent serves HTTPS there"
+            if cause.startswith("TLS failure")
+            else "is the agent running? (set the address with the store URL or CONSUL_HTTP_ADDR)"
+        )
+        return StoreUnavailable(f"Consul is unreachable at {self.config.address} ({cause}); {advice}")
 
     def _raise_for(self, response: Response, path: str) -> None:
         code = response.code

@@ -90,6 +90,7 @@ MAX_FOLLOWERS = 8  # idle watch streams kept open per store
 URL_FORM = "etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?timeout=SECONDS] (or etcd+https://...)"
 PASSWORD_HELP = "the password in ETCDCTL_PASSWORD, ETCDCTL_USER=user:password or ?password_file=FILE"  # noqa: S105 - help text
 
+_TLS_ADVICE = "check ?cacert= (or ETCDCTL_CACERT) and the https:// endpoints"
 _NEVER_SENT = ("connection refused", "name not resolved", "no route to host", "network unreachable")
 _PASSWORD_IN_URL = re.compile(r"^[a-z+]+://[^@/?#,]*:[^@/?#]*@")
 
@@ -340,17 +341,20 @@ class _Connection:
                 f"etcd did not answer: {listed}; check the cluster, or raise ?timeout= in the store "
                 f"URL (now {self.options.timeout:g}s)"
             )
-        return StoreUnavailable(f"etcd is unreachable: {listed}; check that etcd runs there")
+        tls = any(_cause(e).startswith("TLS failure") for e in failures.values())
+        advice = _TLS_ADVICE if tls else _EndpointFailed.advice
+        return StoreUnavailable(f"etcd is unreachable: {listed}; {advice}")
 
     def _quorum(self, failures: Mapping[int, StoreUnavailable], deadline: float) -> str | None:
         """How the cluster lacks a leader, asked of the members that were reached, or None."""
+        reached = [index for index, error in failures.items() if getattr(error, "reached", True)]
         statuses = {}
-        for index, error in failures.items():
+        for n, index in enumerate(reached):
             left = deadline - time.monotonic()
-            if left <= 0.01 or not getattr(error, "reached", True):
-                continue
-            with contextlib.suppress(StoreError):
-                statuses[index] = self._post(index, "/maintenance/status", {}, left)
+            if left <= 0.01:
+                break
+            with contextlib.suppress(StoreError):  # a silent one costs only its share
+                statuses[index] = self._post(index, "/maintenance/status", {}, left / (len(reached) - n))
         if not statuses or any(_leader(status) for status in statuses.values()):
             return None
         answering = len({str(s.get("header", {}).get("member_id")) for s in statuses.values()})

@@ -125,3 +125,14 @@ def test_an_unresolvable_name_and_a_tls_mismatch_are_named_shortly(etcd_endpoint
         store.get("a")
     assert f"{etcd_endpoint} (TLS failure" in str(c.value)
     assert not any(dump in str(c.value) for dump in RAW_DUMPS), str(c.value)
+
+
+def test_no_leader_is_found_behind_dead_endpoints_listed_first(etcd_cluster, silent_endpoint):
+    url = f"etcd://{closed_endpoint()},{silent_endpoint},{etcd_cluster.endpoints}/nq?timeout=2"
+    etcd_cluster.members[1].kill()
+    etcd_cluster.members[2].kill()
+    wait_for_no_leader(etcd_cluster.members[0])
+    with open_store(url) as store, pytest.raises(StoreUnavailable) as caught:
+        store.get("a")
+    assert "no leader" in str(caught.value)
+    assert f"{silent_endpoint} (no answer" in str(caught.value)
