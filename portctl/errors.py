@@ -5,7 +5,8 @@ class only and maps each branch to an exit code::
 
     PortctlError
     ├── InvalidInput(field, value, expected)      exit 2  bad name, port, URL, config value
-    │   └── CapabilityMissing(store, capability)  exit 2  store cannot do what was asked
+    │   ├── CapabilityMissing(store, capability)  exit 2  store cannot do what was asked
+    │   └── ExtraMissing(store, module, install)  exit 2  the store's client library is not installed
     ├── NotFound                                  exit 1
     │   └── ServiceNotFound(name, known)
     ├── PortConflict(port, protocol, holder)      exit 1  port taken in the store or on the host
@@ -28,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "CapabilityMissing",
     "DockerUnavailable",
+    "ExtraMissing",
     "InvalidInput",
     "KeyExists",
     "NotFound",
@@ -78,6 +80,20 @@ class CapabilityMissing(InvalidInput):
             expected += f" ({hint})"
         super().__init__("store", store, expected)
         self.capability = capability
+
+
+class ExtraMissing(InvalidInput):
+    """The store a URL names needs a client library that is not installed (an install extra)."""
+
+    code = "extra_missing"
+
+    def __init__(self, store: str, module: str, install: str) -> None:
+        self.field, self.value, self.expected = "store", store, install
+        self.module = module
+        # Its own wording, not InvalidInput's "... is not valid": the URL is fine.
+        PortctlError.__init__(
+            self, f"the {store} store needs {module}, which is not installed; install it with: {install}"
+        )
 
 
 class NotFound(PortctlError, LookupError):

@@ -23,7 +23,7 @@ from portctl.backends.base import (
     Put,
     Store,
 )
-from portctl.errors import InvalidInput
+from portctl.errors import ExtraMissing, InvalidInput
 
 __all__ = [
     "Capability",
@@ -51,14 +51,26 @@ _BUILTIN = {
     "consul+https": "portctl.backends.consul:ConsulStore",
 }
 
+_EXTRAS = {"etcd": "etcd", "etcd+https": "etcd", "consul": "consul", "consul+https": "consul"}
+
 URL_FORM = (
     "a store URL such as file:///var/lib/portctl/store.json, etcd://127.0.0.1:2379 or consul://127.0.0.1:8500"
 )
 
 
-def _load(target: str) -> type[Store]:
+def _load(scheme: str, target: str) -> type[Store]:
     module_name, _, attr = target.partition(":")
-    cls: type[Store] = getattr(importlib.import_module(module_name), attr)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        missing = e.name or ""
+        if missing.partition(".")[0] == "portctl":
+            raise  # our own module is broken: a bug, not a missing extra
+        # e.g. etcd3gw, py-consul or requests absent, or an incompatible version of one
+        extra = _EXTRAS.get(scheme)
+        install = f"pip install 'portctl[{extra}]'" if extra else f"the package that provides {scheme}://"
+        raise ExtraMissing(scheme.partition("+")[0], missing or str(e), install) from e
+    cls: type[Store] = getattr(module, attr)
     return cls
 
 
@@ -76,7 +88,7 @@ def store_class(scheme: str) -> type[Store]:
     target = _BUILTIN.get(scheme) or _entry_points().get(scheme)
     if target is None:
         raise InvalidInput("store", f"{scheme}://", f"one of the schemes {', '.join(known_schemes())}")
-    return _load(target)
+    return _load(scheme, target)
 
 
 def open_store(url: str, require: Capability = Capability.NONE) -> Store:

@@ -23,7 +23,7 @@ from consul.base import Response  # type: ignore[import-untyped]
 from consul.std import Consul  # type: ignore[import-untyped]
 
 from portctl import _validate
-from portctl.backends._retry import retried
+from portctl.backends._retry import network_cause, retried
 from portctl.errors import InvalidInput, StoreDenied, StoreTimeout, StoreUnavailable
 
 DEFAULT_PREFIX = "portctl/"
@@ -268,14 +268,21 @@ class ConsulHTTP:
                 response = http.delete(identity, path, params=list(params), headers=self._headers)
         except requests.Timeout as e:
             raise StoreTimeout(
-                f"Consul at {self.config.address} did not answer within {self.config.timeout:g}s ({path})"
+                f"Consul at {self.config.address} did not answer within {self.config.timeout:g}s ({path}); "
+                "check the agent, or raise ?timeout= in the store URL"
             ) from e
         except requests.RequestException as e:
-            raise StoreUnavailable(
-                f"Consul at {self.config.address} is unreachable: {self._scrub(_reason(e))}; is the agent "
-                "running? (set the address with the store URL or CONSUL_HTTP_ADDR)"
-            ) from e
+            raise self._unreachable(e) from e
         return response
+
+    def _unreachable(self, error: requests.RequestException) -> StoreUnavailable:
+        cause = self._scrub(network_cause(error))
+        advice = (
+            "check cacert= (or CONSUL_CACERT) and that the agent serves HTTPS there"
+            if cause.startswith("TLS failure")
+            else "is the agent running? (set the address with the store URL or CONSUL_HTTP_ADDR)"
+        )
+        return StoreUnavailable(f"Consul is unreachable at {self.config.address} ({cause}); {advice}")
 
     def _raise_for(self, response: Response, path: str) -> None:
         code = response.code
@@ -306,12 +313,3 @@ class ConsulHTTP:
 
 def _identity(response: Response) -> Response:
     return response
-
-
-def _reason(error: requests.RequestException) -> str:
-    """The innermost reason of a requests error, without the URL's query."""
-    text = str(error)
-    for marker in ("Caused by ", "] "):
-        if marker in text:
-            text = text.rsplit(marker, 1)[1]
-    return text.strip("()'\" ")[:200]

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from portctl.backends._retry import network_cause
 from portctl.errors import StoreError, StoreUnavailable
 
 WAIT = 5.0  # seconds a blocking query is held by Consul before it answers unchanged
@@ -136,7 +137,7 @@ class Follower(threading.Thread):
             except StoreError as e:
                 self.feed.failed(self.key, e)
             except Exception as e:  # noqa: BLE001 - a follower must survive its client's surprises
-                self.feed.failed(self.key, StoreUnavailable(f"following Consul failed: {e!r}"))
+                self.feed.failed(self.key, StoreUnavailable(f"following Consul failed ({network_cause(e)})"))
             else:
                 delay = BACKOFF_FIRST
                 self._answer(index, body)

@@ -43,17 +43,18 @@ import queue
 import re
 import socket
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import requests
 from etcd3gw.client import Etcd3Client
-from etcd3gw.exceptions import ConnectionTimeoutError, Etcd3Exception
+from etcd3gw.exceptions import Etcd3Exception
 
 from portctl import _validate
-from portctl.backends._retry import retried
+from portctl.backends._retry import Exhausted, failover, network_cause
 from portctl.backends.base import (
     Capability,
     Change,
@@ -81,12 +82,16 @@ from portctl.errors import (
 
 __all__ = ["DEFAULT_PREFIX", "EtcdOptions", "EtcdStore", "parse_url"]
 
+T = TypeVar("T")
+
 DEFAULT_PREFIX = "portctl"
 DEFAULT_TIMEOUT = 5.0
 MAX_FOLLOWERS = 8  # idle watch streams kept open per store
 URL_FORM = "etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?timeout=SECONDS] (or etcd+https://...)"
 PASSWORD_HELP = "the password in ETCDCTL_PASSWORD, ETCDCTL_USER=user:password or ?password_file=FILE"  # noqa: S105 - help text
 
+_TLS_ADVICE = "check ?cacert= (or ETCDCTL_CACERT) and the https:// endpoints"
+_NEVER_SENT = ("connection refused", "name not resolved", "no route to host", "network unreachable")
 _PASSWORD_IN_URL = re.compile(r"^[a-z+]+://[^@/?#,]*:[^@/?#]*@")
 
 # gRPC status codes etcd's gateway puts in its error bodies.
@@ -233,8 +238,31 @@ class _Compacted(Exception):
         self.revision = revision
 
 
+class _EndpointFailed(StoreUnavailable):
+    """One endpoint failed one try: ``cause`` is short (``connection refused``); ``reached``
+    says whether the request may have got there (its outcome is then unknown)."""
+
+    advice = "check that etcd runs there"
+
+    def __init__(self, endpoint: str, cause: str, reached: bool) -> None:
+        self.endpoint = endpoint
+        self.cause = cause
+        self.reached = reached
+        super().__init__(f"etcd at {endpoint} is unreachable ({cause}); {self.advice}")
+
+
+class _EndpointTimeout(_EndpointFailed, StoreTimeout):
+    advice = "check the cluster, or raise ?timeout= in the store URL"
+
+
 class _Connection:
-    """etcd3gw clients for every endpoint over one HTTP session, with failover and auth."""
+    """etcd3gw clients for every endpoint over one HTTP session, with failover and auth.
+
+    A call tries every endpoint within the call's timeout (see :func:`_retry.failover`): the
+    last one that answered first, endpoints that failed last, and the rest in the order
+    listed. A tenth of the budget (at most 0.5 s) is kept back to ask the members that were
+    reached but did not answer whether the cluster has a leader, so a cluster without quorum
+    says so."""
 
     def __init__(self, options: EtcdOptions) -> None:
         self.options = options
@@ -247,53 +275,149 @@ class _Connection:
             self.session.verify = options.cacert
         if options.cert and options.key:
             self.session.cert = (options.cert, options.key)
-        timeout = (min(options.timeout, 2.0), options.timeout)
-        self.clients = [_client(endpoint, timeout, self.session) for endpoint in options.endpoints]
+        self.clients = [_client(endpoint, self.session) for endpoint in options.endpoints]
         self.current = 0
+        self._down: set[int] = set()  # endpoints whose last try failed: tried last
+        self._try = threading.local()  # the endpoint and seconds of the try in progress
         self._auth_lock = threading.Lock()
         self._token: str | None = None
 
     @property
     def endpoint(self) -> str:
-        return self.options.endpoints[self.current]
+        return self.address(self.current)
 
-    def next_endpoint(self) -> None:
-        self.current = (self.current + 1) % len(self.clients)
+    def address(self, index: int) -> str:
+        return self.options.endpoints[index].split("://", 1)[1]
+
+    def order(self) -> list[int]:
+        count = len(self.clients)
+        ring = [(self.current + i) % count for i in range(count)]
+        return sorted(ring, key=lambda i: i in self._down)  # stable: the ring order otherwise
+
+    def trying(self) -> tuple[int, float]:
+        """The endpoint and the seconds of the try in progress in this thread (see :meth:`each`);
+        outside one, the current endpoint and the whole timeout."""
+        target: tuple[int, float] | None = getattr(self._try, "target", None)
+        return target or (self.current, self.options.timeout)
+
+    def each(self, attempt: Callable[[], T]) -> T:
+        """``attempt()`` on one endpoint after another (:meth:`trying` says which, and for how
+        long), within the call's timeout; the error names every endpoint and its cause when none
+        answered."""
+        budget = self.options.timeout
+        deadline = time.monotonic() + budget
+
+        def tracked(index: int, seconds: float) -> T:
+            outer = getattr(self._try, "target", None)
+            self._try.target = (index, seconds)
+            try:
+                result = attempt()
+            except StoreUnavailable:
+                self._down.add(index)
+                raise
+            finally:
+                self._try.target = outer
+            self._down.discard(index)
+            self.current = index
+            return result
+
+        try:
+            return failover(self.order(), tracked, budget - min(0.5, budget / 10))
+        except Exhausted as e:
+            failures: dict[int, StoreUnavailable] = e.failures  # type: ignore[assignment]
+        raise self._exhausted(failures, deadline) from failures[max(failures)] if failures else None
+
+    def _exhausted(self, failures: Mapping[int, StoreUnavailable], deadline: float) -> StoreUnavailable:
+        tried = [f"{self.address(i)} ({_cause(failures[i])})" for i in sorted(failures)]
+        untried = [self.address(i) for i in range(len(self.clients)) if i not in failures]
+        if untried:
+            tried.append(f"{', '.join(untried)} (not tried: out of time)")
+        listed = ", ".join(tried)
+        quorum = self._quorum(failures, deadline)
+        if quorum:
+            return StoreUnavailable(f"etcd has no leader: {quorum}; {listed}")
+        if any(isinstance(e, StoreTimeout) for e in failures.values()) or untried:
+            return StoreTimeout(
+                f"etcd did not answer: {listed}; check the cluster, or raise ?timeout= in the store "
+                f"URL (now {self.options.timeout:g}s)"
+            )
+        tls = any(_cause(e).startswith("TLS failure") for e in failures.values())
+        advice = _TLS_ADVICE if tls else _EndpointFailed.advice
+        return StoreUnavailable(f"etcd is unreachable: {listed}; {advice}")
+
+    def _quorum(self, failures: Mapping[int, StoreUnavailable], deadline: float) -> str | None:
+        """How the cluster lacks a leader, asked of the members that were reached, or None."""
+        reached = [index for index, error in failures.items() if getattr(error, "reached", True)]
+        statuses = {}
+        for n, index in enumerate(reached):
+            left = deadline - time.monotonic()
+            if left <= 0.01:
+                break
+            with contextlib.suppress(StoreError):  # a silent one costs only its share
+                statuses[index] = self._post(index, "/maintenance/status", {}, left / (len(reached) - n))
+        if not statuses or any(_leader(status) for status in statuses.values()):
+            return None
+        answering = len({str(s.get("header", {}).get("member_id")) for s in statuses.values()})
+        members = self._member_count(next(iter(statuses)), deadline)
+        if members is None:
+            return f"no quorum ({answering} member(s) answer, without a leader)"
+        return f"no quorum ({answering} of {members} members answer; {members // 2 + 1} must run)"
+
+    def _member_count(self, index: int, deadline: float) -> int | None:
+        left = deadline - time.monotonic()
+        if left <= 0.01:
+            return None
+        try:
+            return len(self._post(index, "/cluster/member/list", {}, left).get("members") or [])
+        except StoreError:
+            return None
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return retried(lambda: self.once(path, body), before_retry=self.next_endpoint)
+        return self.each(lambda: self.once(path, body))
 
     def once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One try at the endpoint of :meth:`trying` (authenticating first when a user is set)."""
+        index, seconds = self.trying()
         if self.options.user and self._token is None:
-            self.authenticate()
+            self._authenticate_at(index, seconds)
         try:
-            return self._post(path, body)
+            return self._post(index, path, body, seconds)
         except StoreDenied as e:
             if self.options.user is None or "invalid auth token" not in str(e):
                 raise
-            self.authenticate()  # the token expired: renew it once and repeat the call
-            return self._post(path, body)
+            self._authenticate_at(index, seconds)  # the token expired: renew it once and repeat
+            return self._post(index, path, body, seconds)
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        client = self.clients[self.current]
+    def _post(self, index: int, path: str, body: dict[str, Any], seconds: float) -> dict[str, Any]:
+        client = self.clients[index]
         try:
-            answer: dict[str, Any] = client.post(client.get_url(path), json=body)
-        except ConnectionTimeoutError as e:
-            raise StoreTimeout(
-                f"etcd at {self.endpoint} did not answer within {self.options.timeout:g}s; "
-                "check the cluster, or raise ?timeout= in the store URL"
-            ) from e
-        except Etcd3Exception as e:
-            raise self.translate(e) from e
-        except (requests.RequestException, ValueError) as e:
-            # The answer broke off (a member killed while it was sending) or is not JSON: the
+            response = self.session.post(client.get_url(path), json=body, timeout=(seconds, seconds))
+        except requests.RequestException as e:
+            raise self._unreachable(index, e, seconds) from e
+        if response.status_code != 200:
+            raise self.translate(Etcd3Exception(response.text, response.reason), index)
+        try:
+            answer: dict[str, Any] = response.json()
+        except ValueError as e:
+            # Not etcd, or an answer broken off (a member killed while it was sending): the
             # call may or may not have been applied, as with a timeout.
-            raise StoreUnavailable(f"etcd at {self.endpoint} broke off its answer: {e}") from e
+            raise _EndpointFailed(self.address(index), "its answer is not etcd's JSON", reached=True) from e
         return answer
 
-    def translate(self, e: Etcd3Exception) -> Exception:  # noqa: PLR0911 - one answer per error class
+    def _unreachable(self, index: int, error: requests.RequestException, seconds: float) -> _EndpointFailed:
+        cause = network_cause(error, round(seconds, 2))
+        address = self.address(index)
+        if isinstance(error, requests.Timeout):
+            return _EndpointTimeout(address, cause, reached=not isinstance(error, requests.ConnectTimeout))
+        # Refused, unresolved, TLS refused: the request never left. A reset or a broken-off
+        # answer may have been applied.
+        never_sent = cause in _NEVER_SENT or cause.startswith("TLS failure")
+        return _EndpointFailed(address, cause, reached=not never_sent)
+
+    def translate(self, e: Etcd3Exception, index: int | None = None) -> Exception:  # noqa: PLR0911 - one answer per error class
         code, message = _error_of(e)
-        where = f"etcd at {self.endpoint}"
+        address = self.address(self.current if index is None else index)
+        where = f"etcd at {address}"
         if code == _OUT_OF_RANGE and "compacted" in message:
             return _Compacted(0)
         if code == _UNAUTHENTICATED or "invalid auth token" in message:
@@ -304,55 +428,61 @@ class _Connection:
             return StoreDenied(self.options.url, "the roles granted to ETCDCTL_USER", message)
         if "user name is empty" in message or "authentication is not enabled" in message:
             return StoreDenied(self.options.url, "ETCDCTL_USER", message)
-        if code in (_UNAVAILABLE, _DEADLINE, None) or isinstance(e, StoreUnavailable):
-            reason = message or "connection failed"
-            return StoreUnavailable(f"{where} is unreachable: {reason}; check that etcd runs there")
+        if code == _DEADLINE or "timed out" in message:
+            return _EndpointTimeout(address, message.removeprefix("etcdserver: "), reached=True)
         if code == _INVALID_ARGUMENT:
             return StoreError(f"{where} refused the request: {message}")
-        return StoreUnavailable(f"{where} failed: {message}")
+        return _EndpointFailed(address, message.removeprefix("etcdserver: ") or "failed", reached=True)
 
     def authenticate(self) -> None:
+        self.each(lambda: self._authenticate_at(*self.trying()))
+
+    def _authenticate_at(self, index: int, seconds: float) -> None:
         with self._auth_lock:
             self.session.headers.pop("Authorization", None)
             body = {"name": self.options.user, "password": self.options.password}
-            answer = retried(lambda: self._post("/auth/authenticate", body), before_retry=self.next_endpoint)
+            answer = self._post(index, "/auth/authenticate", body, seconds)
             self._token = str(answer["token"])
             self.session.headers["Authorization"] = self._token
 
-    def watch_stream(self, body: dict[str, Any], timeout: float | None) -> requests.Response:
+    def watch_stream(self, body: dict[str, Any]) -> requests.Response:
+        """A watch stream whose headers came within the call's timeout."""
+
         def open_stream() -> requests.Response:
+            index, seconds = self.trying()
             if self.options.user and self._token is None:
-                self.authenticate()
-            client = self.clients[self.current]
+                self._authenticate_at(index, seconds)
+            url = self.clients[index].get_url("/watch")
             try:
-                response = self.session.post(
-                    client.get_url("/watch"),
-                    json=body,
-                    stream=True,
-                    timeout=(min(self.options.timeout, 2.0), timeout),
-                )
+                response = self.session.post(url, json=body, stream=True, timeout=(seconds, seconds))
             except requests.RequestException as e:
-                raise StoreUnavailable(f"etcd at {self.endpoint} is unreachable: {e}") from e
+                raise self._unreachable(index, e, seconds) from e
             if response.status_code != 200:
                 text = response.text
                 response.close()
-                raise self.translate(Etcd3Exception(text, response.reason))
+                raise self.translate(Etcd3Exception(text, response.reason), index)
             return response
 
-        return retried(open_stream, before_retry=self.next_endpoint)
+        return self.each(open_stream)
 
     def close(self) -> None:
         self.session.close()
 
 
-def _client(endpoint: str, timeout: tuple[float, float], session: requests.Session) -> Etcd3Client:
+def _cause(error: StoreUnavailable) -> str:
+    return error.cause if isinstance(error, _EndpointFailed) else str(error)
+
+
+def _leader(status: Mapping[str, Any]) -> bool:
+    errors = " ".join(str(e) for e in status.get("errors") or [])
+    return status.get("leader") not in (None, "", "0", 0) and "no leader" not in errors
+
+
+def _client(endpoint: str, session: requests.Session) -> Etcd3Client:
     protocol, address = endpoint.split("://", 1)
     host, _, port = address.rpartition(":")
-    client = Etcd3Client(
-        host=host.strip("[]"), port=int(port), protocol=protocol, session=session, api_path="/v3/"
-    )
-    client.timeout = timeout  # type: ignore[assignment]  # requests takes (connect, read)
-    return client
+    host = host.strip("[]")
+    return Etcd3Client(host=host, port=int(port), protocol=protocol, session=session, api_path="/v3/")
 
 
 def _error_of(e: Etcd3Exception) -> tuple[int | None, str]:
@@ -453,22 +583,26 @@ class EtcdStore(Store):
         if not operations:
             return {}
         leases = self._grant_leases(operations)
-        attempts = 0
+        body = self._txn(operations, leases)
+        unanswered = 0  # tries that may have landed
 
         def send() -> dict[str, Any]:
-            nonlocal attempts
-            attempts += 1
-            return self._connection.once("/kv/txn", self._txn(operations, leases))
+            nonlocal unanswered
+            try:
+                return self._connection.once("/kv/txn", body)
+            except StoreUnavailable as e:
+                unanswered += getattr(e, "reached", True)
+                raise
 
         try:
-            answer = retried(send, before_retry=self._connection.next_endpoint)
+            answer = self._connection.each(send)
         except StoreUnavailable:
             raise  # the txn may have landed: its leases must live (unused ones expire)
         except BaseException:
             self._revoke(leases.values())
             raise
         if not answer.get("succeeded"):
-            if attempts > 1:
+            if unanswered:
                 # The first try's answer was lost: it may have landed, and this retry then
                 # failed on our own write. If the store holds what we wrote, it did.
                 landed = self.landed(operations)
@@ -597,12 +731,12 @@ class EtcdStore(Store):
             }
         }
         try:
-            response = self._connection.watch_stream(request, self.options.timeout)
+            response = self._connection.watch_stream(request)
         except StoreDenied as e:
             if self.options.user is None or "invalid auth token" not in str(e):
                 raise
             self._connection.authenticate()
-            response = self._connection.watch_stream(request, self.options.timeout)
+            response = self._connection.watch_stream(request)
         sock = _socket_of(response)
         if sock is not None:
             sock.settimeout(None)  # the headers came within the timeout; the stream may be quiet
@@ -682,7 +816,7 @@ class _Follower:
         except PortctlError as e:
             ended = e
         except Exception as e:  # noqa: BLE001 - whatever ends the stream must reach the reader
-            ended = StoreUnavailable(f"etcd at {endpoint} dropped the watch: {e!r}")
+            ended = StoreUnavailable(f"etcd at {endpoint} dropped the watch ({network_cause(e)})")
         if not self.closed:
             self.items.put(ended)
 
