@@ -100,7 +100,12 @@ def test_a_store_write_on_a_full_disk_fails_and_keeps_the_store(
     assert "extra" not in result.stdout
     assert full_store.read_bytes() == before
     assert (full_store.parent / "store.json.bak").read_bytes() == backup
-    assert sorted(os.listdir(full_store.parent)) == ["filler", "store.json", "store.json.bak", "store.json.lock"]
+    assert sorted(os.listdir(full_store.parent)) == [
+        "filler",
+        "store.json",
+        "store.json.bak",
+        "store.json.lock",
+    ]
 
     # Every later command still works, and the refused allocation was never made.
     for args in (("status",), ("export",), ("env",)):
@@ -133,9 +138,7 @@ def test_an_output_file_on_a_full_disk_is_exit_3_and_keeps_the_old_file(
     assert sorted(os.listdir(small_fs)) == ["filler", "out.txt"]
 
 
-def test_an_output_file_on_a_full_disk_in_json_mode(
-    run: Run, small_fs: Path, tmp_path: Path
-) -> None:
+def test_an_output_file_on_a_full_disk_in_json_mode(run: Run, small_fs: Path, tmp_path: Path) -> None:
     (tmp_path / "seed.json").write_text(seed_document(SEEDED))
     assert run("import", "seed.json").returncode == 0
     fill(small_fs, 1)
@@ -147,9 +150,7 @@ def test_an_output_file_on_a_full_disk_in_json_mode(
     assert not (small_fs / "port_config.json").exists()
 
 
-def test_an_output_file_in_a_read_only_place_is_exit_3(
-    run: Run, seeded_store: bytes, small_fs: Path
-) -> None:
+def test_an_output_file_in_a_read_only_place_is_exit_3(run: Run, seeded_store: bytes, small_fs: Path) -> None:
     target = small_fs / "port_config.json"
     target.write_text("{}\n")
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
