@@ -393,13 +393,16 @@ class JsonFileStore(Store):
         if self._swept:
             return
         folder, name = os.path.split(self.path)
-        with os.scandir(folder) as found:
-            dead = [
-                e.path for e in found if e.name.startswith(name) and _TEMP_TAIL.fullmatch(e.name[len(name) :])
-            ]
-        for path in dead:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        with contextlib.suppress(OSError):  # a folder we may write but not list: nothing to sweep
+            with os.scandir(folder) as found:
+                dead = [
+                    e.path
+                    for e in found
+                    if e.name.startswith(name) and _TEMP_TAIL.fullmatch(e.name[len(name) :])
+                ]
+            for path in dead:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         self._swept = True
 
 
