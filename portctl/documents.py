@@ -21,13 +21,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from portctl import _validate
 from portctl.allocation import Allocation
-from portctl.errors import InvalidInput
+from portctl.backends.file import DISK_ERRORS, fsync_folder, write_new_file
+from portctl.errors import InvalidInput, OutputUnavailable
 
 __all__ = ["env_name", "export_document", "parse_export", "render_env", "write_atomically"]
 
@@ -58,6 +60,10 @@ def parse_export(text: str, source: str) -> list[Allocation]:
     """Read a ``port_config.json``; every record is validated before anything is used."""
     try:
         doc = json.loads(text)
+    except RecursionError as e:
+        raise InvalidInput(
+            source, "JSON nested too deeply", "a port_config.json (a list of allocation objects)"
+        ) from e
     except json.JSONDecodeError as e:
         raise InvalidInput(
             source, f"line {e.lineno} column {e.colno}", "valid JSON (a port_config.json)"
@@ -72,20 +78,88 @@ def parse_export(text: str, source: str) -> list[Allocation]:
 
 def write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool = True) -> None:
     """Write ``text`` to ``path`` so readers see the old file or the new one, never a part.
-    ``durable=False`` skips the fsync, for files that may be lost in a power cut (caches)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    import tempfile
 
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    A call that returns wrote every byte and (``durable``) fsynced the file and its folder;
+    ``durable=False`` skips the fsyncs, for files that may be lost in a power cut (caches). On
+    any failure the old file stays. A full, over-quota, read-only or failing filesystem raises
+    :class:`~portctl.errors.OutputUnavailable`; other ``OSError`` (no such folder, permission
+    denied) propagate, for the caller to name its parameter. Temp files of writers killed
+    mid-write are removed (see :func:`_writer_is_dead`)."""
+    import secrets
+
+    folder = os.path.dirname(os.path.abspath(path))
+    _remove_dead_temps(path)
+    tmp = f"{path}.{_writer_id()}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        write_new_file(tmp, text.encode(), mode, durable=durable)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+            raise OutputUnavailable(path, e.strerror or str(e)) from e
         raise
+    if durable:
+        try:
+            fsync_folder(folder)
+        except OSError as e:
+            raise OutputUnavailable(path, f"written, but syncing its folder failed ({e.strerror})") from e
+
+
+# Temp files are named <path>.<pid>-<start>-<pidns>.<random>.tmp: who wrote them, to tell later.
+_TEMP_TAIL = re.compile(r"\.(\d+)-(\d+)-(\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def _writer_id() -> str:
+    pid = os.getpid()
+    return f"{pid}-{_start_time(pid) or 0}-{_pid_namespace()}"
+
+
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        return int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _writer_is_dead(pid: int, start: int, namespace: int) -> bool:
+    """Whether the writer that named a temp file has certainly exited.
+
+    Pids are only comparable within one pid namespace, so a temp file from another (a
+    container sharing the folder) is never judged. Within ours, the writer is dead when no
+    process has its pid, or when the process that has it now started at another time (the pid
+    was reused). A process we may not signal (EPERM) exists; without /proc (start time 0) only
+    an absent pid proves death."""
+    if namespace != _pid_namespace() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    now = _start_time(pid)
+    return start != 0 and now is not None and now != start
+
+
+def _remove_dead_temps(path: str) -> None:
+    folder, name = os.path.split(os.path.abspath(path))
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return  # the write itself reports what is wrong with the folder
+    for other in names:
+        found = other.startswith(name) and _TEMP_TAIL.fullmatch(other[len(name) :])
+        if found and _writer_is_dead(*(int(g) for g in found.groups())):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, other))

@@ -18,7 +18,8 @@ class only and maps each branch to an exit code::
     │   │   └── StoreTimeout
     │   ├── StoreDenied(store, credential)                wrong password, ACL token refused
     │   └── StoreCorrupt(path, backup)                    refused, never overwritten
-    └── DockerUnavailable(endpoint, why)          exit 3  a command that needs Docker cannot reach it
+    ├── DockerUnavailable(endpoint, why)          exit 3  a command that needs Docker cannot reach it
+    └── OutputUnavailable(path, why)              exit 3  disk full, over quota, read-only, I/O error
 
 Stores translate their client library's exceptions into this tree at their own boundary,
 chaining the original with ``raise ... from``.
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidInput",
     "KeyExists",
     "NotFound",
+    "OutputUnavailable",
     "PortConflict",
     "PortctlError",
     "RangeExhausted",
@@ -216,3 +218,18 @@ class DockerUnavailable(PortctlError):
         self.endpoint = endpoint
         self.why = why
         super().__init__(f"Docker at {endpoint}: {why}")
+
+
+class OutputUnavailable(PortctlError):
+    """A file portctl writes for other tools (``-o``, an override, a cache) cannot be written
+    because of its filesystem, not its path: full, over quota, read-only or failing. The file
+    that was there is left exactly as it was."""
+
+    code = "output_unavailable"
+
+    def __init__(self, path: str, why: str) -> None:
+        self.path = path
+        self.why = why
+        super().__init__(
+            f"cannot write {path}: {why}; it was left as it was (free space there, or write elsewhere)"
+        )

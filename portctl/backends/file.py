@@ -9,8 +9,11 @@ On disk (``schema`` 1)::
 
 * Every write holds an exclusive ``flock`` on ``<path>.lock`` (processes and threads alike),
   re-reads the file, checks every condition, and replaces the file atomically: a temp file in
-  the same folder, fsync, ``os.replace``, fsync of the folder. The previous file is kept as
-  ``<path>.bak`` (a hard link, no copy).
+  the same folder (``<path>.<pid>.<thread>.tmp``) holding every byte (``write(2)`` may write
+  fewer than asked, as on a nearly full disk), fsync, ``os.replace``, fsync of the folder. A
+  write that fails - disk full, read-only, I/O error - leaves the old file in place and raises
+  :class:`~portctl.errors.StoreUnavailable`. The previous file is kept as ``<path>.bak`` (a
+  hard link, no copy). Temp files of writers killed mid-write are removed by the next writer.
 * ``revision`` counts writes; each key written takes the revision as its version; deletions
   leave a tombstone so :meth:`JsonFileStore.watch` can report them. Only the newest
   ``TOMBSTONES`` tombstones are kept; a watcher older than that gets ``reset=True``, like an
@@ -32,6 +35,8 @@ import errno
 import fcntl
 import json
 import os
+import re
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -69,6 +74,9 @@ TOMBSTONES = 1000
 FILE_MODE = 0o644
 LOCK_TIMEOUT = 10.0
 POLL_INTERVAL = 0.02
+# Errors of the filesystem rather than of the path: a write may succeed later, elsewhere.
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+_TEMP_TAIL = re.compile(r"\.\d+\.\d+\.tmp")  # after the store's file name: .<pid>.<thread>.tmp
 
 Doc = dict[str, Any]
 
@@ -108,14 +116,16 @@ class JsonFileStore(Store):
                 f"a path in an existing folder ({folder} does not exist: create it, or choose "
                 "another path with --store or PORTCTL_STORE)",
             )
-        if os.path.isdir(self.path):
-            raise InvalidInput("store", self.path, "a file path, not a folder")
+        kind = _kind_of(self.path)
+        if kind is not None:
+            raise InvalidInput("store", self.path, f"a file path, not {kind}")
         self._mutex = threading.RLock()
         self._stamp: _Stamp | None = None
         self._doc: Doc = _empty_doc()
         self._bytes = b""
         self._keys: list[str] | None = None  # sorted keys of self._doc, built on demand
         self._entries: dict[str, tuple[int, Entry]] = {}
+        self._swept = False  # temp files of dead writers removed (once per store object)
 
     @classmethod
     def from_url(cls, url: str) -> JsonFileStore:
@@ -226,15 +236,33 @@ class JsonFileStore(Store):
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         with self._mutex:
-            try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-            except OSError as e:
-                raise _unwritable(self.path, e) from e
+            fd = self._open_lock()
             try:
                 self._flock(fd)
                 yield
             finally:
                 os.close(fd)  # closing the descriptor releases the lock
+
+    def _open_lock(self) -> int:
+        # O_NONBLOCK: a named pipe in the lock's place must not hang the open.
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(self.lock_path, flags, FILE_MODE)
+        except OSError as e:
+            kind = _kind_of(self.lock_path)
+            raise (self._bad_lock(kind) if kind else _unwritable(self.path, e)) from e
+        kind = _kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            os.close(fd)
+            raise self._bad_lock(kind)
+        return fd
+
+    def _bad_lock(self, kind: str) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"lock file {self.lock_path} is {kind}, not a regular file, so store {self.path} "
+            f"cannot be locked for writing; remove {self.lock_path} (portctl makes a new one) "
+            "or choose another store path with --store or PORTCTL_STORE"
+        )
 
     def _flock(self, fd: int) -> None:
         deadline = time.monotonic() + self.lock_timeout
@@ -272,6 +300,12 @@ class JsonFileStore(Store):
                 return self._doc
             except OSError as e:
                 raise StoreUnavailable(f"cannot read store {self.path}: {e.strerror}") from e
+            kind = _kind(st.st_mode)
+            if kind is not None:  # reading a named pipe would hang
+                raise StoreUnavailable(
+                    f"store {self.path} is {kind}, not a regular file; move it aside, or choose "
+                    "another path with --store or PORTCTL_STORE"
+                )
             stamp = _Stamp(st.st_ino, st.st_mtime_ns, st.st_size)
             if stamp != self._stamp:
                 self._parse()
@@ -308,25 +342,25 @@ class JsonFileStore(Store):
         return self.backup_path if os.path.exists(self.backup_path) else None
 
     def _replace(self, doc: Doc) -> None:
+        """Replace the file with ``doc``, under the lock. On any failure the old file stays."""
         data = json.dumps(doc, separators=(",", ":")).encode()
-        folder = os.path.dirname(self.path)
         tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            mode = _mode_of(self.path)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-            try:
-                os.fchmod(fd, mode)
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._sweep_dead_temps()
+            write_new_file(tmp, data, _mode_of(self.path))
             self._keep_backup()
             os.replace(tmp, self.path)
-            _fsync_dir(folder)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise _unwritable(self.path, e) from e
+        try:
+            fsync_folder(os.path.dirname(self.path))
+        except OSError as e:
+            raise StoreUnavailable(
+                f"store {self.path} was written, but syncing its folder failed ({e.strerror}): "
+                "the write may not survive a power cut; check the disk"
+            ) from e
         st = os.stat(self.path)
         self._stamp = _Stamp(st.st_ino, st.st_mtime_ns, st.st_size)
         self._set_doc(doc, data)
@@ -334,11 +368,42 @@ class JsonFileStore(Store):
     def _keep_backup(self) -> None:
         if not os.path.exists(self.path):
             return
+        kind = _kind_of(self.backup_path)
+        if kind is not None:
+            raise StoreUnavailable(
+                f"backup {self.backup_path} is {kind}, not a regular file, so store {self.path} "
+                f"was left as it was; move {self.backup_path} aside and retry"
+            )
         link = self.backup_path + ".tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link)
         os.link(self.path, link)
         os.replace(link, self.backup_path)
+
+    def _sweep_dead_temps(self) -> None:
+        """Remove the temp files of writers killed mid-write (once per store object: every
+        one-shot command sweeps, a long-running agent at its first write).
+
+        Which writers are dead is proven by the lock, not by pids: a writer creates its temp
+        file only while it holds the lock, and renames or removes it before letting go; the
+        kernel releases a killed writer's lock with its descriptors. We hold the lock, so no
+        live writer is between creating and renaming a temp file: every temp file here is a
+        dead writer's. Unlike a pid check, this holds for a pid reused since and for writers
+        in other pid namespaces (containers sharing the folder)."""
+        if self._swept:
+            return
+        folder, name = os.path.split(self.path)
+        with contextlib.suppress(OSError):  # a folder we may write but not list: nothing to sweep
+            with os.scandir(folder) as found:
+                dead = [
+                    e.path
+                    for e in found
+                    if e.name.startswith(name) and _TEMP_TAIL.fullmatch(e.name[len(name) :])
+                ]
+            for path in dead:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        self._swept = True
 
 
 # Pure document logic, shared by reads and writes ---------------------------------------
@@ -356,6 +421,8 @@ def parse_document(data: bytes, path: str, backup: str | None) -> Doc:
         raise StoreCorrupt(path, "the file is empty (truncated write or disk full?)", backup)
     try:
         doc = json.loads(data)
+    except RecursionError as e:
+        raise StoreCorrupt(path, "the file nests JSON deeper than any portctl store does", backup) from e
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         where = f" (line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
         raise StoreCorrupt(path, f"the file is not valid JSON{where}", backup) from e
@@ -486,19 +553,64 @@ def _mode_of(path: str) -> int:
         return FILE_MODE
 
 
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def _kind(mode: int) -> str | None:
+    """What a file of ``mode`` is, when it is not a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
+    return kinds.get(stat.S_IFMT(mode), "a device")
+
+
+def _kind_of(path: str) -> str | None:
+    """What is at ``path`` when it is neither a regular file nor absent."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return _kind(os.stat(path).st_mode)
+    except OSError:
+        return None
 
 
 def _unwritable(path: str, e: OSError) -> StoreUnavailable:
     folder = os.path.dirname(path)
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StoreUnavailable(
-            f"cannot write store {path}: {e.strerror} in {folder}; choose a writable path "
-            "with --store or PORTCTL_STORE, or fix the folder's permissions"
+            f"cannot write store {path}: {e.strerror} in {folder}; it was left as it was; choose "
+            "a writable path with --store or PORTCTL_STORE, or fix the folder's permissions"
         )
-    return StoreUnavailable(f"cannot write store {path}: {e.strerror}")
+    if e.errno in DISK_ERRORS:
+        return StoreUnavailable(
+            f"cannot write store {path}: {e.strerror}; it was left as it was: free space in "
+            f"{folder} and retry"
+        )
+    return StoreUnavailable(f"cannot write store {path}: {e.strerror}; it was left as it was")
+
+
+# Durable writes, shared with the files portctl writes for other tools (portctl.documents) --
+
+
+def write_new_file(path: str, data: bytes, mode: int, *, durable: bool = True) -> None:
+    """Create ``path``, which must not exist, holding every byte of ``data`` (fsynced if
+    ``durable``). ``write(2)`` may write fewer bytes than asked - on a nearly full disk it
+    writes what fits, and only the next call fails with ENOSPC - so it is called until all
+    are written; any failure raises OSError and leaves a part-written ``path`` to remove."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:  # never for a regular file; refuse to loop forever regardless
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            view = view[written:]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -20,6 +20,7 @@ from portctl.errors import (
     DockerUnavailable,
     InvalidInput,
     NotFound,
+    OutputUnavailable,
     PortConflict,
     PortctlError,
     RangeExhausted,
@@ -38,7 +39,7 @@ class ExitCode(enum.IntEnum):
 def exit_code_for(error: PortctlError) -> ExitCode:
     if isinstance(error, InvalidInput):
         return ExitCode.USAGE
-    if isinstance(error, (StoreError, DockerUnavailable)):
+    if isinstance(error, (StoreError, DockerUnavailable, OutputUnavailable)):
         return ExitCode.STORE_UNAVAILABLE
     if isinstance(error, (PortConflict, RangeExhausted, VersionConflict, NotFound)):
         return ExitCode.CONFLICT

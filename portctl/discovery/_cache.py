@@ -1,7 +1,12 @@
 """The last known good snapshot on disk, for a resolver that starts while its store is down.
 
 One file per store, environment and host (``discovery-<hash>.json`` in ``$XDG_CACHE_HOME/portctl``
-or ``~/.cache/portctl``), mode 0600, written atomically::
+or ``~/.cache/portctl``), mode 0600, written atomically by resolvers that follow the store (a
+one-shot lookup only reads it). A relative ``XDG_CACHE_HOME`` is ignored, as the XDG spec says,
+and a home folder that does not exist is not created: then no cache is kept. Files in the
+default folder not written for ``PRUNE_AFTER`` (a week: far past any sensible ``max_stale``) are
+removed when a resolver saves its own. The cache is a convenience: a file that cannot be written
+or read is no error, only no last known good answer::
 
     {"format": "portctl-discovery-cache", "schema": 1, "store": "file:///...",
      "environment": "production", "host": "web-1", "saved_at": 1767225600.0,
@@ -17,17 +22,23 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from portctl.backends.base import Entry
 from portctl.documents import write_atomically
+from portctl.errors import OutputUnavailable
 
 FORMAT = "portctl-discovery-cache"
 SCHEMA = 1
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
+PRUNE_AFTER = 7 * 86400.0
+_NAME = re.compile(r"discovery-[0-9a-f]{12}\.json")
 
 
 @dataclass(frozen=True)
@@ -36,10 +47,35 @@ class Saved:
     saved_at: float
 
 
-def default_path(store_url: str, environment: str, host: str) -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+def default_folder() -> str | None:
+    """``$XDG_CACHE_HOME/portctl``, else ``~/.cache/portctl``; None when neither is usable."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return os.path.join(xdg, "portctl")
+    home = os.path.expanduser("~")
+    if os.path.isabs(home) and os.path.isdir(home):
+        return os.path.join(home, ".cache", "portctl")
+    return None
+
+
+def default_path(store_url: str, environment: str, host: str) -> str | None:
+    folder = default_folder()
+    if folder is None:
+        return None
     digest = hashlib.sha256(f"{store_url}\n{environment}\n{host}".encode()).hexdigest()[:12]
-    return os.path.join(base, "portctl", f"discovery-{digest}.json")
+    return os.path.join(folder, f"discovery-{digest}.json")
+
+
+def prune(folder: str, now: float | None = None) -> None:
+    """Remove the cache files in ``folder`` not written for ``PRUNE_AFTER`` seconds: of stores
+    or environments no resolver has used for that long (a live one re-saves at least every
+    minute). Other files are left alone."""
+    cutoff = (time.time() if now is None else now) - PRUNE_AFTER
+    with contextlib.suppress(OSError), os.scandir(folder) as found:
+        old = [e.path for e in found if _NAME.fullmatch(e.name) and e.stat().st_mtime < cutoff]
+    for path in old:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def save(path: str, identity: dict[str, str], entries: Iterable[Entry], saved_at: float) -> bool:
@@ -58,22 +94,30 @@ def save(path: str, identity: dict[str, str], entries: Iterable[Entry], saved_at
         # it or serves it marked stale, both of which are right for a cache.
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         write_atomically(path, text, mode=FILE_MODE, durable=False)
-    except OSError:
+    except (OSError, OutputUnavailable):
         return False
     return True
 
 
 def load(path: str, identity: dict[str, str]) -> Saved | None:
     """The snapshot saved for this store, environment and host; None if absent or unusable."""
-    with contextlib.suppress(OSError, ValueError):
-        with open(path, "rb") as f:
-            doc = json.loads(f.read())
+    with contextlib.suppress(OSError, ValueError, RecursionError):  # RecursionError: nested too deep
+        doc = json.loads(_read_regular(path))
         if _matches(doc, identity):
             entries = tuple(
                 Entry(str(key), str(raw["value"]), str(raw["version"])) for key, raw in doc["entries"].items()
             )
             return Saved(entries, float(doc["saved_at"]))
     return None
+
+
+def _read_regular(path: str) -> bytes:
+    """The bytes of ``path`` if it is a regular file (a named pipe would hang the read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read()
 
 
 def _matches(doc: object, identity: dict[str, str]) -> bool:

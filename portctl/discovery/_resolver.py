@@ -69,7 +69,12 @@ class ServiceDiscovery:
     the snapshot reads them at the call. A daemon thread follows the store's change feed; with
     ``watch=False`` only :meth:`refresh` re-reads.
 
-    Each read is saved to ``cache_file`` (mode 0600). While the store is unreachable or corrupt,
+    A resolver that follows the store (``watch=True``), or is given ``cache_file`` or
+    ``save_cache=True``, saves each read to its cache file (mode 0600; by default one per store,
+    environment and host in ``$XDG_CACHE_HOME/portctl`` or ``~/.cache/portctl``, where files
+    unused for a week are pruned). A one-shot resolver (``watch=False``, as ``portctl url``) only
+    reads it. A cache that cannot be written is skipped: discovery works without it, and with no
+    usable cache folder (no home) none is kept. While the store is unreachable or corrupt,
     the last known good answers are served - from memory, or from the cache file when starting -
     and :attr:`stale` gives their age (health stays as last read: TTL checks cannot be renewed
     in an outage either); beyond ``max_stale`` seconds a lookup raises
@@ -88,6 +93,7 @@ class ServiceDiscovery:
         max_stale: float = 300.0,
         allocate_missing: bool = False,
         watch: bool = True,
+        save_cache: bool | None = None,
     ) -> None:
         self._settings = settings or load_settings()
         self._environment = self._settings.policy.environment(
@@ -105,6 +111,8 @@ class ServiceDiscovery:
         self._prefixes = Context(env, host).prefixes
         self._identity = {"store": url, "environment": env, "host": host}
         self._cache_file = cache_file or _cache.default_path(url, env, host)
+        self._saves = (watch or cache_file is not None) if save_cache is None else save_cache
+        self._prune = cache_file is None  # only the default folder holds only our files
         self._lock = threading.RLock()  # for writers (reads, rebuilds); lookups never take it
         self._view: View = EMPTY
         self._entries: dict[str, Entry] = {}
@@ -164,7 +172,8 @@ class ServiceDiscovery:
         return self._environment
 
     @property
-    def cache_file(self) -> str:
+    def cache_file(self) -> str | None:
+        """Where the last known good answers are kept; None when there is no cache folder."""
         return self._cache_file
 
     @property
@@ -271,13 +280,17 @@ class ServiceDiscovery:
             raise
         if view is None:
             self._close_store()
-            raise StoreUnavailable(
-                f"store {self._store.url} is unreachable and there is no last known good answer "
-                f"in {self._cache_file}: {error}"
-            ) from error
+            where = (
+                f"there is no last known good answer in {self._cache_file}"
+                if self._cache_file
+                else "no cache of last known good answers is kept (set XDG_CACHE_HOME or HOME)"
+            )
+            raise StoreUnavailable(f"store {self._store.url} is unreachable and {where}: {error}") from error
         self._view = view.went_stale(self._saved_at, self._max_stale, error)
 
     def _load_cache(self) -> View | None:
+        if self._cache_file is None:
+            return None
         saved = _cache.load(self._cache_file, self._identity)
         if saved is None:
             return None
@@ -312,11 +325,16 @@ class ServiceDiscovery:
         """Save the entries to the cache file: after a full read, at most once a second while
         they change, and now and then while they do not, so the file's ``saved_at`` stays an
         honest age for a resolver that starts during an outage."""
+        if not self._saves or self._cache_file is None:
+            return
         since = now - self._saved_at
         heartbeat = min(60.0, max(1.0, self._max_stale / 2))
         if force or (self._unsaved and since >= _SAVE_EVERY) or since >= heartbeat:
             saved = _cache.save(self._cache_file, self._identity, self._entries.values(), now)
             self._saved_at, self._unsaved = now, not saved  # a failed write is retried later
+            if saved and self._prune:
+                self._prune = False  # once per resolver
+                _cache.prune(os.path.dirname(self._cache_file), now)
 
     def _went_stale(self, error: Exception) -> None:
         with self._lock:

@@ -239,7 +239,7 @@ def _allocations(entries: Iterable[Entry]) -> list[Allocation]:
 def _allocation(entry: Entry) -> Allocation:
     try:
         return Allocation.from_dict(json.loads(entry.value), entry.key)
-    except ValueError as e:  # InvalidInput is a ValueError too
+    except (ValueError, RecursionError) as e:  # InvalidInput is a ValueError too; JSON too deep
         raise StoreCorrupt(entry.key, f"the allocation record is not valid ({e})") from e
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -172,3 +175,92 @@ def test_a_file_that_vanishes_under_a_reader_is_an_outage_not_an_empty_store(sto
     assert JsonFileStore(path).list("") == []  # a new process starts an empty store
     os.rename(path + ".away", path)
     assert store.get("a").value == "1"
+
+
+# Writers killed mid-write --------------------------------------------------------------
+
+# A writer that stops itself at its first fsync: its temp file is fully written, not renamed.
+PAUSING_WRITER = """
+import os, signal, sys
+from portctl.backends.file import JsonFileStore
+
+real_fsync = os.fsync
+def pause_then_fsync(fd):
+    os.fsync = real_fsync
+    os.kill(os.getpid(), signal.SIGSTOP)
+    real_fsync(fd)
+os.fsync = pause_then_fsync
+JsonFileStore(sys.argv[1]).create(sys.argv[2], "x")
+"""
+
+
+def _paused_writer(path, key):
+    """A real writer process, stopped mid-write while holding the lock."""
+    proc = subprocess.Popen([sys.executable, "-c", PAUSING_WRITER, path, key])
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), status
+    return proc
+
+
+def _temps(path):
+    folder, name = os.path.split(path)
+    return sorted(n for n in os.listdir(folder) if n.startswith(name) and n.endswith(".tmp"))
+
+
+def test_temp_files_of_writers_killed_mid_write_are_removed_by_the_next_writer(store, path):
+    store.create("a", "1")
+    left = set()
+    for i in range(5):
+        proc = _paused_writer(path, f"killed/{i}")
+        left |= set(_temps(path))
+        proc.kill()
+        proc.wait()
+    assert len(left) == 5  # each writer had its own temp file when it was killed
+    assert _temps(path)  # the last one is still there
+    before, temps = _bytes(path), _temps(path)
+    with JsonFileStore(path) as later:
+        assert later.get("a").value == "1"  # readers never remove anything
+        assert _temps(path) == temps
+        assert _bytes(path) == before
+        later.create("b", "2")
+    assert _temps(path) == []
+    assert [e.key for e in JsonFileStore(path).list("")] == ["a", "b"]
+
+
+def test_a_live_writers_temp_file_is_never_removed(store, path):
+    store.create("a", "1")
+    proc = _paused_writer(path, "live")
+    try:
+        [temp] = _temps(path)
+        assert temp == f"store.json.{proc.pid}." + temp.split(".")[3] + ".tmp"
+        with pytest.raises(StoreTimeout):
+            JsonFileStore(path, lock_timeout=0.3).create("b", "2")
+        assert _temps(path) == [temp]
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert proc.wait(timeout=30) == 0
+    assert JsonFileStore(path).get("live").value == "x"  # its write went through
+    assert _temps(path) == []
+
+
+def test_files_that_only_look_like_temp_files_are_kept(store, path):
+    kept = [f"{path}.mine.tmp", f"{path}.1.tmp", f"{path}.bak"]
+    for name in kept:
+        with open(name, "w") as f:
+            f.write("someone else's")
+    JsonFileStore(path).create("a", "1")
+    for name in kept:
+        assert os.path.exists(name), name
+
+
+# Files that are not what their names say ------------------------------------------------
+
+
+def test_deeply_nested_store_file_is_refused_untouched(path):
+    with open(path, "w") as f:
+        f.write("[" * 100_000 + "]" * 100_000)
+    store = JsonFileStore(path)
+    for attempt in (lambda: store.get("a"), lambda: store.create("c", "3"), lambda: store.list("")):
+        with pytest.raises(StoreCorrupt, match="nests JSON deeper"):
+            attempt()
+    assert _bytes(path) == b"[" * 100_000 + b"]" * 100_000

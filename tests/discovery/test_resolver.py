@@ -573,3 +573,15 @@ def test_a_locked_store_does_not_stop_resolvers(allocator, store, discovery):
         assert resolver.get_service_url("svc") == f"http://127.0.0.1:{port}"
     finally:
         os.close(fd)
+
+
+def test_a_deeply_nested_allocation_record_leaves_only_that_service_unknown(allocator, store, discovery):
+    good, bad = free_ports(2, start=25270)
+    allocator.allocate("good", port=good)
+    allocator.allocate("bad", port=bad)
+    key = next(e.key for e in store.list("allocations/") if e.key.endswith("/bad"))
+    store.compare_and_set(key, "[" * 100_000, store.get(key).version)
+    resolver = discovery()
+    assert resolver.get_service_url("good") == f"http://127.0.0.1:{good}"
+    with pytest.raises(ServiceNotFound, match="'bad'"):
+        resolver.get_service_url("bad")
