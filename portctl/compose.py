@@ -24,6 +24,7 @@ import ipaddress
 import json
 import os
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,15 @@ INTERPOLATION_FORM = (
     "${VAR:+replacement}, ${VAR+replacement}, or $$ for a literal $"
 )
 ENV_LINE_FORM = "KEY=VALUE lines (optionally 'export KEY=VALUE', quoted values, # comments)"
+SERVICE_NAME_FORM = "service names that are strings of letters, digits, '.', '_' or '-'"
+
+# Bounds on what a Compose file may make portctl do. Real files are far inside them; a file
+# built to exhaust a YAML reader (aliases expanding 9^10-fold, 20,000 nested lists) is not.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 64  # nesting levels of YAML collections
+MAX_NODES = 50_000  # YAML nodes, counting each alias as the whole node it stands for
+MAX_INTERPOLATION_DEPTH = 16  # ${A:-${B:-...}} levels
+ECHO_LIMIT = 80  # characters of a file's value quoted in a message
 
 _LONG_KEYS = frozenset({"target", "published", "host_ip", "protocol", "mode", "name", "app_protocol"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -52,6 +62,7 @@ _RANGE = re.compile(r"([0-9]+)-([0-9]+)")
 _PROJECT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _OPERATORS = (":-", ":?", ":+", "-", "?", "+")
+_SERVICE_NAME = re.compile(r"[a-zA-Z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -97,9 +108,117 @@ class _Reset:
     value: Any
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """A file portctl will not read to the end: too deep, too big once expanded, ambiguous."""
+
+    def __init__(self, mark: yaml.Mark | None, problem: str, expected: str) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+        self.expected = expected
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader reading YAML 1.2 integers (``8080:80`` is a string, as Compose reads it) and
-    the ``!override`` / ``!reset`` tags of Compose >= 2.24."""
+    the ``!override`` / ``!reset`` tags of Compose >= 2.24, within :data:`MAX_DEPTH` and
+    :data:`MAX_NODES`."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._composed = 0
+
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:  # noqa: N803 (PyYAML's name)
+        # The scanner looks ahead over every open [ or { for a possible key: refuse early.
+        if self.flow_level >= MAX_DEPTH:
+            raise _too_deep(self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self._depth >= MAX_DEPTH:
+            raise _too_deep(self._next_mark())
+        self._composed += 1
+        if self._composed > MAX_NODES:
+            raise _too_many(self._next_mark())
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _next_mark(self) -> yaml.Mark:
+        return self.peek_event().start_mark  # type: ignore[no-untyped-call,no-any-return]
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        if len(node.value) > 64:  # int() of thousands of digits is refused by Python itself
+            raise _Refused(node.start_mark, f"an integer of {len(node.value)} digits", "a port number")
+        return super().construct_yaml_int(node)
+
+
+def _too_deep(mark: yaml.Mark | None) -> _Refused:
+    return _Refused(
+        mark,
+        f"nested deeper than {MAX_DEPTH} levels",
+        f"a Compose file nested at most {MAX_DEPTH} levels deep",
+    )
+
+
+def _too_many(mark: yaml.Mark | None) -> _Refused:
+    return _Refused(
+        mark,
+        f"more than {MAX_NODES} YAML nodes with its aliases expanded",
+        f"a Compose file whose anchors and aliases expand to at most {MAX_NODES} nodes",
+    )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _refuse_duplicate_keys(node: yaml.MappingNode) -> None:
+    """Compose refuses a key given twice in one mapping; PyYAML would silently keep the last."""
+    seen: dict[tuple[str, str], yaml.Node] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        first = seen.setdefault((key.tag, key.value), key)
+        if first is not key:
+            raise _Refused(
+                key.start_mark,
+                f"the key {_quoted(key.value)} is given twice (first at line {first.start_mark.line + 1})",
+                "each key once in a mapping, as Compose requires",
+            )
+
+
+def _check_graph(root: yaml.Node) -> None:
+    """Refuse a node graph whose aliases expand it beyond :data:`MAX_NODES`, or into itself.
+
+    Aliases make the graph a DAG of shared nodes; each node is sized once, so this costs the
+    size of the file, not of its expansion. Depth is bounded by :data:`MAX_DEPTH`."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known == -1:
+            raise _Refused(
+                node.start_mark, "an alias contains itself", "anchors that do not contain themselves"
+            )
+        if known is not None:
+            return known
+        sizes[id(node)] = -1
+        if isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(node)
+        total = 1
+        for child in _children(node):
+            total += size(child)
+            if total > MAX_NODES:
+                raise _too_many(node.start_mark)
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 _INT_TAG = "tag:yaml.org,2002:int"
@@ -136,6 +255,37 @@ def _construct_reset(loader: _Loader, node: yaml.Node) -> _Reset:
 
 _Loader.add_constructor("!override", _construct_override)
 _Loader.add_constructor("!reset", _construct_reset)
+_Loader.add_constructor(_INT_TAG, _Loader.construct_yaml_int)
+
+
+class _Excerpt:
+    """A value from a file as a message quotes it: at most :data:`ECHO_LIMIT` characters,
+    built without rendering the whole value."""
+
+    def __init__(self, value: object) -> None:
+        self.text = "null" if value is None else _clip(_REPR.repr(value))
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, ECHO_LIMIT, ECHO_LIMIT, ECHO_LIMIT
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= ECHO_LIMIT else text[: ECHO_LIMIT - 1] + "…"
+
+
+def _quoted(text: str) -> str:
+    """``text`` quoted for a message, clipped."""
+    return _clip(repr(text[: ECHO_LIMIT + 1]))
+
+
+def _excerpt(value: object) -> object:
+    """``value`` for InvalidInput: None stays None ("missing"), anything else is clipped."""
+    return None if value is None else _Excerpt(value)
 
 
 def _plain(value: Any) -> Any:
@@ -143,27 +293,36 @@ def _plain(value: Any) -> Any:
 
 
 def _read_text(path: str, what: str) -> str:
+    limit = f"a {what} of at most {MAX_FILE_BYTES // (1024 * 1024)} MiB"
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read()
+            size = os.fstat(f.fileno()).st_size
+            text = f.read(MAX_FILE_BYTES + 1) if size <= MAX_FILE_BYTES else ""
     except FileNotFoundError as e:
         raise InvalidInput(path, None, f"an existing {what}") from e
     except UnicodeDecodeError as e:
         raise InvalidInput(path, f"byte {e.start} is not UTF-8", f"a UTF-8 text {what}") from e
     except OSError as e:
         raise InvalidInput(path, e.strerror or str(e), f"a readable {what}") from e
+    if size > MAX_FILE_BYTES or len(text) > MAX_FILE_BYTES:
+        raise InvalidInput(path, f"{max(size, len(text)) / (1024 * 1024):.1f} MiB", limit)
+    return text
 
 
 def _parse_yaml(text: str, label: str) -> dict[Any, Any]:
     loader = _Loader(text)
     try:
-        doc = _plain(loader.get_single_data())
+        node = loader.get_single_node()
+        if node is not None:
+            _check_graph(node)
+        doc = _plain(loader.construct_document(node)) if node is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark else "somewhere"
-        raise InvalidInput(label, f"{where}: {e.problem or e.context}", "valid YAML (a Compose file)") from e
+        expected = e.expected if isinstance(e, _Refused) else "valid YAML (a Compose file)"
+        raise InvalidInput(label, f"{where}: {_clip(str(e.problem or e.context))}", expected) from e
     except yaml.YAMLError as e:
-        raise InvalidInput(label, str(e), "valid YAML (a Compose file)") from e
+        raise InvalidInput(label, _clip(str(e)), "valid YAML (a Compose file)") from e
     finally:
         loader.dispose()
     if not isinstance(doc, dict):
@@ -183,16 +342,32 @@ class _Interpolation:
     field: str
     raw: object
     blank: list[str] = dataclasses.field(default_factory=list)
+    depth: int = 0
 
     def run(self, text: str) -> tuple[str, list[tuple[int, int, str]]]:
         """The text interpolated, and where each top-level expression's value is in it."""
+        if self.depth >= MAX_INTERPOLATION_DEPTH:
+            raise InvalidInput(
+                self.field,
+                _excerpt(self.raw),
+                f"{INTERPOLATION_FORM}, nested at most {MAX_INTERPOLATION_DEPTH} levels deep",
+            )
+        self.depth += 1
+        try:
+            return self._run(text)
+        finally:
+            self.depth -= 1
+
+    def _run(self, text: str) -> tuple[str, list[tuple[int, int, str]]]:
         out = ""
         spans: list[tuple[int, int, str]] = []
         i = 0
         while i < len(text):
             if text[i] != "$":
-                out += text[i]
-                i += 1
+                dollar = text.find("$", i)
+                end = len(text) if dollar == -1 else dollar
+                out += text[i:end]
+                i = end
                 continue
             after = text[i + 1 : i + 2]
             if after == "$":
@@ -218,7 +393,7 @@ class _Interpolation:
         return out, spans
 
     def _bad(self) -> InvalidInput:
-        return InvalidInput(self.field, self.raw, INTERPOLATION_FORM)
+        return InvalidInput(self.field, _excerpt(self.raw), INTERPOLATION_FORM)
 
     def _closing_brace(self, text: str, start: int) -> int:
         depth = 1
@@ -257,8 +432,8 @@ class _Interpolation:
         if usable and value is not None:
             return name, value
         condition = "set and not empty" if operator == ":?" else "set"
-        message = self.run(argument)[0] or "required variable"
-        raise InvalidInput(self.field, self.raw, f"{name} to be {condition} ({message})")
+        message = _clip(self.run(argument)[0]) or "required variable"
+        raise InvalidInput(self.field, _excerpt(self.raw), f"{name} to be {condition} ({message})")
 
 
 # --- .env ----------------------------------------------------------------------------------------
@@ -279,7 +454,7 @@ def _read_dotenv(path: str, environ: Mapping[str, str]) -> dict[str, str]:
         key, equals, rest = line.partition("=")
         key = key.strip()
         if not _ENV_KEY.fullmatch(key):
-            raise InvalidInput(f"{path}: line {first + 1}", lines[first], ENV_LINE_FORM)
+            raise InvalidInput(f"{path}: line {first + 1}", _excerpt(lines[first]), ENV_LINE_FORM)
         if not equals:  # a bare KEY takes its value from the environment
             continue
         rest = rest.strip()
@@ -301,7 +476,7 @@ def _quoted_value(text: str, field: str, lookup: Mapping[str, str]) -> str:
     while end < len(text) and text[end] != quote:
         end += 2 if quote == '"' and text[end] == "\\" else 1
     if end >= len(text) or text[end + 1 :].strip()[:1] not in ("", "#"):
-        raise InvalidInput(field, text, ENV_LINE_FORM)
+        raise InvalidInput(field, _excerpt(text), ENV_LINE_FORM)
     body = text[1:end]
     if quote == "'":
         return body
@@ -331,16 +506,18 @@ class _Entry:
             names = ", ".join(dict.fromkeys(self.interpolation.blank))
             reason += f"; {names} is unset or empty"
         if self.long:
-            return InvalidInput(self.field, self.shown, f"{LONG_FORM} ({reason}), or {SHORT_FORM}")
-        return InvalidInput(self.field, self.shown, f"{SHORT_FORM} ({reason})")
+            return InvalidInput(self.field, _excerpt(self.shown), f"{LONG_FORM} ({reason}), or {SHORT_FORM}")
+        return InvalidInput(self.field, _excerpt(self.shown), f"{SHORT_FORM} ({reason})")
 
     def number(self, text: str, role: str) -> int:
         if not _DIGITS.fullmatch(text):
-            raise self.bad(f"the {role} {text!r} is not a number" if text else f"the {role} is empty")
+            raise self.bad(f"the {role} {_quoted(text)} is not a number" if text else f"the {role} is empty")
+        if len(text.lstrip("0")) > 5:
+            raise self.bad(f"the {role} {_clip(text)} is not from 1 to 65535")
         try:
             return _validate.port(text, self.field)
         except InvalidInput as e:
-            raise self.bad(f"the {role} {text} is not from 1 to 65535") from e
+            raise self.bad(f"the {role} {_clip(text)} is not from 1 to 65535") from e
 
     def ports(self, text: str, role: str) -> list[int]:
         """A port, or a range ``8080-8081`` as its ports."""
@@ -349,21 +526,21 @@ class _Entry:
             return [self.number(text, role)]
         low, high = self.number(match[1], role), self.number(match[2], role)
         if low > high:
-            raise self.bad(f"the {role} range {text} runs backwards")
+            raise self.bad(f"the {role} range {_clip(text)} runs backwards")
         return list(range(low, high + 1))
 
     def protocol(self, text: str) -> str:
         if text.lower() not in _validate.PROTOCOLS:
-            raise self.bad(f"the protocol {text!r} is not tcp or udp")
+            raise self.bad(f"the protocol {_quoted(text)} is not tcp or udp")
         return text.lower()
 
     def host_ip(self, text: str, version: int | None) -> str:
         try:
             address = ipaddress.ip_address(text)
         except ValueError as e:
-            raise self.bad(f"the host address {text!r} is not an IP address") from e
+            raise self.bad(f"the host address {_quoted(text)} is not an IP address") from e
         if version == 6 and address.version == 4:
-            raise self.bad(f"only IPv6 addresses go in brackets; write {text}:HOST:CONTAINER")
+            raise self.bad(f"only IPv6 addresses go in brackets; write {_clip(text)}:HOST:CONTAINER")
         return str(address)
 
     def mappings(self, published: list[int] | None, targets: list[int], **common: Any) -> list[PortMapping]:
@@ -427,7 +604,7 @@ def _scalar_text(entry: _Entry, value: object, key: str) -> tuple[str, list[tupl
 def _long_syntax(entry: _Entry, raw: dict[Any, Any], index: int) -> list[PortMapping]:
     unknown = sorted(str(key) for key in raw if key not in _LONG_KEYS)
     if unknown:
-        raise entry.bad(f"unknown key {unknown[0]!r}")
+        raise entry.bad(f"unknown key {_quoted(unknown[0])}")
     if raw.get("target") is None:
         raise entry.bad("target is missing")
     target, _ = _scalar_text(entry, raw["target"], "target")
@@ -452,11 +629,12 @@ def _long_syntax(entry: _Entry, raw: dict[Any, Any], index: int) -> list[PortMap
 
 
 def _shown(value: object) -> str:
+    """A value as the file wrote it, for messages: JSON-like, clipped."""
     if isinstance(value, str):
-        return json.dumps(value)
+        return _clip(json.dumps(value[: ECHO_LIMIT + 1]))
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
-    return str(value)
+    return _clip(_REPR.repr(value))
 
 
 def _port_entry(
@@ -491,7 +669,7 @@ def _service_ports(definition: dict[Any, Any], service: str, where: str, lookup:
     if raw is None:
         return how, []
     if not isinstance(raw, list):
-        raise InvalidInput(f"{where}.ports", raw, f"a list of ports, each {SHORT_FORM}")
+        raise InvalidInput(f"{where}.ports", _excerpt(raw), f"a list of ports, each {SHORT_FORM}")
     return how, [_port_entry(item, service, f"{where}.ports[{i}]", i, lookup) for i, item in enumerate(raw)]
 
 
@@ -507,9 +685,13 @@ def _merge_file(
     if services is None:
         return
     if not isinstance(services, dict):
-        raise InvalidInput(f"{label}: services", services, "a mapping of service names to their definitions")
+        raise InvalidInput(
+            f"{label}: services", _excerpt(services), "a mapping of service names to their definitions"
+        )
     for key, value in services.items():
-        name = str(key)
+        if not isinstance(key, str) or not _SERVICE_NAME.fullmatch(key):
+            raise InvalidInput(f"{label}: services", _Excerpt(key), SERVICE_NAME_FORM)
+        name = key
         if isinstance(value, _Reset):
             merged.pop(name, None)
             continue
@@ -518,9 +700,11 @@ def _merge_file(
             definition = {}
         if not isinstance(definition, dict):
             raise InvalidInput(
-                f"{label}: services.{name}", definition, "a mapping (the service's definition)"
+                f"{label}: services.{_clip(name)}",
+                _excerpt(definition),
+                "a mapping (the service's definition)",
             )
-        how, entries = _service_ports(definition, name, f"{label}: services.{name}", lookup)
+        how, entries = _service_ports(definition, name, f"{label}: services.{_clip(name)}", lookup)
         if isinstance(value, _Override) or how != "append" or name not in merged:
             merged[name] = entries
         else:
@@ -552,18 +736,18 @@ def _project_name(docs: list[tuple[str, dict[Any, Any]]], directory: str, lookup
     given = lookup.get("COMPOSE_PROJECT_NAME", "")
     if given:
         if not _PROJECT_NAME.fullmatch(given):
-            raise InvalidInput("COMPOSE_PROJECT_NAME", given, PROJECT_NAME_FORM)
+            raise InvalidInput("COMPOSE_PROJECT_NAME", _excerpt(given), PROJECT_NAME_FORM)
         return given
     source, raw = "project folder", os.path.basename(directory)
     for label, doc in docs:
         value = _plain(doc.get("name"))
         if value is not None:
             if not isinstance(value, str):
-                raise InvalidInput(f"{label}: name", value, "a string (the project name)")
+                raise InvalidInput(f"{label}: name", _excerpt(value), "a string (the project name)")
             source, raw = f"{label}: name", _Interpolation(lookup, f"{label}: name", value).run(value)[0]
     name = _normalized_name(raw)
     if not name:
-        raise InvalidInput(source, raw, f"a project name with {PROJECT_NAME_FORM}")
+        raise InvalidInput(source, _excerpt(raw), f"a project name with {PROJECT_NAME_FORM}")
     return name
 
 

@@ -22,11 +22,18 @@ from dataclasses import dataclass, replace
 from portctl import _validate
 from portctl.allocation import Allocation, AllocationResult, PortAllocator
 from portctl.compose import ComposeProject, PortMapping
-from portctl.errors import InvalidInput, ServiceNotFound
+from portctl.errors import InvalidInput
 from portctl.holders import HostPorts, PortHolder, own_holder
 from portctl.policy import Policy
 
-__all__ = ["StackPort", "allocate_stack", "override_ports", "reversed_mappings", "stack_ports"]
+__all__ = [
+    "StackPort",
+    "allocate_stack",
+    "override_ports",
+    "reversed_mappings",
+    "stack_ports",
+    "unallocated_ports",
+]
 
 
 @dataclass(frozen=True)
@@ -137,21 +144,29 @@ def reversed_mappings(ports: Sequence[StackPort], allocations: Mapping[str, Allo
 def override_ports(
     project: ComposeProject, allocations: Mapping[str, Allocation]
 ) -> dict[str, list[PortMapping]]:
-    """For each service with a moved port, its whole new ``ports:`` list."""
-    named = {(sp.mapping.service, sp.mapping.index, sp.mapping.target): sp for sp in stack_ports(project)}
+    """For each service with a moved port, its whole new ``ports:`` list. A port without an
+    allocation stays as declared (see :func:`unallocated_ports`)."""
+    named = _by_mapping(project)
     out: dict[str, list[PortMapping]] = {}
     for service, mappings in project.services.items():
         new, moved = [], False
         for m in mappings:
             sp = named.get((service, m.index, m.target))
-            if sp is None or m.published is None:
+            alloc = allocations.get(sp.name) if sp is not None else None
+            if alloc is None or m.published is None:
                 new.append(m)
                 continue
-            alloc = allocations.get(sp.name)
-            if alloc is None:
-                raise ServiceNotFound(sp.name, list(allocations), "allocated for this compose file")
             moved |= alloc.port != m.published
             new.append(replace(m, published=alloc.port))
         if moved:
             out[service] = new
     return out
+
+
+def unallocated_ports(project: ComposeProject, allocations: Mapping[str, Allocation]) -> list[StackPort]:
+    """The project's published ports that have no allocation: an override leaves them as declared."""
+    return [sp for sp in stack_ports(project) if sp.name not in allocations]
+
+
+def _by_mapping(project: ComposeProject) -> dict[tuple[str, int, int], StackPort]:
+    return {(sp.mapping.service, sp.mapping.index, sp.mapping.target): sp for sp in stack_ports(project)}

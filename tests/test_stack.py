@@ -10,7 +10,7 @@ from portctl.allocation import Allocation
 from portctl.compose import load_compose
 from portctl.deploy import ComposeTool, plan_override
 from portctl.errors import InvalidInput
-from portctl.stack import override_ports, reversed_mappings, stack_ports
+from portctl.stack import override_ports, reversed_mappings, stack_ports, unallocated_ports
 
 BASE = """\
 name: shop
@@ -61,6 +61,19 @@ def test_override_lists_the_whole_ports_list_of_moved_services(project):
     assert sorted(moved) == ["nginx", "postgres"]
     assert [(m.published, m.target) for m in moved["nginx"]] == [(8080, 80), (443, 443)]
     assert [(m.published, m.target) for m in moved["postgres"]] == [(5433, 5432)]
+
+
+def test_a_partial_set_of_allocations_moves_what_is_allocated_and_leaves_the_rest(project):
+    partial = {"postgres": _alloc("postgres", 5433), "nginx_443": _alloc("nginx_443", 8443)}
+    moved = override_ports(project, partial)
+    assert sorted(moved) == ["nginx", "postgres"]
+    assert [(m.published, m.target) for m in moved["nginx"]] == [(80, 80), (8443, 443)]
+    assert [(sp.name, sp.declared) for sp in unallocated_ports(project, partial)] == [
+        ("redis", 6379),
+        ("nginx_http", 80),
+    ]
+    assert override_ports(project, {}) == {}
+    assert len(unallocated_ports(project, {})) == 4
 
 
 def _allocations(**ports: int) -> dict[str, Allocation]:

