@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from portctl.errors import InvalidInput
 
@@ -64,18 +65,40 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def port(value: object, field: str = "port", *, low: int = 1) -> int:
-    """A TCP/UDP port as an int in [low, 65535]; strings of digits are accepted (CLI, TOML)."""
-    expected = f"an integer from {low} to 65535"
-    if isinstance(value, bool):
-        raise InvalidInput(field, value, expected)
-    if isinstance(value, str):
-        if not value.strip().isdigit():
-            raise InvalidInput(field, value, expected)
-        value = int(value)
-    if not isinstance(value, int) or not low <= value <= 65535:
-        raise InvalidInput(field, value, expected)
+# Only ASCII digits, nothing around them: int() would also take ' 80', '8_080', '٨٠٨٢' or '²'
+# (and raise on the last), and converting thousands of digits is refused by Python itself.
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
+DIGITS_FORM = "digits 0-9 only, no spaces or signs"
+
+
+def shown(value: object, limit: int = 40) -> object:
+    """``value`` as an error message shows it: a long string cut to its start and its length."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}... ({len(value)} characters)"
     return value
+
+
+def integer(value: object, field: str, low: int, high: int, expected: str) -> int:
+    """An int in [low, high], from an int or a string of ASCII digits (CLI, TOML, URLs)."""
+    if isinstance(value, str):
+        significant = value.lstrip("0")
+        if not _DIGITS.fullmatch(value) or len(significant) > len(str(high)):
+            raise InvalidInput(field, shown(value), expected)
+        value = int(significant or "0")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(field, shown(value), expected)
+    return value
+
+
+def port(value: object, field: str = "port", *, low: int = 1) -> int:
+    """A TCP/UDP port as an int in [low, 65535]; strings of ASCII digits are accepted (CLI, TOML)."""
+    return integer(value, field, low, 65535, f"an integer from {low} to 65535 ({DIGITS_FORM})")
+
+
+def count(value: object, field: str, low: int = 1, high: int = 100) -> int:
+    """A count such as ``--failures-before-critical``: an int, or ASCII digits, in [low, high]."""
+    return integer(value, field, low, high, f"a count from {low} to {high} ({DIGITS_FORM})")
 
 
 def protocol(value: str, field: str = "protocol") -> str:
@@ -106,10 +129,46 @@ def call_timeout(text: str | None, default: float, field: str = "store URL optio
     """Seconds a store call may take, from a URL option such as ``?timeout=2.5``."""
     if text is None:
         return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
+    value = float(text) if _DECIMAL.fullmatch(text) and len(text) <= 16 else 0.0
     if not 0 < value <= 300:
-        raise InvalidInput(field, text, "seconds per call, more than 0 and at most 300")
+        raise InvalidInput(field, shown(text), "seconds per call, more than 0 and at most 300 (e.g. 2.5)")
     return value
+
+
+# Meta follows Consul's rules on every store, so an entry always migrates to Consul, and the
+# keys portctl and Consul write themselves are refused: a user's could be taken for theirs.
+META_KEY_FORM = (
+    "a key of 1-128 ASCII letters, digits, '_' or '-', not starting with 'portctl-' (reserved "
+    "for portctl) or 'consul-' (reserved by Consul)"
+)
+_META_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)
+META_RESERVED = ("portctl-", "consul-")
+META_VALUE_MAX = 512
+META_PAIRS_MAX = 60  # Consul's 64, less the four portctl adds there
+
+
+def meta(pairs: Mapping[str, str], field: str = "--meta") -> dict[str, str]:
+    """Registration metadata: keys of Consul's form, one-line printable values."""
+    if len(pairs) > META_PAIRS_MAX:
+        raise InvalidInput(field, f"{len(pairs)} pairs", f"at most {META_PAIRS_MAX} pairs")
+    for name, value in pairs.items():
+        if not _META_KEY.fullmatch(str(name)) or str(name).lower().startswith(META_RESERVED):
+            raise InvalidInput(field, shown(name), META_KEY_FORM)
+        if not isinstance(value, str) or len(value) > META_VALUE_MAX or not one_line(value):
+            raise InvalidInput(
+                f"{field} {name}",
+                shown(value),
+                f"a value of at most {META_VALUE_MAX} printable characters on one line "
+                "(no newline, tab or other control character)",
+            )
+    return dict(pairs)
+
+
+def one_line(text: str) -> bool:
+    """No control, format or line-separator character: what a terminal or a log line shows as is."""
+    import unicodedata
+
+    return not any(unicodedata.category(ch) in _UNPRINTABLE for ch in text)
+
+
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})

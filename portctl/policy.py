@@ -124,7 +124,9 @@ class Policy:
             raise InvalidInput(field_name, name, "one of " + ", ".join(self.types)) from None
 
     def environment(self, name: str | None, field_name: str = "env") -> str:
-        env = name or self.default_environment
+        """``name`` if it is one of the environments; None (not given) is the default one. An
+        empty name is refused, not taken for the default: ``--env ""`` is a mistake."""
+        env = self.default_environment if name is None else name
         if env not in self.environments:
             raise InvalidInput(field_name, env, "one of " + ", ".join(self.environments))
         return env
@@ -151,7 +153,8 @@ class Policy:
         all_types = {**self.types, **{t.name: t for t in types}}
         all_services = {**self.services, **{s.name: s for s in services}}
         envs = tuple(dict.fromkeys([*self.environments, *environments]))
-        policy = Policy(all_types, all_services, envs, default_environment or self.default_environment)
+        default = self.default_environment if default_environment is None else default_environment
+        policy = Policy(all_types, all_services, envs, default)
         policy.environment(policy.default_environment, "environment")
         for spec in all_services.values():
             policy.service_type(spec.type, f"services.{spec.name}.type")

@@ -171,3 +171,112 @@ def test_bad_check_urls_are_refused_without_echoing_secrets(run: Run, url: str, 
     assert envelope["error"]["code"] == "invalid_input"
     assert form in envelope["error"]["message"]
     assert "s3cret" not in result.stdout + result.stderr
+
+
+# Meta --------------------------------------------------------------------------------------
+
+BAD_META = {
+    "newline-in-value": ("owner=ops\nteam=x", "--meta owner", "on one line"),
+    "carriage-return": ("owner=ops\r", "--meta owner", "on one line"),
+    "tab-in-value": ("owner=a\tb", "--meta owner", "on one line"),
+    "escape-in-value": ("owner=\x1b[31mred", "--meta owner", "on one line"),
+    "bidi-override": ("owner=abc\u202edef", "--meta owner", "on one line"),
+    "line-separator": ("owner=a\u2028b", "--meta owner", "on one line"),
+    "long-value": ("owner=" + "x" * 513, "--meta owner", "at most 512"),
+    "portctl-key": ("portctl-env=staging", "--meta", "not starting with 'portctl-'"),
+    "portctl-key-uppercase": ("Portctl-Key=x", "--meta", "not starting with 'portctl-'"),
+    "consul-key": ("consul-version=1", "--meta", "'consul-' (reserved by Consul)"),
+    "non-ascii-key": ("équipe=ops", "--meta", "ASCII letters"),
+    "long-key": ("k" * 129 + "=v", "--meta", "1-128"),
+}
+
+
+@pytest.mark.parametrize(("pair", "field", "form"), BAD_META.values(), ids=BAD_META.keys())
+def test_bad_meta_is_refused_and_nothing_registered(run: Run, pair: str, field: str, form: str) -> None:
+    result = run("register", "web", "--port", "7304", "--check", "none", "--meta", pair)
+    assert result.returncode == 2, result.stderr
+    line = error_line(result)
+    assert field in line
+    assert form in line
+    assert run("services", "--json").stdout.count('"id"') == 0
+
+
+def test_good_meta_is_kept(run: Run) -> None:
+    pairs = ("scheme=postgresql", "owner=Équipe Ops (Paris)", "build_id=a-1", "empty=")
+    args = [a for pair in pairs for a in ("--meta", pair)]
+    result = run("register", "web", "--port", "7305", "--check", "none", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    assert _data(result)["meta"] == {
+        "scheme": "postgresql",
+        "owner": "Équipe Ops (Paris)",
+        "build_id": "a-1",
+        "empty": "",
+    }
+
+
+# Where an HTTP check points -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example", "10.0.0.5", "192.0.2.1", "127.0.0.1.evil.example", "localhost.evil.example"],
+)
+def test_an_http_check_on_another_host_is_refused(run: Run, host: str) -> None:
+    url = f"http://{host}:7306/health"
+    result = run("register", "web", "--port", "7306", "--check", url)
+    assert result.returncode == 2, result.stderr
+    line = error_line(result)
+    assert f"--check: {url!r} is not valid" in line
+    assert "the instance's own address 127.0.0.1 or a loopback address" in line
+    assert run("services", "--json").stdout.count('"id"') == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "LOCALHOST", "127.0.0.2", "[::1]"])
+def test_an_http_check_on_a_loopback_form_of_a_loopback_address_is_accepted(run: Run, host: str) -> None:
+    url = f"http://{host}:7307/health"
+    result = run("register", "web", "--port", "7307", "--check", url, "--timeout", "200ms", "--json")
+    assert result.returncode == 0, result.stderr
+    assert _data(result)["check"]["url"] == url
+
+
+def test_an_http_check_follows_the_given_address(run: Run) -> None:
+    own = "http://192.0.2.10:7308/health"
+    args = ("register", "web", "--port", "7308", "--address", "192.0.2.10", "--timeout", "200ms")
+    registered = run(*args, "--check", own, "--json")
+    assert registered.returncode == 0, registered.stderr
+    assert _data(registered)["check"]["url"] == own
+    # Not loopback: a loopback URL would check this host, not the instance.
+    refused = run(*args, "--id", "web-2", "--check", "http://127.0.0.1:7308/health")
+    assert refused.returncode == 2
+    line = error_line(refused)
+    assert "the instance's own address 192.0.2.10; give --address" in line
+    assert "loopback" not in line
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:7309/he\nalth", "http://127.0.0.1:7309/ health", "http://127.0.0.1:7309/h\t"],
+)
+def test_an_http_check_with_spaces_or_control_characters_is_refused(run: Run, url: str) -> None:
+    result = run("register", "web", "--port", "7309", "--check", url)
+    assert result.returncode == 2
+    assert "http://HOST:PORT/PATH on one line, without spaces" in error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("port", "form"),
+    [
+        ("٧٣١٠", "a port from 1 to 65535"),
+        ("+7310", "a port from 1 to 65535"),
+        ("0", "a port from 1 to 65535"),
+        ("9" * 2000, "a port from 1 to 65535"),
+        ("9" * 5000, "over 2048 characters"),
+    ],
+    ids=["arabic-indic", "plus-sign", "zero", "2000-digits", "5000-digits"],
+)
+def test_an_http_check_port_is_ascii_digits(run: Run, port: str, form: str) -> None:
+    result = run("register", "web", "--port", "7310", "--check", f"http://127.0.0.1:{port}/h")
+    assert result.returncode == 2
+    line = error_line(result)
+    assert form in line
+    assert len(line) < 2300
