@@ -17,7 +17,7 @@ from portctl.errors import InvalidInput, StoreUnavailable
 if TYPE_CHECKING:
     from portctl.registry import Instance, Registry
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 IdArgument = Annotated[
     str, typer.Argument(metavar="ID", help="The instance id, as `portctl services` shows it.")

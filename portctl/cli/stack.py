@@ -17,7 +17,7 @@ from portctl.cli._common import (
 )
 from portctl.cli._output import ExitCode, emit, note, table
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 OutputFile = Annotated[
     str | None,
