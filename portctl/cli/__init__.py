@@ -19,7 +19,8 @@ app = typer.Typer(
     "2 usage, 3 store unavailable.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # click's help: paragraphs wrapped to the terminal, plain text
+    rich_markup_mode=None,  # click's help: plain text, paragraphs wrapped to the terminal
+    context_settings={"max_content_width": 120},  # click's default stops at 80 columns
 )
 app.add_typer(ports.app)
 app.add_typer(host.app)

@@ -1,4 +1,4 @@
-"""Host commands: who holds a port, and the conflict check the plan runs before a deploy."""
+"""Host commands: who holds a port, and the conflict check to run before a deploy."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def check(
     Each conflict names its holder: a process (pid, name, user, command) or a container
     (name, compose project/service, image). A port held by the service's own container or
     process is not a conflict; a stopped container that would take a port back is a warning.
-    This is the plan's check_ports.sh, fit for a CI gate.
+    It replaces a hand-written check_ports.sh and fits a CI gate.
 
     Example: portctl check -f docker-compose.production.yml
     """

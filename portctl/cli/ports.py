@@ -220,7 +220,7 @@ def allocate(
     """Give a service a conflict-free port, or show the one it has.
 
     The same service and environment always get the same port back. Without --port, portctl
-    tries the environment's standard port, then the plan's alternative, then the first free
+    tries the environment's standard port, then the service's alternative, then the first free
     port of the service type's range, proving each free with a bind test.
 
     With -f, every published port of the compose files is allocated, trying the declared

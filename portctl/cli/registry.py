@@ -151,6 +151,7 @@ def register(
     """Register a service instance with a health check; the check runs once now.
 
     Example: portctl register redis --check tcp --interval 5s
+
     Example: portctl register api --lease 30s --keep-alive
     """
     from portctl import _validate
@@ -321,7 +322,7 @@ def verify(
     """Check every registered service now; exit 1 if any is critical.
 
     TCP and HTTP checks run now (and are recorded, with flap damping); TTL checks report their
-    last status. This is the plan's verify_deployment_status.sh.
+    last status. It replaces a hand-written verify_deployment_status.sh.
 
     Example: portctl verify --env production
     """
