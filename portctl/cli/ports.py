@@ -232,14 +232,20 @@ def allocate(
         service = _one_name(name, service)
         if all_:
             if service or port:
-                raise InvalidInput("--all", "with --service/--port", "--all alone, or --service S")
+                raise InputProblem(
+                    "--all", service, "--all allocates every service: give --all alone, or name one service"
+                )
             if files:
                 _allocate_stack(files, env, store, as_json)
             else:
                 _allocate_all(env, store, as_json)
             return
         if files:
-            raise InvalidInput("-f", files[0], "-f together with --all (allocate every published port)")
+            raise InputProblem(
+                "-f",
+                files[0],
+                "-f needs --all: portctl allocate --all -f FILE allocates every published port",
+            )
         if service is None:
             raise InvalidInput(
                 "NAME", None, "a service name (or --all): portctl allocate postgres, or --service postgres"
@@ -360,7 +366,9 @@ def release(
         service = _one_name(name, service)
         if all_:
             if service:
-                raise InvalidInput("--all", "with a service name", "--all alone, or one service name")
+                raise InputProblem(
+                    "--all", service, "--all releases every service: give --all alone, or name one service"
+                )
             _release_all(env, yes, store, as_json)
             return
         if service is None:
@@ -406,7 +414,7 @@ def env(
         allocations = ctx.allocator().allocations(environment)
         text = render_env(allocations, environment, ctx.settings.host)
         if not allocations:
-            note(f"no allocations in {environment} yet (try: portctl allocate --all --env {environment})")
+            note(_nothing_here(ctx, environment, all_hosts=False))
         _write_or_print(output, text, as_json, {a.service: a.port for a in allocations})
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from portctl.cli._common import AddressOption, EnvOption, JsonOption, Opened, StoreOption, handled, opened
-from portctl.cli._output import ExitCode, emit, note, table
+from portctl.cli._output import ExitCode, InputProblem, emit, note, table
 from portctl.errors import InvalidInput, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def register(
         number = _validate.port(port, "--port") if port is not None else None
         seconds = parse_duration(lease, "--lease") if lease is not None else None
         if keep_alive and seconds is None:
-            raise InvalidInput("--keep-alive", "without --lease", "--lease DURATION with --keep-alive")
+            raise InputProblem("--keep-alive", None, "--keep-alive keeps a lease alive: give --lease 30s too")
         with opened(store) as ctx:
             registry = _registry(ctx)
             found = registry.register(

@@ -263,3 +263,21 @@ def test_render_watch_stops_on_sigterm(tmp_path: Path, cli_env: dict[str, str]) 
         _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
     assert "portctl render: stopped" in err
+
+
+def test_env_of_an_empty_environment_says_what_the_store_holds_elsewhere(run: Run) -> None:
+    port = free_port()
+    assert run("allocate", "postgres", "--port", port).returncode == 0
+    result = run("env", "--env", "staging")
+    assert result.returncode == 0
+    assert f"no allocations in staging on {HOST}; the store holds 1 in production on {HOST}" in result.stderr
+    assert result.stdout.startswith("# portctl: staging ports on")
+
+
+def test_option_clashes_say_what_to_give(run: Run) -> None:
+    both = run("allocate", "--all", "--service", "redis")
+    assert "--all allocates every service: give --all alone, or name one service" in error_line(both)
+    stray = run("allocate", "postgres", "-f", "compose.yml")
+    assert "-f needs --all" in error_line(stray)
+    lease = run("register", "api", "--port", free_port(), "--keep-alive")
+    assert "give --lease 30s too" in error_line(lease)
