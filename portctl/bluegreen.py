@@ -30,6 +30,9 @@ probe refuses the cutover: a target that flaps is not one to send traffic to, an
 to settle would hide the flapping. Once every probe passed, the passes are recorded as the agent
 would record them (enough for flap damping), so the new colour's stored health is current when
 resolvers switch to it; a refused cutover writes nothing.
+
+The stored value keeps times as seconds since the epoch; the ``to_dict()`` of the records a
+caller gets back (status, cutover results) gives them as ISO 8601 UTC strings.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -141,7 +145,8 @@ class Flip:
     to_color: str | None
     kind: str  # "cutover" or "rollback"
 
-    def to_dict(self) -> dict[str, Any]:
+    def stored(self) -> dict[str, Any]:
+        """As the pointer's stored value holds it (``at`` in seconds since the epoch)."""
         return {
             "at": self.at,
             "actor": self.actor,
@@ -149,6 +154,9 @@ class Flip:
             "to": self.to_color,
             "kind": self.kind,
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.stored(), "at": iso_utc(self.at)}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Flip:
@@ -178,7 +186,7 @@ class LivePointer:
             "changed_at": self.changed_at,
             "actor": self.actor,
             "drain_until": self.drain_until,
-            "history": [f.to_dict() for f in self.history[-HISTORY_LIMIT:]],
+            "history": [f.stored() for f in self.history[-HISTORY_LIMIT:]],
         }
         return json.dumps(doc, sort_keys=True)
 
@@ -331,9 +339,9 @@ class BlueGreenStatus:
             "service": self.service,
             "environment": self.environment,
             "live": self.live,
-            "changed_at": p.changed_at if p else None,
+            "changed_at": iso_utc(p.changed_at) if p and p.changed_at else None,
             "actor": p.actor if p else None,
-            "drain_until": p.drain_until if p else None,
+            "drain_until": iso_utc(p.drain_until) if p and p.drain_until else None,
             "colors": [c.to_dict() for c in self.colours],
             "uncolored": [i.to_dict() for i in self.uncoloured],
             "history": [f.to_dict() for f in (p.history if p else ())],
@@ -362,7 +370,7 @@ class CutoverResult:
             "from": self.from_color,
             "to": self.to_color,
             "actor": self.actor,
-            "flipped_at": self.flipped_at,
+            "flipped_at": iso_utc(self.flipped_at),
             "probes": self.probes,
             "drain": self.drain,
             "drained": self.drained,
@@ -391,6 +399,12 @@ def default_actor(host: str) -> str:
 
         user = str(os.getuid())
     return f"{user}@{host}"
+
+
+def iso_utc(seconds: float) -> str:
+    """``2026-11-27T14:00:12.345Z``: seconds since the epoch as ISO 8601 UTC."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _no_progress(_: str) -> None:

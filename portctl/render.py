@@ -287,6 +287,9 @@ def _run_reload(argv: Sequence[str]) -> str | None:
 
 Event = Callable[[str], None]
 
+# The longest one watch call of a follower blocks: a set ``stop`` ends the follower within it.
+STOP_LATENCY = 0.2
+
 
 class Follower:
     """Re-render ``target`` into ``path`` whenever the store changes, and reload the router.
@@ -371,7 +374,8 @@ class Follower:
         if position is None or Capability.WATCH not in self.store.capabilities:
             self.stop.wait(min(timeout, 1.0))
             return position is None, position
-        batch = self.store.watch("", position, timeout=max(0.01, timeout))
+        # Watch in short slices, so a stop (Ctrl-C, SIGTERM) is seen between two of them.
+        batch = self.store.watch("", position, timeout=max(0.01, min(timeout, STOP_LATENCY)))
         changed = batch.reset or any(c.key.startswith(self._prefixes) for c in batch.changes)
         return changed, batch.position
 

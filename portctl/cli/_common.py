@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
@@ -12,7 +13,7 @@ import typer
 from portctl.allocation import PortAllocator
 from portctl.backends import open_store
 from portctl.backends.base import Store
-from portctl.cli._output import fail
+from portctl.cli._output import GLOBAL, InputProblem, fail, note
 from portctl.config import Settings, StoreChoice, load_settings, resolve_store
 from portctl.errors import InvalidInput, PortctlError
 
@@ -94,6 +95,18 @@ class Opened:
         return PortAllocator(self.store, self.settings, published=published)
 
 
+def confirm(yes: bool, question: str, declined: str = "nothing was changed") -> None:
+    """Go ahead with --yes, or when a person on a terminal says yes; a 'no' changes nothing,
+    says so, and exits 1."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputProblem("--yes", None, "there is no terminal to confirm on: add --yes to go ahead")
+    if not typer.confirm(question, default=False, err=True):
+        note(f"not confirmed: {declined}")
+        raise typer.Exit(1)
+
+
 @contextlib.contextmanager
 def handled(as_json: bool) -> Iterator[None]:
     """Turn a PortctlError into its message and exit code; let typer's own exits through."""
@@ -103,10 +116,15 @@ def handled(as_json: bool) -> Iterator[None]:
         fail(as_json, error)
 
 
+def store_flag(flag: str | None) -> str | None:
+    """The command's --store, else the one given before the command."""
+    return flag or GLOBAL.store
+
+
 @contextlib.contextmanager
-def opened(store_flag: str | None) -> Iterator[Opened]:
+def opened(flag: str | None) -> Iterator[Opened]:
     settings = load_settings()
-    choice = resolve_store(store_flag, settings)
+    choice = resolve_store(store_flag(flag), settings)
     store = open_store(choice.url)
     try:
         yield Opened(settings, choice, store)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,12 +11,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from portctl.cli._common import AddressOption, EnvOption, JsonOption, StoreOption, handled
-from portctl.cli._output import emit, note, table
-from portctl.errors import InvalidInput
+from portctl.cli._common import (
+    AddressOption,
+    EnvOption,
+    JsonOption,
+    StoreOption,
+    confirm,
+    handled,
+    store_flag,
+)
+from portctl.cli._output import emit, note, table, window_progress
 
 if TYPE_CHECKING:
-    from portctl.bluegreen import BlueGreen, BlueGreenStatus, CutoverResult
+    from portctl.backends.base import Store
+    from portctl.bluegreen import BlueGreen, BlueGreenStatus, CutoverResult, LivePointer
     from portctl.config import Settings
 
 app = typer.Typer(
@@ -26,8 +33,10 @@ app = typer.Typer(
     "flipped with compare-and-set after a health-gated window.\n\n"
     "Example: portctl bluegreen cutover api --to green --min-healthy 10s --drain 30s --yes",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
+_UNCOLOURED = "the uncoloured instances"
 NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="The service name.")]
 DrainOption = Annotated[
     str,
@@ -41,24 +50,77 @@ DrainOption = Annotated[
 
 
 @contextlib.contextmanager
-def _bluegreen(store_flag: str | None, *, deploying: bool = False) -> Iterator[tuple[BlueGreen, Settings]]:
+def _bluegreen(flag: str | None, *, deploying: bool = False) -> Iterator[tuple[BlueGreen, Settings]]:
     """A BlueGreen on the chosen store, refused at once if the store lacks compare-and-set;
     SIGINT and SIGTERM end a healthy window (nothing flips) or a drain (the flip stands)."""
+    from portctl.bluegreen import BlueGreen
+
+    with _opened(flag, deploying) as (store, settings):
+        stop = threading.Event()
+
+        def handler(*_: object) -> None:
+            stop.set()
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield BlueGreen(store, settings, stop=stop), settings
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _opened(flag: str | None, deploying: bool = False) -> Iterator[tuple[Store, Settings]]:
     from portctl.backends import open_store
-    from portctl.bluegreen import DEPLOY_REQUIRED, REQUIRED, BlueGreen
+    from portctl.bluegreen import DEPLOY_REQUIRED, REQUIRED
     from portctl.config import load_settings, resolve_store
 
     settings = load_settings()
-    choice = resolve_store(store_flag, settings)
+    choice = resolve_store(store_flag(flag), settings)
     store = open_store(choice.url, require=DEPLOY_REQUIRED if deploying else REQUIRED)
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield BlueGreen(store, settings, stop=stop), settings
+        yield store, settings
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         store.close()
+
+
+def _pointer_now(flag: str | None, name: str, env: str | None) -> LivePointer | None:
+    """The live pointer as it is now, read before asking (no signal handlers: Ctrl-C at the
+    question interrupts as usual)."""
+    from portctl.bluegreen import BlueGreen
+
+    with _opened(flag) as (store, settings):
+        return BlueGreen(store, settings).pointer(name, env)
+
+
+def _ask_cutover(yes: bool, flag: str | None, name: str, to: str | None, env: str | None) -> None:
+    if yes:
+        return
+    from portctl.bluegreen import other
+
+    pointer = _pointer_now(flag, name, env)
+    live = pointer.live if pointer else None
+    target = to or other(live)
+    if target is None or target == live:
+        return  # the cutover itself refuses, saying why
+    stays = f"{name} stays on {live}" if live else f"the uncoloured instances of {name} keep serving"
+    question = f"cut {name} ({_environment(env)}) over from {live or _UNCOLOURED} to {target}?"
+    confirm(yes, question, f"nothing was changed; {stays}")
+
+
+def _ask_rollback(yes: bool, flag: str | None, name: str, env: str | None) -> None:
+    if yes:
+        return
+    pointer = _pointer_now(flag, name, env)
+    if pointer is None or not pointer.history:
+        return  # the rollback itself refuses, saying why
+    back = pointer.history[-1].from_color or "the uncoloured instances"
+    question = (
+        f"roll {name} ({_environment(env)}) back from {pointer.live or 'the uncoloured instances'} to {back}?"
+    )
+    confirm(
+        yes, question, f"nothing was changed; {name} stays on {pointer.live or 'the uncoloured instances'}"
+    )
 
 
 def _when(at: float | None) -> str:
@@ -69,15 +131,6 @@ def _environment(env: str | None) -> str:
     from portctl.config import load_settings
 
     return load_settings().policy.environment(env)
-
-
-def _confirm(yes: bool, question: str) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise InvalidInput("--yes", None, "--yes to go ahead without a terminal to confirm on")
-    if not typer.confirm(question, default=False, err=True):
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -185,9 +238,11 @@ def cutover(
             check_color(to, "--to")
         window = parse_window(min_healthy, "--min-healthy")
         wait = parse_window(drain, "--drain")
-        _confirm(yes, f"cut {name} ({_environment(env)}) over to {to or 'the other colour'}?")
-        with _bluegreen(store) as (bg, _):
-            result = bg.cutover(name, to=to, min_healthy=window, drain=wait, environment=env, progress=note)
+        _ask_cutover(yes, store, name, to, env)
+        with _bluegreen(store) as (bg, _), window_progress(window) as progress:
+            result = bg.cutover(
+                name, to=to, min_healthy=window, drain=wait, environment=env, progress=progress
+            )
         emit(as_json, result.to_dict(), _result_text(result))
 
 
@@ -208,7 +263,7 @@ def rollback(
 
     with handled(as_json):
         wait = parse_window(drain, "--drain")
-        _confirm(yes, f"roll {name} ({_environment(env)}) back to its previous colour?")
+        _ask_rollback(yes, store, name, env)
         with _bluegreen(store) as (bg, _):
             result = bg.rollback(name, drain=wait, environment=env, progress=note)
         emit(as_json, result.to_dict(), _result_text(result))

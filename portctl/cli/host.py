@@ -1,4 +1,4 @@
-"""Host commands: who holds a port, and the conflict check the plan runs before a deploy."""
+"""Host commands: who holds a port, and the conflict check to run before a deploy."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from portctl.cli._common import (
     load_project,
     opened,
 )
-from portctl.cli._output import ExitCode, emit, note, table
-from portctl.errors import InvalidInput
+from portctl.cli._output import ExitCode, InputProblem, emit, note, table
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command()
@@ -32,7 +31,8 @@ def who(
     """Show what holds a port: processes, containers, and portctl's own allocations.
 
     One line per holder: what `lsof -i :PORT` and `docker ps` would tell. Exits 1 when
-    something holds the port, 0 when it is free.
+    something holds the port (a process, a container, or an allocation in the store), 0 when
+    it is free.
 
     Example: portctl who 5432
     """
@@ -63,13 +63,25 @@ def who(
             "allocations": [a.to_dict() for a in allocated],
             "notices": host.notices,
         }
-        busy = any(h.blocking for h in holders)
+        busy = bool(allocated) or any(h.blocking for h in holders)
         emit(
             as_json,
             data,
             "\n".join(lines) or f"{number}/{protocol} is free",
             ExitCode.CONFLICT if busy else ExitCode.OK,
         )
+
+
+def _nothing_to_check(env: str | None, services: list[str] | None, files: list[str] | None) -> InputProblem:
+    what = f"no port of {', '.join(services)}" if services else "no allocated port"
+    where = f"in {env}" if env else "in this environment"
+    source = " and the compose files publish none" if files else " and no compose file was given"
+    return InputProblem(
+        "check",
+        None,
+        f"nothing to check: {what} {where}{source}; allocate first (portctl allocate --all) "
+        "or name the compose file (portctl check -f docker-compose.yml)",
+    )
 
 
 @app.command()
@@ -94,7 +106,7 @@ def check(
     Each conflict names its holder: a process (pid, name, user, command) or a container
     (name, compose project/service, image). A port held by the service's own container or
     process is not a conflict; a stopped container that would take a port back is a warning.
-    This is the plan's check_ports.sh, fit for a CI gate.
+    It replaces a hand-written check_ports.sh and fits a CI gate.
 
     Example: portctl check -f docker-compose.production.yml
     """
@@ -106,9 +118,7 @@ def check(
         with opened(store) as ctx:
             to_check = targets(ctx.allocator(), env, project, service or ())
         if not to_check:
-            raise InvalidInput(
-                "check", "nothing", "allocations or a compose file with published ports (-f FILE)"
-            )
+            raise _nothing_to_check(env, service, files)
         report = check_ports(to_check, HostPorts())
         for notice in report.notices:
             note(f"note: {notice}")

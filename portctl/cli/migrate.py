@@ -9,7 +9,7 @@ import typer
 from portctl.cli._common import JsonOption, StoreOption, handled, opened
 from portctl.cli._output import emit
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command()

@@ -14,18 +14,24 @@ from portctl.cli._common import (
     ComposeFilesOption,
     EnvOption,
     JsonOption,
+    Opened,
     StoreOption,
+    confirm,
     handled,
     opened,
     require_project,
 )
-from portctl.cli._output import ExitCode, emit, exit_code_for, note, table
+from portctl.cli._output import ExitCode, InputProblem, emit, exit_code_for, note, table
 from portctl.documents import export_document, parse_export, render_env, write_atomically
 from portctl.errors import InvalidInput, PortctlError
 from portctl.kernel import kernel_ports
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
+NameArgument = Annotated[
+    str | None,
+    typer.Argument(metavar="NAME", help="Service name (or --service NAME).", show_default=False),
+]
 ServiceOption = Annotated[
     str | None,
     typer.Option(
@@ -64,6 +70,7 @@ def _allocation_rows(allocations: list[Allocation], with_host: bool) -> list[lis
 
 
 def _allocations_table(allocations: list[Allocation], with_host: bool = False) -> str:
+    """The allocations; callers say what an empty list means."""
     headers = [
         "SERVICE",
         "ENV",
@@ -73,9 +80,25 @@ def _allocations_table(allocations: list[Allocation], with_host: bool = False) -
         "TYPE",
         "ALLOCATED",
     ]
-    if not allocations:
-        return "no allocations yet (try: portctl allocate --service postgres)"
     return table(headers, _allocation_rows(allocations, with_host))
+
+
+def _nothing_here(ctx: Opened, env: str | None, all_hosts: bool) -> str:
+    """What an empty status means: nothing anywhere, or what the store holds elsewhere."""
+    where = f"in {ctx.settings.policy.environment(env)}" if env else "in any environment"
+    where += "" if all_hosts else f" on {ctx.settings.host}"
+    elsewhere = ctx.allocator().allocations(None, all_hosts=True)
+    if not elsewhere:
+        return f"no allocations yet (try: portctl allocate --service postgres {_env_flag(env)})".strip()
+    counts: dict[tuple[str, str], int] = {}
+    for a in elsewhere:
+        counts[a.environment, a.host] = counts.get((a.environment, a.host), 0) + 1
+    shown = ", ".join(f"{n} in {e} on {h}" for (e, h), n in sorted(counts.items()))
+    return f"no allocations {where}; the store holds {shown} (see: portctl status --all-hosts)"
+
+
+def _env_flag(env: str | None) -> str:
+    return f"--env {env}" if env else ""
 
 
 @app.command()
@@ -110,7 +133,8 @@ def status(
         def human() -> str:
             head = table(
                 ["", ""],
-                [
+                show_header=False,
+                rows=[
                     ["store", f"{ctx.choice.url}  (chosen by: {ctx.choice.source})"],
                     ["", ctx.store.describe()],
                     ["config", ctx.settings.path or "none (built-in policy)"],
@@ -120,7 +144,9 @@ def status(
                         f"{kernel.ephemeral_low}-{kernel.ephemeral_high} (never chosen for you)",
                     ],
                 ],
-            ).split("\n", 1)[1]
+            )
+            if not allocations:
+                return head + "\n\n" + _nothing_here(ctx, env, all_hosts)
             return head + "\n\n" + _allocations_table(allocations, all_hosts)
 
         emit(as_json, data, human)
@@ -146,6 +172,7 @@ def _result_data(result: AllocationResult) -> dict[str, object]:
 
 @app.command()
 def allocate(
+    name: NameArgument = None,
     service: ServiceOption = None,
     port: Annotated[
         str | None,
@@ -193,7 +220,7 @@ def allocate(
     """Give a service a conflict-free port, or show the one it has.
 
     The same service and environment always get the same port back. Without --port, portctl
-    tries the environment's standard port, then the plan's alternative, then the first free
+    tries the environment's standard port, then the service's alternative, then the first free
     port of the service type's range, proving each free with a bind test.
 
     With -f, every published port of the compose files is allocated, trying the declared
@@ -202,18 +229,27 @@ def allocate(
     Example: portctl allocate --service postgres --port 5433
     """
     with handled(as_json):
+        service = _one_name(name, service)
         if all_:
             if service or port:
-                raise InvalidInput("--all", "with --service/--port", "--all alone, or --service S")
+                raise InputProblem(
+                    "--all", service, "--all allocates every service: give --all alone, or name one service"
+                )
             if files:
                 _allocate_stack(files, env, store, as_json)
             else:
                 _allocate_all(env, store, as_json)
             return
         if files:
-            raise InvalidInput("-f", files[0], "-f together with --all (allocate every published port)")
+            raise InputProblem(
+                "-f",
+                files[0],
+                "-f needs --all: portctl allocate --all -f FILE allocates every published port",
+            )
         if service is None:
-            raise InvalidInput("--service", None, "a service name (or --all)")
+            raise InvalidInput(
+                "NAME", None, "a service name (or --all): portctl allocate postgres, or --service postgres"
+            )
         with opened(store) as ctx:
             result = ctx.allocator().allocate(
                 service, port=_port(port), type=type_, environment=env, protocol=protocol
@@ -223,11 +259,19 @@ def allocate(
         emit(as_json, _result_data(result), _describe(result))
 
 
+def _one_name(name: str | None, service: str | None) -> str | None:
+    """NAME or --service NAME, as register, url and health take it; not two different ones."""
+    if name and service and name != service:
+        raise InvalidInput("--service", service, f"the same name as NAME ({name!r}), or only one of them")
+    return name or service
+
+
 def _allocate_all(env: str | None, store: str | None, as_json: bool) -> None:
     rows: list[dict[str, Any]] = []
     failed = False
     with opened(store) as ctx:
         allocator = ctx.allocator()
+        environment = ctx.settings.policy.environment(env)
         for name in ctx.settings.stack_services():
             try:
                 rows.append(_result_data(allocator.allocate(name, environment=env)))
@@ -238,7 +282,7 @@ def _allocate_all(env: str | None, store: str | None, as_json: bool) -> None:
                 rows.append({"service": name, "error": {"code": e.code, "message": e.message}})
 
     def human() -> str:
-        return table(
+        body = table(
             ["SERVICE", "PORT", "RESULT"],
             [
                 [
@@ -249,8 +293,18 @@ def _allocate_all(env: str | None, store: str | None, as_json: bool) -> None:
                 for r in rows
             ],
         )
+        return body + "\n\n" + _where(rows, environment, ctx)
 
     emit(as_json, rows, human, ExitCode.CONFLICT if failed else ExitCode.OK)
+
+
+def _where(rows: list[dict[str, Any]], environment: str, ctx: Opened) -> str:
+    """The line that names the store the allocations went into."""
+    done = sum("error" not in r for r in rows)
+    return (
+        f"{done} of {len(rows)} service(s) allocated in {environment} on {ctx.settings.host}, "
+        f"in {ctx.choice.url} (chosen by: {ctx.choice.source})"
+    )
 
 
 def _allocate_stack(files: list[str], env: str | None, store: str | None, as_json: bool) -> None:
@@ -290,18 +344,37 @@ def _port(value: str | None) -> int | None:
 
 @app.command()
 def release(
+    name: NameArgument = None,
     service: ServiceOption = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Release every allocation of the environment on this host.")
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="With --all: do not ask for confirmation.")
+    ] = False,
     env: EnvOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Give a service's port back to the pool.
+    """Give a service's port back to the pool; --all gives back every port of the environment.
 
     Example: portctl release --service redis --env staging
+
+    Example: portctl release --all --env staging --yes
     """
     with handled(as_json):
+        service = _one_name(name, service)
+        if all_:
+            if service:
+                raise InputProblem(
+                    "--all", service, "--all releases every service: give --all alone, or name one service"
+                )
+            _release_all(env, yes, store, as_json)
+            return
         if service is None:
-            raise InvalidInput("--service", None, "a service name")
+            raise InvalidInput(
+                "NAME", None, "a service name (or --all): portctl release redis, or --service redis"
+            )
         with opened(store) as ctx:
             gone = ctx.allocator().release(service, env)
         emit(
@@ -309,6 +382,20 @@ def release(
             gone.to_dict(),
             f"released {gone.port}/{gone.protocol} from {gone.service} ({gone.environment})",
         )
+
+
+def _release_all(env: str | None, yes: bool, store: str | None, as_json: bool) -> None:
+    with opened(store) as ctx:
+        environment = ctx.settings.policy.environment(env)
+        allocator = ctx.allocator()
+        found = allocator.allocations(environment)
+        where = f"{environment} on {ctx.settings.host}, in {ctx.choice.url}"
+        if found:
+            confirm(yes, f"release all {len(found)} allocation(s) of {where}?")
+        gone = [allocator.release(a.service, environment) for a in found]
+    lines = [f"released {a.port}/{a.protocol} from {a.service}" for a in gone]
+    lines.append(f"released {len(gone)} allocation(s) of {where}")
+    emit(as_json, [a.to_dict() for a in gone], "\n".join(lines))
 
 
 @app.command()
@@ -327,7 +414,7 @@ def env(
         allocations = ctx.allocator().allocations(environment)
         text = render_env(allocations, environment, ctx.settings.host)
         if not allocations:
-            note(f"no allocations in {environment} yet (try: portctl allocate --all --env {environment})")
+            note(_nothing_here(ctx, environment, all_hosts=False))
         _write_or_print(output, text, as_json, {a.service: a.port for a in allocations})
 
 
@@ -360,13 +447,50 @@ def import_(
     Example: portctl import port_config.json
     """
     with handled(as_json):
-        text = _read_input(file)
-        allocations = parse_export(text, file)
+        source = "stdin" if file == "-" else file
+        allocations = _parse_document(_read_input(file), source)
         with opened(store) as ctx:
             results = ctx.allocator().import_allocations(allocations)
         data = [_result_data(r) for r in results]
-        changed = sum(r.changed for r in results)
-        emit(as_json, data, f"imported {changed} allocation(s); {len(results) - changed} already so")
+        emit(as_json, data, _imported(results, ctx.choice.url))
+
+
+def _parse_document(text: str, source: str) -> list[Allocation]:
+    """The allocations of a port_config.json, or an error that says what the file should be."""
+    try:
+        return parse_export(text, source)
+    except InvalidInput as e:
+        if e.field != source or not isinstance(e.value, str) or e.value not in _JSON_KINDS:
+            raise
+        raise InputProblem(
+            source,
+            e.value,
+            f"{source} holds a JSON {_JSON_KINDS[e.value]}, not a port_config.json: expected an object "
+            'with an "allocations" list (portctl export writes one)',
+        ) from None
+
+
+# Python's names for what a JSON document holds, as JSON calls them.
+_JSON_KINDS = {
+    "dict": 'object without an "allocations" list',
+    "list": "array",
+    "str": "string",
+    "int": "number",
+    "float": "number",
+    "bool": "boolean",
+    "NoneType": "null",
+}
+
+
+def _imported(results: list[AllocationResult], url: str) -> str:
+    new = sum(r.changed for r in results)
+    same = len(results) - new
+    if not results:
+        return "the file holds no allocations: nothing to import"
+    if not new:
+        return f"nothing to import: all {same} allocation(s) are already in {url} as the file has them"
+    kept = f"; {same} were already there as the file has them" if same else ""
+    return f"imported {new} allocation(s) into {url}{kept}"
 
 
 def _read_input(file: str) -> str:
@@ -375,10 +499,18 @@ def _read_input(file: str) -> str:
     try:
         with open(file, encoding="utf-8") as f:
             return f.read()
+    except FileNotFoundError:
+        raise _unreadable(file, "it does not exist") from None
     except OSError as e:
-        raise InvalidInput("FILE", file, f"a readable file ({e.strerror})") from e
+        raise _unreadable(file, (e.strerror or str(e)).lower()) from e
     except UnicodeDecodeError as e:
-        raise InvalidInput("FILE", file, "a UTF-8 text file (a port_config.json)") from e
+        raise _unreadable(file, "it is not a UTF-8 text file") from e
+
+
+def _unreadable(file: str, why: str) -> InvalidInput:
+    return InputProblem(
+        "FILE", file, f"cannot read {file}: {why}; give the path of a port_config.json (or - for stdin)"
+    )
 
 
 def _write_or_print(output: str | None, text: str, as_json: bool, data: object) -> None:

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from portctl.cli._common import AddressOption, EnvOption, JsonOption, Opened, StoreOption, handled, opened
-from portctl.cli._output import ExitCode, emit, note, table
+from portctl.cli._output import ExitCode, InputProblem, emit, note, table
 from portctl.errors import InvalidInput, StoreUnavailable
 
 if TYPE_CHECKING:
     from portctl.registry import Instance, Registry
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 IdArgument = Annotated[
     str, typer.Argument(metavar="ID", help="The instance id, as `portctl services` shows it.")
@@ -151,6 +151,7 @@ def register(
     """Register a service instance with a health check; the check runs once now.
 
     Example: portctl register redis --check tcp --interval 5s
+
     Example: portctl register api --lease 30s --keep-alive
     """
     from portctl import _validate
@@ -169,7 +170,7 @@ def register(
         number = _validate.port(port, "--port") if port is not None else None
         seconds = parse_duration(lease, "--lease") if lease is not None else None
         if keep_alive and seconds is None:
-            raise InvalidInput("--keep-alive", "without --lease", "--lease DURATION with --keep-alive")
+            raise InputProblem("--keep-alive", None, "--keep-alive keeps a lease alive: give --lease 30s too")
         with opened(store) as ctx:
             registry = _registry(ctx)
             found = registry.register(
@@ -321,7 +322,7 @@ def verify(
     """Check every registered service now; exit 1 if any is critical.
 
     TCP and HTTP checks run now (and are recorded, with flap damping); TTL checks report their
-    last status. This is the plan's verify_deployment_status.sh.
+    last status. It replaces a hand-written verify_deployment_status.sh.
 
     Example: portctl verify --env production
     """

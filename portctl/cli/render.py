@@ -13,7 +13,7 @@ from portctl.cli._common import EnvOption, JsonOption, StoreOption, handled, ope
 from portctl.cli._output import emit, note
 from portctl.errors import InvalidInput
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command()
@@ -101,6 +101,7 @@ def render(
                     f"portctl render: following {ctx.choice.url} ({environment}) into {output}; Ctrl-C stops"
                 )
                 follower.run()
+                note(f"portctl render: stopped; {output} stays as last rendered")
                 emit(
                     as_json, {"path": output, "reloads": follower.reloads, "failures": follower.failures}, ""
                 )

@@ -21,7 +21,7 @@ from portctl.cli._output import ExitCode, emit, note, table
 if TYPE_CHECKING:
     from portctl.stack import StackPort
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 OutputFile = Annotated[
     str | None,

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime
 
 import pytest
 
-from tests.cli.conftest import PORTCTL, TIMEOUT, error_line
+from tests.cli.conftest import (
+    PORTCTL,
+    TIMEOUT,
+    error_line,
+    terminal,  # noqa: F401 - the pseudo-terminal fixture
+)
 
 
 def _deploy(run, colours, *names: str) -> None:
@@ -177,3 +183,67 @@ def test_two_racing_cutover_processes_one_wins(run, tmp_path, cli_env, colours):
         "lost: another cutover changed the live colour while this one was checking" in loser.splitlines()[-1]
     )
     assert len(_data(run("bluegreen", "status", "api", "--json"))["history"]) == 1
+
+
+def _iso(value) -> datetime:
+    assert isinstance(value, str), value
+    assert value.endswith("Z"), value
+    return datetime.fromisoformat(value)
+
+
+def test_times_in_bluegreen_json_are_iso_8601_utc(run, colours):
+    _deploy(run, colours)
+    done = _data(
+        run("bluegreen", "cutover", "api", "--min-healthy", "0s", "--drain", "0s", "--yes", "--json")
+    )
+    flipped = _iso(done["flipped_at"])
+    status = _data(run("bluegreen", "status", "api", "--json"))
+    assert _iso(status["changed_at"]) == flipped
+    _iso(status["drain_until"])
+    assert [_iso(h["at"]) for h in status["history"]] == [flipped]
+    for colour in status["colors"]:
+        for instance in colour["instances"]:
+            _iso(instance["registered_at"])
+            _iso(instance["updated_at"])
+
+
+def test_the_cutover_prompt_names_the_target_and_a_no_changes_nothing(terminal, store_path, colours):  # noqa: F811 - the fixture
+    for colour in ("blue", "green"):
+        terminal(
+            "bluegreen", "deploy", "api", "--color", colour, "--port", colours[colour].port,
+            "--check", "http://127.0.0.1:{port}/health",
+        )  # fmt: skip
+    before = store_path.read_bytes()
+    result = terminal("bluegreen", "cutover", "api", "--min-healthy", "0s", answer="n\n")
+    assert result.returncode == 1
+    assert "cut api (production) over from blue to green?" in result.stdout
+    assert "not confirmed: nothing was changed; api stays on blue" in result.stdout
+    assert store_path.read_bytes() == before
+
+
+def test_a_cutover_on_a_terminal_shows_its_window_as_progress(terminal, colours):  # noqa: F811 - the fixture
+    for colour in ("blue", "green"):
+        terminal(
+            "bluegreen", "deploy", "api", "--color", colour, "--port", colours[colour].port,
+            "--check", "http://127.0.0.1:{port}/health",
+        )  # fmt: skip
+    result = terminal("bluegreen", "cutover", "api", "--min-healthy", "1s", "--drain", "0s", answer="y\n")
+    assert result.returncode == 0, result.stdout
+    assert "green: 1 instance(s) passing for 0s of 1s" in result.stdout
+    assert "━" in result.stdout  # the bar
+    assert "cutover of api (production): blue -> green" in result.stdout
+
+
+def test_a_rollback_prompt_names_both_colours(terminal, store_path, colours):  # noqa: F811 - the fixture
+    for colour in ("blue", "green"):
+        terminal(
+            "bluegreen", "deploy", "api", "--color", colour, "--port", colours[colour].port,
+            "--check", "http://127.0.0.1:{port}/health",
+        )  # fmt: skip
+    terminal("bluegreen", "cutover", "api", "--min-healthy", "0s", "--drain", "0s", "--yes")
+    before = store_path.read_bytes()
+    result = terminal("bluegreen", "rollback", "api", answer="n\n")
+    assert result.returncode == 1
+    assert "roll api (production) back from green to blue?" in result.stdout
+    assert "nothing was changed; api stays on green" in result.stdout
+    assert store_path.read_bytes() == before

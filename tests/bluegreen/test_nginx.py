@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from datetime import datetime
 
 import pytest
 
@@ -28,7 +29,7 @@ def _deploy(run, colours) -> None:
 def _flip(run, *args: str) -> float:
     result = run("bluegreen", *args, "--drain", "2s", "--yes", "--json")
     assert result.returncode == 0, result.stderr
-    return float(json.loads(result.stdout)["data"]["flipped_at"])
+    return datetime.fromisoformat(json.loads(result.stdout)["data"]["flipped_at"]).timestamp()
 
 
 @pytest.fixture

@@ -7,10 +7,16 @@ helpers here prove a port free with a bind, the way portctl's own bind test does
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import select
 import socket
+import struct
 import subprocess
 import sys
+import termios
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -183,3 +189,46 @@ def listening_port() -> Iterator[int]:
         sock.bind(("0.0.0.0", 0))
         sock.listen(1)
         yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def terminal(tmp_path: Path, cli_env: dict[str, str]) -> Run:
+    """``terminal("status", answer="n\\n")``: portctl on a pseudo-terminal (stdin, stdout and
+    stderr), as a person runs it; ``answer`` is typed ahead. Output is stdout and stderr
+    interleaved, as the terminal shows them (``stderr`` is empty)."""
+
+    def _terminal(
+        *args: object, env: dict[str, str | None] | None = None, answer: str = "", columns: int = 120
+    ) -> subprocess.CompletedProcess[str]:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+        argv = [PORTCTL, *(str(a) for a in args)]
+        with subprocess.Popen(
+            argv, cwd=tmp_path, env=_merged(cli_env, env), stdin=slave, stdout=slave, stderr=slave
+        ) as proc:
+            os.close(slave)
+            if answer:
+                os.write(master, answer.encode())
+            output = _read_until_closed(master)
+            code = proc.wait(timeout=TIMEOUT)
+        os.close(master)
+        return subprocess.CompletedProcess(argv, code, output.replace("\r\n", "\n"), "")
+
+    return _terminal
+
+
+def _read_until_closed(fd: int) -> str:
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every writer of the terminal has exited
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")

@@ -245,7 +245,9 @@ def test_unknown_protocol(run: Run, store_path: Path, seeded_store: bytes) -> No
 
 
 def test_import_of_a_missing_file(run: Run, store_path: Path, seeded_store: bytes) -> None:
-    assert_bad_input(run("import", "nope.json"), "FILE: 'nope.json'", "a readable file")
+    assert_bad_input(
+        run("import", "nope.json"), "cannot read nope.json: it does not exist", "port_config.json"
+    )
     assert store_path.read_bytes() == seeded_store
 
 

@@ -360,7 +360,7 @@ def test_import_into_a_fresh_store_recreates_the_allocations(run: Run, tmp_path:
     fresh = {"PORTCTL_STORE": str(tmp_path / "fresh.json")}
     imported = run("import", "port_config.json", env=fresh)
     assert imported.returncode == 0, imported.stderr
-    assert imported.stdout.strip() == "imported 3 allocation(s); 0 already so"
+    assert imported.stdout.strip() == f"imported 3 allocation(s) into file://{tmp_path / 'fresh.json'}"
 
     target = envelope(run("export", "--json", env=fresh).stdout)["data"]
     assert target["allocations"] == source["allocations"]  # allocated_at is kept too
@@ -370,7 +370,7 @@ def test_import_into_a_fresh_store_recreates_the_allocations(run: Run, tmp_path:
     before = (tmp_path / "fresh.json").read_bytes()
     again = run("import", "port_config.json", env=fresh)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.strip() == "imported 0 allocation(s); 3 already so"
+    assert again.stdout.strip().startswith("nothing to import: all 3 allocation(s) are already in file://")
     assert (tmp_path / "fresh.json").read_bytes() == before
 
 
