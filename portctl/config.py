@@ -164,9 +164,18 @@ def _settings_from(table: Mapping[str, Any], path: str, prefix: str) -> Settings
         for name, raw in _table(table, "services", prefix).items()
     ]
     policy = base.with_additions(types, services, envs, table.get("environment"))
-    stack = tuple(_validate.service_name(s, f"{prefix}stack") for s in _list(table, "stack", prefix))
+    stack = tuple(_stack_entry(s, policy, prefix) for s in _list(table, "stack", prefix))
     host = _host(table, prefix)
     return Settings(policy, _store_from_config(table.get("store"), path, prefix), host, stack, path)
+
+
+def _stack_entry(name: Any, policy: Policy, prefix: str) -> str:
+    """A known service: built in, or given a ``[services.NAME]`` table (which may be empty)."""
+    _validate.service_name(name, f"{prefix}stack")
+    if name not in policy.services:
+        more = "; a new service needs a [services.NAME] table"
+        raise _unknown(name, sorted(policy.services), f"{prefix}stack", "a known service", more)
+    return str(name)
 
 
 def _host(table: Mapping[str, Any], prefix: str) -> str:
@@ -181,15 +190,16 @@ def _known_keys(table: Mapping[str, Any], known: Iterable[str], where: str) -> N
     known = list(known)
     for key in table:
         if key not in known:
-            raise _unknown(key, known, f"[{where}]" if where else "the top level", "key")
+            label = f"[{where}]" if where else "the top level"
+            raise _unknown(key, known, label, f"a key of {label}")
 
 
-def _unknown(key: str, known: list[str], where: str, what: str) -> InvalidInput:
+def _unknown(key: str, known: list[str], where: str, what: str, more: str = "") -> InvalidInput:
     import difflib  # only for an error
 
     close = difflib.get_close_matches(str(key), known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return InvalidInput(where, key, f"a {what} of {where}: {hint}(one of {', '.join(known)})")
+    return InvalidInput(where, key, f"{what}: {hint}(one of {', '.join(known)}{more})")
 
 
 def _table(table: Mapping[str, Any], name: str, prefix: str) -> dict[str, Any]:
@@ -237,7 +247,7 @@ def _service(
     ports = dict(base.ports)
     for env, p in _table(raw, "ports", f"{where}.").items():
         if env not in environments:
-            raise _unknown(env, environments, f"[{where}.ports]", "environment")
+            raise _unknown(env, environments, f"[{where}.ports]", "an environment")
         ports[env] = _validate.port(p, f"{where}.ports.{env}")
     given = raw.get("alternatives", list(base.alternatives))
     if not isinstance(given, list):

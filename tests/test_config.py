@@ -205,3 +205,13 @@ def test_portctl_config_variable_points_at_a_file(clean_env, tmp_path):
     clean_env.setenv("PORTCTL_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(InvalidInput, match="PORTCTL_CONFIG"):
         load_settings()
+
+
+def test_a_stack_entry_must_be_a_known_service(clean_env, tmp_path):
+    (tmp_path / "portctl.toml").write_text('stack = ["postgress"]\n')
+    with pytest.raises(InvalidInput) as err:
+        load_settings()
+    assert "stack: 'postgress' is not valid" in str(err.value)
+    assert "did you mean 'postgres'?" in str(err.value)
+    (tmp_path / "portctl.toml").write_text('stack = ["postgres", "myapp"]\n[services.myapp]\n')
+    assert load_settings().stack_services() == ["postgres", "myapp"]  # a service of its own: a table
