@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from portctl import _validate
 from portctl.backends.base import Capability, Check, Create, Delete, Entry, Operation, Put, Store
@@ -31,6 +32,9 @@ from portctl.errors import (
 )
 from portctl.kernel import BindResult, KernelPorts, bind_test, kernel_ports
 from portctl.policy import ServiceSpec
+
+if TYPE_CHECKING:  # the host scan is imported only to describe a refused port's holder
+    from portctl.holders import PortHolder
 
 __all__ = ["Allocation", "AllocationResult", "PortAllocator"]
 
@@ -158,7 +162,8 @@ class PortAllocator:
     ``bind`` and ``kernel`` are the host probes; a test may pass its own to simulate a host.
     ``published`` names a container that publishes a port without any listener a bind test
     would meet (Docker's userland proxy off, or a stopped container that takes the port back
-    when started); see :func:`portctl.containers.publisher`.
+    when started); see :func:`portctl.containers.publisher`. ``holders`` describes what holds
+    a refused port (default: a scan of this host, :class:`portctl.holders.HostPorts`).
     """
 
     def __init__(
@@ -169,6 +174,7 @@ class PortAllocator:
         bind: Callable[[int, str], BindResult] = bind_test,
         kernel: KernelPorts | None = None,
         published: Callable[[int, str], str | None] | None = None,
+        holders: Callable[[int, str], list[PortHolder]] | None = None,
     ) -> None:
         store.require(REQUIRED)
         self.store = store
@@ -178,6 +184,7 @@ class PortAllocator:
         self._bind = bind
         self._kernel = kernel
         self._published = published
+        self._holders = holders
         self._records_cache: dict[str, tuple[str, Allocation]] = {}
         self._owners_cache: dict[str, tuple[str, tuple[str, str]]] = {}
 
@@ -271,12 +278,7 @@ class PortAllocator:
             if why_not is None:
                 return self._write(request, cand, view, tuple(skipped))
             if cand.requested:
-                raise PortConflict(
-                    cand.port,
-                    spec.protocol,
-                    why_not,
-                    "release it first, or omit --port to let portctl choose",
-                )
+                raise self._refusal(cand.port, spec.protocol, why_not, view)
             if not cand.scanned:
                 skipped.append(f"{cand.port}: {why_not}")
         stype = self.policy.service_type(spec.type)
@@ -329,6 +331,32 @@ class PortAllocator:
         if holder:
             return f"published by {holder}"
         return None
+
+    def _refusal(self, port: int, protocol: str, why_not: str, view: _View) -> PortConflict:
+        """The refusal of a requested port: who holds it, and the command that frees it."""
+        choose = "or omit --port to let portctl choose"
+        owner = view.taken.get(port)
+        if owner is not None:
+            return PortConflict(port, protocol, why_not, f"free it with: {_release_step(*owner)}, {choose}")
+        holders = self._host_holders(port, protocol)
+        if not holders:
+            return PortConflict(port, protocol, why_not, f"free it, {choose}")
+        held = "; ".join(h.describe() for h in holders)
+        published = why_not.startswith("published by")
+        holder = f"published by {held}" if published else f"{why_not}, held by {held}"
+        steps = "; ".join(dict.fromkeys(h.next_step() for h in holders))
+        return PortConflict(port, protocol, holder, f"free it with: {steps}, {choose}")
+
+    def _host_holders(self, port: int, protocol: str) -> list[PortHolder]:
+        """What holds ``port`` on this host; nothing when the host is simulated (a test's
+        ``bind``), since a scan would describe the real one."""
+        if self._holders is not None:
+            return self._holders(port, protocol)
+        if self._bind is not bind_test:
+            return []
+        from portctl.holders import HostPorts  # only for a refusal
+
+        return HostPorts().holders(port, protocol)
 
     def _tag(self, entry: Entry, current: Allocation, compose: str) -> Allocation:
         """Note the compose stack on an allocation made before it was known; the port stays."""
@@ -484,7 +512,7 @@ class PortAllocator:
                     alloc.port,
                     alloc.protocol,
                     f"allocated to {owner[0]} ({owner[1]}) on {alloc.host}",
-                    "nothing was imported; release it first",
+                    f"nothing was imported; free it with: {_release_step(*owner)}, or change the file",
                 )
         ops = self._claim_ops(alloc, claim)
         if current is None:
@@ -494,6 +522,10 @@ class PortAllocator:
             ops.extend(_release_claim_ops(alloc.host, _record(current), self.store))
         previous = _record(current).port if current else None
         return AllocationResult(alloc, True, "imported", (), previous), ops
+
+
+def _release_step(service: str, environment: str) -> str:
+    return f"portctl release --service {service} --env {environment}"
 
 
 def _refuse_variable_clash(service: str, env: str, view: _View) -> None:

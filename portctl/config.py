@@ -1,4 +1,4 @@
-"""Settings: the config file, the store selection order, this host's identity.
+"""Settings: the config file, the selection order of each setting, this host's identity.
 
 The config file is the first of: ``PORTCTL_CONFIG``; ``portctl.toml`` in the current folder or
 a parent; ``[tool.portctl]`` in the nearest ``pyproject.toml``. Its keys::
@@ -19,17 +19,27 @@ a parent; ``[tool.portctl]`` in the nearest ``pyproject.toml``. Its keys::
     alternatives = [5610]
     protocol = "tcp"
 
-The store is chosen in this order, and :func:`resolve_store` says which source won:
-``--store`` flag, then ``store`` in the config file, then ``PORTCTL_STORE``, then the default
-file (``/var/lib/portctl/store.json`` as root, else ``$XDG_STATE_HOME/portctl/store.json``).
+A key no table knows (``prot = 5600``) is refused, naming the file, the table and the closest
+known key: a typo never passes silently.
+
+Every setting that has a flag, a variable and a config key is chosen in one order: the flag,
+then the environment variable, then the config file, then the default. So a variable set in a
+shell beats a checked-in config file:
+
+* store: ``--store``, ``PORTCTL_STORE``, ``store``, the default file
+  (``/var/lib/portctl/store.json`` as root, else ``$XDG_STATE_HOME/portctl/store.json``);
+  :func:`resolve_store` says which source won. Nothing here creates a folder: the JSON store
+  creates the default one on its first write, so a read-only command needs no writable home.
+* environment: ``--env``, ``PORTCTL_ENV``, ``environment``, ``production``.
+* host: ``PORTCTL_HOST``, ``host``, the hostname.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from portctl import _validate
@@ -49,6 +59,10 @@ CONFIG_ENV = "PORTCTL_CONFIG"
 STORE_ENV = "PORTCTL_STORE"
 HOST_ENV = "PORTCTL_HOST"
 ENV_ENV = "PORTCTL_ENV"
+
+TOP_KEYS = ("store", "host", "environment", "environments", "stack", "types", "services")
+TYPE_KEYS = ("range",)
+SERVICE_KEYS = ("type", "port", "ports", "alternatives", "protocol")
 
 
 def default_host() -> str:
@@ -71,7 +85,7 @@ class Settings:
 @dataclass(frozen=True)
 class StoreChoice:
     url: str
-    source: str  # "--store flag", "config file /x/portctl.toml", "PORTCTL_STORE", "default"
+    source: str  # "--store flag", "PORTCTL_STORE", "config file /x/portctl.toml", "default"
 
 
 def find_config(start: str | None = None) -> str | None:
@@ -100,11 +114,24 @@ def _has_tool_section(path: str) -> bool:
 
 
 def load_settings(path: str | None = None) -> Settings:
+    """The settings of the config file (found as :func:`find_config` does), with
+    ``PORTCTL_ENV`` and ``PORTCTL_HOST`` over the file's ``environment`` and ``host``."""
     path = path or find_config()
-    if path is None:
-        return Settings()
+    settings = Settings() if path is None else _from_file(path)
+    env = os.environ.get(ENV_ENV)
+    if env:
+        policy = replace(settings.policy, default_environment=settings.policy.environment(env, ENV_ENV))
+        settings = replace(settings, policy=policy)
+    return settings
+
+
+def _from_file(path: str) -> Settings:
+    prefix = "tool.portctl." if os.path.basename(path) == "pyproject.toml" else ""
     table = _read_table(path)
-    return _settings_from(table, path)
+    try:
+        return _settings_from(table, path, prefix)
+    except InvalidInput as e:  # every bad value names the file it is in
+        raise InvalidInput(f"{path}: {e.field}", e.value, e.expected) from e
 
 
 def _read_table(path: str) -> dict[str, Any]:
@@ -120,41 +147,72 @@ def _read_table(path: str) -> dict[str, Any]:
     if os.path.basename(path) == "pyproject.toml":
         tool = data.get("tool", {})
         table = tool.get("portctl", {}) if isinstance(tool, dict) else {}
-        return table if isinstance(table, dict) else {}
+        if not isinstance(table, dict):
+            raise InvalidInput(f"{path}: tool.portctl", table, "a TOML table ([tool.portctl])")
+        return table
     return data
 
 
-_KNOWN_KEYS = {"store", "host", "environment", "environments", "stack", "types", "services"}
-
-
-def _settings_from(table: Mapping[str, Any], path: str) -> Settings:
-    unknown = set(table) - _KNOWN_KEYS
-    if unknown:
-        raise InvalidInput(f"config {path}", sorted(unknown)[0], "one of " + ", ".join(sorted(_KNOWN_KEYS)))
+def _settings_from(table: Mapping[str, Any], path: str, prefix: str) -> Settings:
+    _known_keys(table, TOP_KEYS, prefix.rstrip("."))
     base = default_policy()
-    types = [_type(name, raw) for name, raw in _table(table, "types").items()]
+    envs = [_env_name(e, f"{prefix}environments") for e in _list(table, "environments", prefix)]
+    all_envs = list(dict.fromkeys([*base.environments, *envs]))
+    types = [_type(name, raw, prefix) for name, raw in _table(table, "types", prefix).items()]
     services = [
-        _service(name, raw, base.services.get(name)) for name, raw in _table(table, "services").items()
+        _service(name, raw, base.services.get(name), prefix, all_envs)
+        for name, raw in _table(table, "services", prefix).items()
     ]
-    envs = [_env_name(e, "environments") for e in _list(table, "environments")]
-    default_env = table.get("environment")
-    policy = base.with_additions(types, services, envs, default_env)
-    stack = tuple(_validate.service_name(s, "stack") for s in _list(table, "stack"))
-    host = _validate.host_identity(table["host"], "host") if "host" in table else default_host()
-    return Settings(policy, _store_from_config(table.get("store"), path), host, stack, path)
+    policy = base.with_additions(types, services, envs, table.get("environment"))
+    stack = tuple(_stack_entry(s, policy, prefix) for s in _list(table, "stack", prefix))
+    host = _host(table, prefix)
+    return Settings(policy, _store_from_config(table.get("store"), path, prefix), host, stack, path)
 
 
-def _table(table: Mapping[str, Any], name: str) -> dict[str, Any]:
+def _stack_entry(name: Any, policy: Policy, prefix: str) -> str:
+    """A known service: built in, or given a ``[services.NAME]`` table (which may be empty)."""
+    _validate.service_name(name, f"{prefix}stack")
+    if name not in policy.services:
+        more = "; a new service needs a [services.NAME] table"
+        raise _unknown(name, sorted(policy.services), f"{prefix}stack", "a known service", more)
+    return str(name)
+
+
+def _host(table: Mapping[str, Any], prefix: str) -> str:
+    """``PORTCTL_HOST`` beats the file's ``host``, which beats the hostname."""
+    if os.environ.get(HOST_ENV) or "host" not in table:
+        return default_host()
+    return _validate.host_identity(table["host"], f"{prefix}host")
+
+
+def _known_keys(table: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """Refuse a key the table does not have, naming the closest one it does."""
+    known = list(known)
+    for key in table:
+        if key not in known:
+            label = f"[{where}]" if where else "the top level"
+            raise _unknown(key, known, label, f"a key of {label}")
+
+
+def _unknown(key: str, known: list[str], where: str, what: str, more: str = "") -> InvalidInput:
+    import difflib  # only for an error
+
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return InvalidInput(where, key, f"{what}: {hint}(one of {', '.join(known)}{more})")
+
+
+def _table(table: Mapping[str, Any], name: str, prefix: str) -> dict[str, Any]:
     value = table.get(name, {})
     if not isinstance(value, dict):
-        raise InvalidInput(name, value, f"a TOML table ([{name}.NAME])")
+        raise InvalidInput(prefix + name, value, f"a TOML table ([{prefix}{name}.NAME])")
     return value
 
 
-def _list(table: Mapping[str, Any], name: str) -> list[Any]:
+def _list(table: Mapping[str, Any], name: str, prefix: str) -> list[Any]:
     value = table.get(name, [])
     if not isinstance(value, list):
-        raise InvalidInput(name, value, "a list")
+        raise InvalidInput(prefix + name, value, "a list")
     return value
 
 
@@ -162,9 +220,11 @@ def _env_name(value: Any, field_name: str) -> str:
     return _validate.service_name(value, field_name)  # environments follow the same form
 
 
-def _type(name: str, raw: Any) -> ServiceType:
-    where = f"types.{name}"
+def _type(name: str, raw: Any, prefix: str) -> ServiceType:
+    where = f"{prefix}types.{name}"
     _validate.service_name(name, where)
+    if isinstance(raw, dict):
+        _known_keys(raw, TYPE_KEYS, where)
     rng = raw.get("range") if isinstance(raw, dict) else None
     if not (isinstance(rng, list) and len(rng) == 2):
         raise InvalidInput(f"{where}.range", rng, "[low, high], two ports")
@@ -174,16 +234,21 @@ def _type(name: str, raw: Any) -> ServiceType:
     return ServiceType(name, low, high)
 
 
-def _service(name: str, raw: Any, known: ServiceSpec | None) -> ServiceSpec:
-    where = f"services.{name}"
+def _service(
+    name: str, raw: Any, known: ServiceSpec | None, prefix: str, environments: list[str]
+) -> ServiceSpec:
+    where = f"{prefix}services.{name}"
     _validate.service_name(name, where)
     if not isinstance(raw, dict):
         raise InvalidInput(where, raw, "a TOML table")
+    _known_keys(raw, SERVICE_KEYS, where)
     base = known or ServiceSpec(name)
     port = _validate.port(raw["port"], f"{where}.port") if "port" in raw else base.port
     ports = dict(base.ports)
-    for env, p in _table(raw, "ports").items():
-        ports[_env_name(env, f"{where}.ports")] = _validate.port(p, f"{where}.ports.{env}")
+    for env, p in _table(raw, "ports", f"{where}.").items():
+        if env not in environments:
+            raise _unknown(env, environments, f"[{where}.ports]", "an environment")
+        ports[env] = _validate.port(p, f"{where}.ports.{env}")
     given = raw.get("alternatives", list(base.alternatives))
     if not isinstance(given, list):
         raise InvalidInput(f"{where}.alternatives", given, "a list of ports, e.g. [5434, 5435]")
@@ -195,11 +260,13 @@ def _service(name: str, raw: Any, known: ServiceSpec | None) -> ServiceSpec:
     return ServiceSpec(name, type_name, port, ports, alternatives, protocol)
 
 
-def _store_from_config(value: Any, path: str) -> str | None:
+def _store_from_config(value: Any, path: str, prefix: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or ("://" not in value and not value.startswith("file:")):
-        raise InvalidInput("store", value, "a store URL such as file:ports.json or etcd://127.0.0.1:2379")
+        raise InvalidInput(
+            prefix + "store", value, "a store URL such as file:ports.json or etcd://127.0.0.1:2379"
+        )
     if value.startswith("file:") and not value.startswith("file:/"):
         relative = value.removeprefix("file:")
         return "file://" + os.path.join(os.path.dirname(os.path.abspath(path)), relative)
@@ -207,24 +274,42 @@ def _store_from_config(value: Any, path: str) -> str | None:
 
 
 def default_store_url() -> str:
-    if os.geteuid() == 0:
-        folder = "/var/lib/portctl"
-    else:
-        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-        folder = os.path.join(state, "portctl")
-    os.makedirs(folder, mode=0o755, exist_ok=True)
-    return "file://" + os.path.join(folder, "store.json")
+    """The default JSON file's URL. Its folder may not exist yet: the store creates it on its
+    first write, so a read-only command works for a user without a writable home."""
+    from portctl.backends.file import default_path
+
+    return "file://" + default_path()
 
 
 def resolve_store(flag: str | None, settings: Settings) -> StoreChoice:
+    """The store to use, and why: ``--store``, then ``PORTCTL_STORE``, then the config file's
+    ``store``, then the default file."""
     if flag:
         return StoreChoice(_absolute(flag), "--store flag")
-    if settings.store:
-        return StoreChoice(settings.store, f"config file {settings.path}")
     env = os.environ.get(STORE_ENV)
     if env:
         return StoreChoice(_absolute(env), STORE_ENV)
+    if settings.store:
+        _check_config_store(settings.store, settings.path)
+        return StoreChoice(settings.store, f"config file {settings.path}")
     return StoreChoice(default_store_url(), "default")
+
+
+def _check_config_store(url: str, path: str | None) -> None:
+    """A config file's JSON store in a missing folder, refused with the fixes that would work:
+    the file's ``store`` key, the folder, or an override by flag or variable."""
+    if not url.startswith("file:"):
+        return
+    from portctl.backends.file import path_from_url
+
+    folder = os.path.dirname(path_from_url(url))
+    if not os.path.isdir(folder):
+        raise InvalidInput(
+            f"{path}: store",
+            url,
+            f"a path in an existing folder ({folder} does not exist: create it, change store in "
+            f"{path}, or override it with --store or {STORE_ENV})",
+        )
 
 
 def _absolute(url: str) -> str:

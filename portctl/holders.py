@@ -40,19 +40,41 @@ class PortHolder:
         return self.kind != "stopped container"
 
     def describe(self) -> str:
-        where = ", ".join(self.addresses) or "every address"
-        head = f"{self.port}/{self.protocol} on {where}: "
+        """Who, then where: ``container X (compose P/S, image I) via docker-proxy pid N, on
+        0.0.0.0 and ::`` or ``process python3 pid 7 user root (python3 -m http.server), on
+        0.0.0.0``."""
+        return f"{self._who()}, on {_and(self.addresses) or 'every address'}"
+
+    def _who(self) -> str:
         if self.container is not None:
-            text = head + self.container.describe()
-            if self.process is not None:
-                text += f", via {self.process.name} pid {self.process.pid}"
+            c = self.container
+            details = [f"compose {c.project}/{c.service}"] if c.project and c.service else []
+            details.append(f"image {c.image}")
             if not self.blocking:
-                text += f" ({self.container.state}; publishes it again when started)"
+                details.append(f"{c.state}: publishes it again when started")
+            text = f"container {c.name} ({', '.join(details)})"
+            if self.process is not None:
+                text += f" via {self.process.name} pid {self.process.pid}"
             return text
         if self.process is not None:
             p = self.process
-            return head + f"process {p.name} pid {p.pid} user {p.user}: {p.cmdline or '?'}"
-        return head + f"a socket of user {self.user} (its process is not visible: run as root to see it)"
+            return f"process {p.name} pid {p.pid} user {p.user} ({p.cmdline or 'command line not readable'})"
+        return f"a socket of user {self.user} (its process is not visible: run as root to see it)"
+
+    def next_step(self) -> str:
+        """The command that frees the port from this holder."""
+        if self.container is not None:
+            c = self.container
+            step = f"docker {'stop' if self.blocking else 'rm'} {c.name}"
+            return step + (f" (or docker compose -p {c.project} down)" if c.project else "")
+        if self.process is not None and self.process.name in PROXIES:
+            # Docker's own process, for a container Docker did not name: stop the container.
+            return f"docker ps --filter publish={self.port} (then docker stop the container)"
+        if self.process is not None:
+            unit = _systemd_unit(self.process.pid)
+            kill = f"kill {self.process.pid}"
+            return f"systemctl stop {unit} (or {kill})" if unit else kill
+        return f"find its process as root: sudo portctl who {self.port}"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -61,6 +83,7 @@ class PortHolder:
             "protocol": self.protocol,
             "addresses": list(self.addresses),
             "description": self.describe(),
+            "next_step": self.next_step(),
         }
         if self.process is not None:
             p = self.process
@@ -178,6 +201,26 @@ def _published_addresses(container: Container, port: int, protocol: str) -> tupl
 
 def _as_listener(address: str, port: int, protocol: str) -> Listener:
     return Listener(protocol, address, port, 6 if ":" in address else 4, 0, 0)
+
+
+def _and(items: Iterable[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    words = list(items)
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
+
+
+def _systemd_unit(pid: int) -> str | None:
+    """The system service a process runs in (``postgresql@15-main.service``), from its cgroup."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.rpartition(":")[2].strip("/").split("/")
+        if len(parts) == 2 and parts[0] == "system.slice" and parts[1].endswith(".service"):
+            return parts[1]
+    return None
 
 
 def _user(uid: int) -> str:

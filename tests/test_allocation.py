@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import pytest
@@ -208,3 +209,46 @@ def test_unknown_environment_and_type_are_refused(allocator):
         allocator.allocate("svc", environment="qa")
     with pytest.raises(InvalidInput, match="type: 'huge'"):
         allocator.allocate("svc", type="huge")
+
+
+# Refusals name the holder and the next step ---------------------------------------------------
+
+
+def test_requested_port_held_by_a_process_names_it_and_how_to_free_it(store, listener):
+    port = free_port(start=21500)
+    listener(port)
+    with pytest.raises(PortConflict) as err:
+        PortAllocator(store, _settings()).allocate("grafana", port=port)
+    text = str(err.value)
+    assert f"held by process {_comm()} pid {os.getpid()} user " in text
+    assert f"free it with: kill {os.getpid()}, or omit --port to let portctl choose" in text
+    assert "release it first" not in text
+
+
+def test_requested_port_allocated_to_another_service_names_the_release_command(store):
+    port = free_port(start=21600)
+    allocator = PortAllocator(store, _settings())
+    allocator.allocate("postgres", port=port, environment="staging")
+    with pytest.raises(PortConflict) as err:
+        allocator.allocate("grafana", port=port)
+    text = str(err.value)
+    assert "allocated to postgres (staging)" in text
+    assert "free it with: portctl release --service postgres --env staging, or omit --port" in text
+
+
+def test_import_refusal_names_the_release_command(store):
+    port = free_port(start=21700)
+    allocator = PortAllocator(store, _settings())
+    allocator.allocate("postgres", port=port)
+    with pytest.raises(PortConflict) as err:
+        allocator.import_allocations(
+            [Allocation("redis", "production", "test-host", port, "tcp", "cache", "x")]
+        )
+    assert "nothing was imported; free it with: portctl release --service postgres --env production" in str(
+        err.value
+    )
+
+
+def _comm() -> str:
+    with open("/proc/self/comm") as f:
+        return f.read().strip()

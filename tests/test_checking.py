@@ -3,7 +3,9 @@ for a compose stack records its project and service."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 
 from portctl.allocation import Allocation, PortAllocator
 from portctl.checking import check_ports, targets
@@ -33,7 +35,9 @@ def test_own_container_is_not_a_conflict_but_another_projects_is(store):
         targets(allocator, None), HostPorts(ListenerScan(), _docker_with(port, "legacy", "web"))
     )
     [finding] = other.conflicts
-    assert "container legacy-web-1, compose legacy/web" in finding.conflicts[0].describe()
+    holder = finding.conflicts[0]
+    assert holder.describe() == "container legacy-web-1 (compose legacy/web, image nginx), on 0.0.0.0"
+    assert holder.next_step() == "docker stop legacy-web-1 (or docker compose -p legacy down)"
 
 
 def test_a_process_holding_an_allocated_port_is_a_conflict(store):
@@ -48,3 +52,76 @@ def test_a_process_holding_an_allocated_port_is_a_conflict(store):
     [finding] = report.conflicts
     assert finding.conflicts[0].process is not None
     assert finding.conflicts[0].process.pid > 0
+
+
+# The registered instance on its port is the service itself -----------------------------------
+
+
+def _registered(store, port: int, *, pid: int | None = None, color: str | None = None):
+    """An allocation on ``port`` and the registry instance that serves it (no check run)."""
+    from portctl.registry import CheckSpec, Registry
+
+    settings = Settings(host="check-host")
+    name = f"api_{color}" if color else "api"
+    PortAllocator(store, settings).import_allocations(
+        [Allocation(name, "production", "check-host", port, "tcp", "api", "x")]
+    )
+    meta = {"color": color} if color else {}
+    Registry(store, settings).register(
+        "api", port=port, check=CheckSpec("none"), pid=pid, meta=meta, tags=(color,) if color else ()
+    )
+    return PortAllocator(store, settings)
+
+
+def _check(allocator):
+    return check_ports(targets(allocator, None), HostPorts(ListenerScan(), DockerScan("unix:///none")))
+
+
+def test_a_colours_own_server_is_not_a_conflict(store, listener):
+    port = free_port(start=26200)
+    listener(port)
+    report = _check(_registered(store, port, color="green"))
+    assert report.ok
+    [finding] = report.findings
+    assert finding.target.service == "api_green"
+    assert finding.own[0].process.pid == os.getpid()
+    assert report.next_step() is None
+
+
+def test_a_holder_where_the_instance_does_not_answer_is_a_conflict(store, listener):
+    port = free_port(start=26300)
+    listener(port, "127.0.0.2")  # the instance answers on 127.0.0.1; this is something else
+    report = _check(_registered(store, port))
+    [finding] = report.conflicts
+    assert finding.conflicts[0].addresses == ("127.0.0.2",)
+
+
+def test_a_registration_that_recorded_its_process_needs_that_process(store, listener):
+    port = free_port(start=26400)
+    listener(port)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        assert not _check(_registered(store, port, pid=other.pid)).ok  # we hold it, not pid `other`
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_registration_made_by_a_parent_of_the_holder_is_itself(store, listener):
+    port = free_port(start=26500)
+    listener(port)
+    assert _check(_registered(store, port, pid=os.getppid())).ok  # registered by our parent
+
+
+def test_next_step_names_the_free_command_and_the_move(store):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        allocator = PortAllocator(store, Settings(host="check-host"))
+        allocator.import_allocations([Allocation("api", "production", "check-host", port, "tcp", "api", "x")])
+        report = _check(allocator)
+    assert report.next_step() == (
+        f"free the ports: kill {os.getpid()}; or move the services: "
+        "portctl release --service api --env production && portctl allocate --service api --env production"
+    )

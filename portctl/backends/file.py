@@ -109,7 +109,7 @@ class JsonFileStore(Store):
         self.backup_path = self.path + ".bak"
         self.lock_timeout = lock_timeout
         folder = os.path.dirname(self.path)
-        if not os.path.isdir(folder):
+        if not os.path.isdir(folder) and self.path != default_path():
             raise InvalidInput(
                 "store",
                 self.path,
@@ -236,6 +236,7 @@ class JsonFileStore(Store):
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         with self._mutex:
+            _create_default_folder(self.path)
             fd = self._open_lock()
             try:
                 self._flock(fd)
@@ -614,3 +615,33 @@ def fsync_folder(folder: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# The default location: its folder is made by the first write, never by a read -------------
+
+
+def default_path() -> str:
+    """``/var/lib/portctl/store.json`` as root, else ``$XDG_STATE_HOME/portctl/store.json``
+    (``~/.local/state/portctl/store.json``). Its folder may not exist yet."""
+    if os.geteuid() == 0:
+        return "/var/lib/portctl/store.json"
+    state = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):  # the XDG spec: a relative value is ignored
+        state = os.path.expanduser("~/.local/state")
+    return os.path.join(os.path.abspath(state), "portctl", "store.json")
+
+
+def _create_default_folder(path: str) -> None:
+    """Create the default store's folder before its first write: a read-only command never
+    needs it, so it works for a user whose home does not exist (``nobody``)."""
+    folder = os.path.dirname(path)
+    if os.path.isdir(folder) or path != default_path():
+        return
+    try:
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+    except OSError as e:
+        also = "" if os.geteuid() == 0 else ", or set XDG_STATE_HOME to a writable folder"
+        raise StoreUnavailable(
+            f"cannot create the store folder {folder}: {e.strerror}; choose a writable path "
+            f"with --store or PORTCTL_STORE{also}"
+        ) from e

@@ -132,11 +132,14 @@ def check(
                 rows += [["", "", "", f"held by {h.describe()}"] for h in f.conflicts]
                 rows += [["", "", "", f"stopped: {h.describe()}"] for h in f.warnings]
             summary = f"\n{len(report.conflicts)} conflict(s) in {len(report.findings)} port(s)"
+            if step := report.next_step():
+                summary += f"\nnext: {step}"
             return table(["SERVICE", "PORT", "STATUS", "DETAIL"], rows) + summary
 
         data = {
             "ok": report.ok,
             "findings": [f.to_dict() for f in report.findings],
             "notices": report.notices,
+            "next_step": report.next_step(),
         }
         emit(as_json, data, human, ExitCode.OK if report.ok else ExitCode.CONFLICT)

@@ -476,7 +476,7 @@ def test_port_held_by_another_service(run: Run, store_path: Path) -> None:
         line = error_line(result)
         assert f"port {port}/tcp" in line
         assert "postgres (staging)" in line
-        assert "release it first" in line
+        assert "free it with: portctl release --service postgres --env staging" in line
         assert store_path.read_bytes() == before
 
 

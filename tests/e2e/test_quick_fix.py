@@ -168,7 +168,7 @@ def test_check_names_every_holder(plan_host):
     assert findings["api"]["conflicts"] == []
     assert findings["admin_ui"]["conflicts"] == []
     human = _portctl(plan_host, "check", "-f", str(plan_host["base"]))
-    assert f"container {OLD_PROJECT}-db-1, compose {OLD_PROJECT}/db" in human.stdout
+    assert f"container {OLD_PROJECT}-db-1 (compose {OLD_PROJECT}/db" in human.stdout
     assert "5 conflict(s) in 7 port(s)" in human.stdout
 
 
@@ -176,12 +176,13 @@ def test_who_names_the_container_and_the_process(plan_host):
     result = _portctl(plan_host, "who", "5432")
     assert result.returncode == 1
     assert (
-        f"container {OLD_PROJECT}-db-1, compose {OLD_PROJECT}/db, image portctl-busybox:test" in result.stdout
+        f"container {OLD_PROJECT}-db-1 (compose {OLD_PROJECT}/db, image portctl-busybox:test)"
+        in result.stdout
     )
     assert "via docker-proxy" in result.stdout
     result = _portctl(plan_host, "who", str(STRAY))
     comm = Path(sys.executable).name[:15]  # the kernel's process name: the executable's, cut at 15
-    assert f"process {comm} pid {plan_host['stray_pid']} user root: " in result.stdout
+    assert f"process {comm} pid {plan_host['stray_pid']} user root (" in result.stdout
     assert "-m http.server 8080" in result.stdout
     free = _portctl(plan_host, "who", "8000")
     assert (free.returncode, free.stdout.strip()) == (0, "8000/tcp is free")

@@ -1,0 +1,87 @@
+"""`portctl check` as a CI gate: the README's blue-green flow with real HTTP servers on the
+colours' ports passes (each colour's server is the instance registered there, not a conflict),
+a foreign process on an allocated port is still a conflict, and the output ends with the next
+step to take."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .conftest import Run, free_port, parse_env
+
+Serve = Callable[[int], subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """``serve(port)``: ``python3 -m http.server PORT``, as a user would start one, listening."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def _serve(port: int) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(process)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                assert process.poll() is None, f"http.server could not listen on {port}"
+                time.sleep(0.05)
+            else:
+                return process
+        pytest.fail(f"http.server did not listen on {port}")
+
+    yield _serve
+    for process in started:
+        process.terminate()
+        process.wait(10)
+
+
+def test_check_passes_after_the_readme_blue_green_flow(run: Run, serve: Serve) -> None:
+    blue = free_port()
+    serve(blue)
+    check = "http://127.0.0.1:{port}/"
+    deployed = run("bluegreen", "deploy", "api", "--color", "blue", "--port", blue, "--check", check)
+    assert deployed.returncode == 0, deployed.stderr
+    deployed = run("bluegreen", "deploy", "api", "--color", "green", "--check", check)
+    assert deployed.returncode == 0, deployed.stderr
+    green = parse_env(run("env").stdout)["API_GREEN_PORT"]
+    serve(green)  # start green on its port
+    cutover = run(
+        "bluegreen", "cutover", "api", "--to", "green", "--min-healthy", "0s", "--drain", "0s", "--yes"
+    )
+    assert cutover.returncode == 0, cutover.stderr
+
+    result = run("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "CONFLICT" not in result.stdout
+    assert "0 conflict(s) in 2 port(s)" in result.stdout
+    assert "next:" not in result.stdout  # nothing to do
+    findings = json.loads(run("check", "--json").stdout)["data"]["findings"]
+    assert {f["service"]: len(f["own"]) for f in findings} == {"api_blue": 1, "api_green": 1}
+
+
+def test_a_foreign_process_on_an_allocated_port_is_still_a_conflict(run: Run, serve: Serve) -> None:
+    port = free_port()
+    assert run("allocate", "--service", "web", "--port", port).returncode == 0
+    foreign = serve(port)
+    result = run("check")
+    assert result.returncode == 1
+    assert "CONFLICT" in result.stdout
+    assert "held by process python" in result.stdout
+    assert f"pid {foreign.pid} user root (" in result.stdout
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("next: free the ports: ")
+    assert f"kill {foreign.pid}" in last
+    assert "portctl release --service web --env production && portctl allocate --service web" in last
