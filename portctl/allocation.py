@@ -116,6 +116,7 @@ class _Request:
     prefer: tuple[int, ...] = ()
     avoid: frozenset[int] = frozenset()
     compose: str | None = None
+    own: frozenset[int] = frozenset()  # held by the service's own running container
 
     def satisfied_by(self, current: Allocation) -> bool:
         """Whether the service's current allocation already answers this request."""
@@ -221,6 +222,7 @@ class PortAllocator:
         prefer: Sequence[int] = (),
         avoid: Collection[int] = (),
         compose: str | None = None,
+        own: Collection[int] = (),
     ) -> AllocationResult:
         """The port of ``service`` in ``environment``: the one it has, the one asked for, or a
         free one chosen by the policy (environment port, standard, alternatives, type range).
@@ -229,15 +231,16 @@ class PortAllocator:
         ``avoid`` ports are never chosen, and a service holding one is moved off it (a port a
         foreign container or process took since it was allocated). ``compose`` records the
         compose ``project/service`` the port is published by, so checks know its own container.
+        ``own`` ports are held by the service itself (its compose container, already running):
+        they pass the host's checks, but never another service's allocation.
         """
         env = self.policy.environment(environment)
         spec = self.policy.spec(service, type, protocol)
         if port is not None:
             port = _validate.port(port)
             self._check_privilege(port)
-        request = _Request(
-            spec, env, port, tuple(_validate.port(p) for p in prefer), frozenset(avoid), compose
-        )
+        preferred = tuple(_validate.port(p) for p in prefer)
+        request = _Request(spec, env, port, preferred, frozenset(avoid), compose, frozenset(own))
         key = allocation_key(self.host, env, spec.name)
         for losses in range(_ATTEMPTS):
             try:
@@ -265,13 +268,13 @@ class PortAllocator:
         return self._claim_first(request, view, spread)
 
     def _claim_first(self, request: _Request, view: _View, spread: int) -> AllocationResult:
-        spec, env = request.spec, request.env
+        spec = request.spec
         skipped: list[str] = []
         # Racing allocators all reach for the lowest free port; one that lost a race spreads
         # out over the next few free ones, so they stop colliding on every step.
         skip = _random_below(spread + 1) if spread else 0
         for cand in self._candidates(request, view):
-            why_not = self._why_not(cand, spec, env, view)
+            why_not = self._why_not(cand, request, view)
             if why_not is None and cand.scanned and skip:
                 skip -= 1
                 continue
@@ -318,12 +321,15 @@ class PortAllocator:
             for p in s.preferred(self.policy.default_environment)
         } | {p for s in self.policy.services.values() if s.name != name for p in s.ports.values()}
 
-    def _why_not(self, cand: _Candidate, spec: ServiceSpec, env: str, view: _View) -> str | None:
+    def _why_not(self, cand: _Candidate, request: _Request, view: _View) -> str | None:
+        spec = request.spec
         owner = view.taken.get(cand.port)
-        if owner is not None and owner != (spec.name, env):
+        if owner is not None and owner != (spec.name, request.env):
             return f"allocated to {owner[0]} ({owner[1]})"
         if self.kernel.needs_privilege(cand.port):
             return _privilege_text(self.kernel)
+        if cand.port in request.own:
+            return None
         result = self._bind(cand.port, spec.protocol)
         if not result.free:
             return f"in use on this host ({result.reason})"

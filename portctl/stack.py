@@ -103,6 +103,15 @@ def foreign_holders(host: HostPorts, sp: StackPort, project: ComposeProject, por
     ]
 
 
+def _held_only_by_itself(host: HostPorts, sp: StackPort, project: ComposeProject, port: int) -> bool:
+    """Whether ``port`` is held, and only by the stack's own container of ``sp`` (the stack
+    is running): then it is this service's port, not a conflict."""
+    address = sp.mapping.host_ip or "0.0.0.0"
+    if not any(h.blocking for h in host.holders(port, sp.mapping.protocol, address)):
+        return False
+    return not any(h.blocking for h in foreign_holders(host, sp, project, port))
+
+
 def allocate_stack(
     allocator: PortAllocator, project: ComposeProject, environment: str | None, host: HostPorts
 ) -> list[tuple[StackPort, AllocationResult]]:
@@ -121,6 +130,7 @@ def allocate_stack(
             prefer=[sp.declared],
             avoid=avoid,
             compose=f"{project.name}/{sp.mapping.service}",
+            own=[p for p in (sp.declared,) if _held_only_by_itself(host, sp, project, p)],
         )
         results.append((sp, result))
     return results
