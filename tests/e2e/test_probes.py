@@ -211,6 +211,7 @@ def test_deploy_wait_reports_the_port_whose_container_listens_on_nothing(
         human = _portctl(env, "deploy", "--wait", "0s", cwd=tmp_path)
         assert human.returncode == 1
         assert "NO ANSWER" in human.stdout
+        assert "\x1b" not in human.stderr  # no progress animation when stderr is not a terminal
     finally:
         _down(compose_bin, "waitcheck", env, tmp_path)
 
@@ -257,3 +258,50 @@ def test_deploy_prints_the_command_that_keeps_the_moved_ports(
         for s in holders:
             s.close()
         _down(compose_bin, "reuse", env, tmp_path)
+
+
+def test_deploy_shows_its_progress_on_a_terminal(
+    host: Host, env: dict[str, str], tmp_path: Path, compose_bin: list[str]
+) -> None:
+    """stderr on a pseudo-terminal: Compose's lines and the ports being waited for are shown,
+    without colour under NO_COLOR; stdout keeps the plain report."""
+    import pty
+
+    if not host.proxy:
+        pytest.skip("once is enough: the display does not depend on the proxy mode")
+    port = free_port(start=24750)
+    _stack(tmp_path, "shown", {"api": (str(port), INNER, "/bin/busybox sleep 300")})
+    main, secondary = pty.openpty()
+    try:
+        child = subprocess.Popen(
+            [PORTCTL, "deploy", "--wait", "2s"],
+            cwd=tmp_path,
+            env={**env, "TERM": "xterm-256color", "COLUMNS": "120"},
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            text=True,
+        )
+        os.close(secondary)
+        shown = _read_all(main)
+        stdout, _ = child.communicate(timeout=300)
+    finally:
+        os.close(main)
+        _down(compose_bin, "shown", env, tmp_path)
+    assert child.returncode == 1
+    assert "NO ANSWER" in stdout
+    assert "compose:" in shown
+    assert f"waiting for api on {port}" in shown
+    assert "\x1b[3" not in shown  # NO_COLOR: no foreground colours
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks).decode(errors="replace")
