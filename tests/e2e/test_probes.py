@@ -78,10 +78,14 @@ def _wait_answering(port: int) -> None:
 
 @pytest.fixture
 def env(host: Host, tmp_path: Path) -> dict[str, str]:
+    return _environ(host.endpoint, tmp_path)
+
+
+def _environ(endpoint: str, tmp_path: Path) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PORTCTL_")}
     environ.update(
         {
-            "DOCKER_HOST": host.endpoint,
+            "DOCKER_HOST": endpoint,
             "PORTCTL_STORE": str(tmp_path / "store.json"),
             "PORTCTL_HOST": "probe-host",
             "PORTCTL_ENV": "production",
@@ -217,12 +221,11 @@ def test_deploy_wait_reports_the_port_whose_container_listens_on_nothing(
 
 
 def test_deploy_prints_the_command_that_keeps_the_moved_ports(
-    host: Host, env: dict[str, str], tmp_path: Path, compose_bin: list[str]
+    docker_host: str, busybox_image: str, tmp_path: Path, compose_bin: list[str]
 ) -> None:
     """Found without -f, as Compose finds it; the printed command, run again from a clean
     shell, changes nothing (the override and .env.ports are in it)."""
-    if not host.proxy:
-        pytest.skip("once is enough: the command does not depend on the proxy mode")
+    env = _environ(docker_host, tmp_path)
     fixed, variable = free_port(start=24800), free_port(start=24900)
     holders = [socket.create_server(("0.0.0.0", p)) for p in (fixed, variable)]
     serve = "/bin/busybox httpd -f -p 80"
@@ -243,16 +246,16 @@ def test_deploy_prints_the_command_that_keeps_the_moved_ports(
         assert command[command.index("--env-file") + 1] == ".env.ports"
         human = _portctl(env, "deploy", cwd=tmp_path)
         assert f"ran: {data['compose_command']}" in human.stdout
-        ids = _docker(host.endpoint, "ps", "-q", "--filter", "label=com.docker.compose.project=reuse").split()
+        ids = _docker(docker_host, "ps", "-q", "--filter", "label=com.docker.compose.project=reuse").split()
         clean = {k: v for k, v in env.items() if k != "TWO_PORT"}
         again = subprocess.run(command, cwd=tmp_path, env=clean, capture_output=True, text=True, check=False)
         assert again.returncode == 0, again.stderr
         assert (
-            _docker(host.endpoint, "ps", "-q", "--filter", "label=com.docker.compose.project=reuse").split()
+            _docker(docker_host, "ps", "-q", "--filter", "label=com.docker.compose.project=reuse").split()
             == ids
         )
         for service in ("one", "two"):
-            shown = _docker(host.endpoint, "port", f"reuse-{service}-1", "80/tcp")
+            shown = _docker(docker_host, "port", f"reuse-{service}-1", "80/tcp")
             assert f":{moved[service]}" in shown
     finally:
         for s in holders:
@@ -261,14 +264,13 @@ def test_deploy_prints_the_command_that_keeps_the_moved_ports(
 
 
 def test_deploy_shows_its_progress_on_a_terminal(
-    host: Host, env: dict[str, str], tmp_path: Path, compose_bin: list[str]
+    docker_host: str, busybox_image: str, tmp_path: Path, compose_bin: list[str]
 ) -> None:
     """stderr on a pseudo-terminal: Compose's lines and the ports being waited for are shown,
     without colour under NO_COLOR; stdout keeps the plain report."""
     import pty
 
-    if not host.proxy:
-        pytest.skip("once is enough: the display does not depend on the proxy mode")
+    env = _environ(docker_host, tmp_path)
     port = free_port(start=24750)
     _stack(tmp_path, "shown", {"api": (str(port), INNER, "/bin/busybox sleep 300")})
     main, secondary = pty.openpty()
