@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from portctl.backends.base import Delete
 from portctl.errors import StoreUnavailable, VersionConflict
 from portctl.health import RUNNABLE, run_check
+from portctl.probe import is_local_address
 from portctl.registry import (
     HealthRecord,
     Instance,
@@ -210,7 +211,7 @@ class Agent:
             expired = replace(
                 record,
                 status=Status.CRITICAL,
-                output=f"TTL expired {max(0.0, now - expires_at):.0f}s ago",
+                output=_expiry_text(expires_at, entry.check.ttl),
                 updated_at=time.time(),
                 pending=None,
                 streak=0,
@@ -231,7 +232,7 @@ class Agent:
         key = _key(entry)
         # Only a TCP or HTTP service on this host's own addresses is expected to listen here:
         # a TTL or unchecked entry, or one at a remote address, is judged by its owner alone.
-        local = entry.check.kind in RUNNABLE and _is_local(entry.address)
+        local = entry.check.kind in RUNNABLE and is_local_address(entry.address)
         silent = local and not scan.listens(entry.port, entry.address)
         orphan = entry.pid is not None and not _process_exists(entry.pid)
         if not (silent or orphan):
@@ -288,24 +289,6 @@ class _LazyScan:
         return bool(self._scan.blocking(port, "tcp", address if _is_ip(address) else "*"))
 
 
-def _is_local(address: str) -> bool:
-    """Loopback, a wildcard, or one of this host's own addresses."""
-    import ipaddress
-
-    try:
-        ip = ipaddress.ip_address(address.removeprefix("[").removesuffix("]"))
-    except ValueError:
-        return address in ("localhost", socket.gethostname())
-    if ip.is_loopback or ip.is_unspecified:
-        return True
-    try:
-        with socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((str(ip), 0))  # binding succeeds only for an address this host owns
-    except OSError:
-        return False
-    return True
-
-
 def _key(entry: ServiceEntry) -> _Key:
     return (entry.environment, entry.service, entry.id, entry.registered_at)
 
@@ -315,6 +298,13 @@ def _expired_at(record: HealthRecord, now: float) -> float | None:
     if record.expires_at is not None and now >= record.expires_at:
         return record.expires_at
     return None
+
+
+def _expiry_text(expires_at: float, ttl: float | None) -> str:
+    """A TTL's expiry as a moment, not an age: stored once, it must stay true when read later."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))
+    within = f" (no update within its {ttl:g}s TTL)" if ttl else ""
+    return f"TTL expired at {stamp}{within}"
 
 
 def _overdue(entry: ServiceEntry, health: HealthRecord, now: float) -> str | None:

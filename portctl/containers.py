@@ -31,7 +31,17 @@ from portctl.errors import DockerUnavailable
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["Container", "DockerScan", "PublishedPort", "docker_endpoint", "publisher", "scan_containers"]
+__all__ = [
+    "Container",
+    "DockerScan",
+    "ProxyRoute",
+    "PublishedPort",
+    "container_at",
+    "docker_endpoint",
+    "proxy_routes",
+    "publisher",
+    "scan_containers",
+]
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -260,3 +270,84 @@ def publisher(scan: DockerScan | None = None) -> Callable[[int, str], str | None
         return c.describe() if c.running else f"{c.describe()} ({c.state}; publishes it again when started)"
 
     return published
+
+
+# --- docker-proxy ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyRoute:
+    """One docker-proxy process: it listens on the host port and, for each connection it
+    accepts, dials the container's address from the host's network namespace."""
+
+    pid: int
+    protocol: str
+    host_ip: str
+    host_port: int
+    container_ip: str
+    container_port: int
+
+
+def proxy_routes(port: int, protocol: str = "tcp", proc: str = "/proc") -> list[ProxyRoute]:
+    """The docker-proxy processes forwarding host ``port``, read from their command lines,
+    which every user may read (their sockets only root may attribute). Empty when /proc hides
+    other users' processes (``hidepid``)."""
+    routes = []
+    for pid in _pids(proc):
+        if _read(f"{proc}/{pid}/comm").strip() != b"docker-proxy":
+            continue
+        route = _route(pid, _read(f"{proc}/{pid}/cmdline").split(b"\0"))
+        if route is not None and route.host_port == port and route.protocol == protocol:
+            routes.append(route)
+    return routes
+
+
+def _pids(proc: str) -> list[int]:
+    try:
+        return [int(name) for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return []
+
+
+def _read(path: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # gone meanwhile, or hidden
+        return b""
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _route(pid: int, argv: list[bytes]) -> ProxyRoute | None:
+    words = [w.decode(errors="replace") for w in argv]
+    args = {w.lstrip("-"): words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("-")}
+    try:
+        return ProxyRoute(
+            pid,
+            args.get("proto", "tcp"),
+            args.get("host-ip", ""),
+            int(args["host-port"]),
+            args["container-ip"],
+            int(args["container-port"]),
+        )
+    except (KeyError, ValueError):  # not a forwarding docker-proxy command line
+        return None
+
+
+def container_at(address: str, endpoint: str | None = None, timeout: float = 2.0) -> Container | None:
+    """The running container with ``address`` on one of its networks; None when there is none
+    or Docker cannot be asked."""
+    endpoint = endpoint or docker_endpoint()
+    try:
+        listed = _get(endpoint, "/containers/json", timeout)
+    except DockerUnavailable:
+        return None
+    for raw in listed:
+        networks = ((raw.get("NetworkSettings") or {}).get("Networks") or {}).values()
+        if any(address in (n.get("IPAddress"), n.get("GlobalIPv6Address")) for n in networks):
+            return _container(endpoint, raw, timeout)
+    return None

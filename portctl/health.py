@@ -1,6 +1,8 @@
 """One health check, one result: what ``portctl agent`` runs for each TCP and HTTP check.
 
-* **tcp**: a connection to the entry's address and port within the check's timeout.
+* **tcp**: a connection to the entry's address and port within the check's timeout; when the
+  port is held by Docker's userland proxy, the container behind it must accept too
+  (:func:`portctl.probe.tcp_answer`: docker-proxy accepts even when nothing listens inside).
 * **http**: a GET of the check's URL; redirects are followed, and the final response decides:
   2xx is passing, 429 (the service is up but shedding load) is warning, anything else is
   critical, as is a connection error or a timeout. Proxies from the environment
@@ -13,10 +15,10 @@ The HTTP client is imported on the first HTTP check, so importing this module st
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING
 
 from portctl.errors import InvalidInput
+from portctl.probe import reason, tcp_answer
 from portctl.registry import ServiceEntry, Status
 
 if TYPE_CHECKING:
@@ -44,13 +46,8 @@ def run_check(entry: ServiceEntry) -> tuple[Status, str]:
 
 
 def tcp_check(address: str, port: int, timeout: float) -> tuple[Status, str]:
-    target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            pass
-    except OSError as e:
-        return Status.CRITICAL, f"tcp connect to {target} failed: {_reason(e, timeout)}"
-    return Status.PASSING, f"tcp connect to {target} ok"
+    answer = tcp_answer(address, port, timeout)
+    return (Status.PASSING if answer.ok else Status.CRITICAL), answer.detail
 
 
 def http_check(url: str, timeout: float) -> tuple[Status, str]:
@@ -64,10 +61,10 @@ def http_check(url: str, timeout: float) -> tuple[Status, str]:
         e.close()
         return _http_result(e.code, str(e.reason))
     except urllib.error.URLError as e:  # before a response: refused, unresolvable, TLS...
-        reason = e.reason
-        return Status.CRITICAL, _reason(reason, timeout) if isinstance(reason, BaseException) else str(reason)
+        why = e.reason
+        return Status.CRITICAL, reason(why, timeout) if isinstance(why, BaseException) else str(why)
     except (OSError, http.client.HTTPException) as e:  # while reading the response
-        return Status.CRITICAL, _reason(e, timeout)
+        return Status.CRITICAL, reason(e, timeout)
     except ValueError as e:  # a URL urllib cannot use
         return Status.CRITICAL, f"invalid URL {url}: {e}"
 
@@ -92,16 +89,3 @@ def _http_result(code: int, reason: str) -> tuple[Status, str]:
     if code in WARNING_CODES:
         return Status.WARNING, output
     return Status.CRITICAL, output
-
-
-def _reason(error: BaseException, timeout: float) -> str:
-    """A short lowercase reason: ``connection refused``, ``timed out after 2s``..."""
-    if isinstance(error, TimeoutError):
-        return f"timed out after {timeout:g}s"
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(error, socket.gaierror):
-        return f"cannot resolve the host ({error.strerror})"
-    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-    text = text or type(error).__name__
-    return text[:1].lower() + text[1:]

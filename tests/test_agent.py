@@ -177,7 +177,7 @@ def test_expired_ttl_is_persisted_as_critical(registry, clock):
     assert agent.run_once() == AgentReport([("job-1", Status.CRITICAL)], [])
     health = stored(registry, "job-1").health
     assert health.status == Status.CRITICAL
-    assert re.fullmatch(r"TTL expired \ds ago", health.output)
+    assert health.output == f"TTL expired at {_utc(health.expires_at)} (no update within its 0.3s TTL)"
     assert health.critical_since == health.expires_at
     batch = registry.store.watch("registry/", position, timeout=0)
     assert [(c.kind, c.key) for c in batch.changes] == [("put", health_key(ENV, "job", "job-1"))]
@@ -186,6 +186,32 @@ def test_expired_ttl_is_persisted_as_critical(registry, clock):
     registry.ttl("job-1", Status.PASSING, environment=ENV)
     assert agent.run_once() == AgentReport([], [])
     assert stored(registry, "job-1").health.status == Status.PASSING
+
+
+def _utc(when: float | None) -> str:
+    assert when is not None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def test_expired_ttl_message_stays_true_when_read_later(tmp_path, clock):
+    """What `portctl health` shows minutes after the agent marked the TTL expired."""
+    store_path = tmp_path / "store.json"
+    with JsonFileStore(str(store_path)) as store:
+        registry = Registry(store, Settings(host="test-host"))
+        check = CheckSpec("ttl", ttl=0.3)
+        registry.register("job", port=closed_port(), instance_id="job-1", environment=ENV, check=check)
+        registry.ttl("job-1", Status.PASSING, environment=ENV)
+        time.sleep(0.4)
+        Agent(registry, clock=clock).run_once()
+        expired_at = stored(registry, "job-1").health.expires_at
+    time.sleep(1.2)  # a later reader: no "expired 0s ago" frozen in the record
+    env = {**os.environ, "PORTCTL_STORE": str(store_path), "PORTCTL_HOST": "test-host"}
+    portctl = os.path.join(os.path.dirname(sys.executable), "portctl")
+    shown = subprocess.run(
+        [portctl, "health", "job", "--env", ENV], capture_output=True, text=True, env=env, check=False
+    )
+    assert f"TTL expired at {_utc(expired_at)} (no update within its 0.3s TTL)" in shown.stdout, shown
+    assert "ago" not in shown.stdout
 
 
 def test_ttl_entries_are_not_port_checked_for_zombies(registry, clock):

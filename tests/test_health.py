@@ -163,3 +163,58 @@ def test_importing_health_does_not_import_the_http_client():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# Behind Docker's userland proxy ----------------------------------------------------------------
+# The real docker-proxy binary runs without dockerd: it listens on the host port, accepts every
+# connection, and only then dials the container's address. A check that stops at the accepted
+# connect reports a service that is not there.
+
+DOCKER_PROXY = "/usr/sbin/docker-proxy"
+
+
+@pytest.fixture
+def docker_proxy() -> Iterator[tuple[int, int]]:
+    """docker-proxy on 127.0.0.1:(host port) forwarding to 127.0.0.1:(container port)."""
+    import os
+    import shutil
+
+    binary = shutil.which("docker-proxy") or (DOCKER_PROXY if os.path.exists(DOCKER_PROXY) else None)
+    if binary is None:
+        pytest.skip("docker-proxy is not installed (Debian package docker.io)")
+    host_port, container_port = closed_port(), closed_port()
+    argv = [binary, "-proto", "tcp", "-host-ip", "127.0.0.1", "-host-port", str(host_port)]
+    argv += ["-container-ip", "127.0.0.1", "-container-port", str(container_port)]
+    # docker-proxy reports readiness ("0\n") on fd 3, as dockerd expects: here, its stdout.
+    proxy = subprocess.Popen(
+        ["/bin/sh", "-c", 'exec "$0" "$@" 3>&1', *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert proxy.stdout is not None
+    assert proxy.stdout.read(2) == b"0\n"
+    yield host_port, container_port
+    proxy.terminate()
+    proxy.wait()
+    proxy.stdout.close()
+
+
+def test_tcp_check_through_docker_proxy_with_nothing_behind_is_critical(docker_proxy):
+    host_port, container_port = docker_proxy
+    status, output = run_check(entry(host_port, CheckSpec("tcp")))
+    assert status == Status.CRITICAL
+    assert output == (
+        f"tcp connect to 127.0.0.1:{host_port}: docker-proxy accepted but the container at "
+        f"127.0.0.1 has nothing listening on {container_port}"
+    )
+
+
+def test_tcp_check_through_docker_proxy_passes_when_the_container_listens(docker_proxy):
+    host_port, container_port = docker_proxy
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", container_port))
+        server.listen(4)
+        status, output = run_check(entry(host_port, CheckSpec("tcp")))
+    assert (status, output) == (
+        Status.PASSING,
+        f"tcp connect to 127.0.0.1:{host_port} ok, through docker-proxy to 127.0.0.1:{container_port}",
+    )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
-from typing import TYPE_CHECKING, Annotated
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +22,7 @@ from portctl.cli._common import (
 from portctl.cli._output import ExitCode, emit, note, table
 
 if TYPE_CHECKING:
+    from portctl.deploy import DeployReport, DeployStep
     from portctl.stack import StackPort
 
 app = typer.Typer(rich_markup_mode=None)
@@ -125,80 +129,144 @@ def deploy(
     ] = None,
     output: OutputFile = None,
     wait: Annotated[
-        float, typer.Option("--wait", metavar="SECONDS", help="How long each port may take to answer.")
-    ] = 60.0,
+        str,
+        typer.Option(
+            "--wait",
+            metavar="DURATION",
+            help="How long the ports may take to answer, e.g. 60s or 2m (0s: probe once).",
+        ),
+    ] = "60s",
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the quick fix: allocate, write .env.ports and the override, compose up, verify.
 
     Every published port that something else holds is moved to a free one; the stack is
-    started with `docker compose up -d`; each TCP port must then answer. Running it again
-    changes nothing. Exits 1 if a port does not answer, 3 if Docker is unreachable.
+    started with `docker compose up -d`, and the exact command is printed for reuse (a plain
+    `docker compose -f FILE up -d` reads neither the override nor .env.ports). Each TCP port
+    must then answer: the service itself, not only Docker's proxy. Without -f, the Compose
+    files are found as Compose finds them (COMPOSE_FILE, compose.yaml, ... docker-compose.yml).
+    Running it again changes nothing. Exits 1 if a port does not answer, 3 if Docker or
+    Compose is missing.
 
-    Example: portctl deploy -f docker-compose.production.yml
+    Example: portctl deploy -f docker-compose.production.yml --wait 2m
     """
     from portctl.deploy import deploy as run_deploy
+    from portctl.deploy import deploy_inputs
     from portctl.holders import HostPorts
 
     with handled(as_json):
-        project = require_project(files)
-        with opened(store) as ctx:
+        seconds = _wait_seconds(wait)
+        inputs, own_override = deploy_inputs(files)
+        project = require_project(inputs)
+        with opened(store) as ctx, _deploy_display() as show:
             host = HostPorts()
             report = run_deploy(
                 ctx.allocator(host.docker),
                 project,
                 environment=env,
                 env_file=env_file,
-                override_file=output,
-                wait=wait,
+                override_file=output or own_override,
+                wait=seconds,
                 host=host,
+                progress=show,
             )
         for notice in report.notices:
             note(f"note: {notice}")
+        emit(
+            as_json,
+            _deploy_data(report),
+            lambda: _deploy_text(report),
+            ExitCode.OK if report.ok else ExitCode.CONFLICT,
+        )
 
-        def human() -> str:
-            rows = [
-                [
-                    sp.name,
-                    sp.mapping.service,
-                    sp.declared,
-                    r.allocation.port,
-                    "moved" if r.allocation.port != sp.declared else "as declared",
-                ]
-                for sp, r in report.allocations
-            ]
-            files_line = [f"{report.env_file}: {'written' if report.env_written else 'unchanged'}"]
-            if report.override_file:
-                files_line.append(
-                    f"{report.override_file}: {'written' if report.override_written else 'unchanged'}"
-                )
-            probes = [
-                [p.name, f"{p.port}/{p.protocol}", "answers" if p.answered else "NO ANSWER", p.detail]
-                for p in report.probes
-            ]
-            return "\n\n".join(
-                [
-                    table(["NAME", "SERVICE", "DECLARED", "PORT", ""], rows),
-                    "\n".join(files_line),
-                    table(["NAME", "PORT", "CHECK", "DETAIL"], probes),
-                ]
-            )
 
-        data = {
-            "project": report.project,
-            "allocations": [
-                {
-                    **r.allocation.to_dict(),
-                    "compose_service": sp.mapping.service,
-                    "declared": sp.declared,
-                    "changed": r.changed,
-                }
-                for sp, r in report.allocations
-            ],
-            "env_file": {"path": report.env_file, "changed": report.env_written},
-            "override_file": {"path": report.override_file, "changed": report.override_written},
-            "probes": [p.__dict__ for p in report.probes],
-            "compose_output": report.compose_output,
-        }
-        emit(as_json, data, human, ExitCode.OK if report.ok else ExitCode.CONFLICT)
+def _wait_seconds(value: str) -> float:
+    from portctl.registry import parse_duration
+
+    if value.strip() in ("0", "0s", "0ms"):
+        return 0.0
+    return parse_duration(value, "--wait")
+
+
+@contextlib.contextmanager
+def _deploy_display() -> Iterator[Callable[[DeployStep], None]]:
+    """A progress display on stderr while Compose runs and ports are probed; nothing at all
+    when stderr is not a terminal (logs, CI), so no animation lands in a file."""
+    if not sys.stderr.isatty():
+        yield lambda step: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        up = bar.add_task("docker compose up", total=None)
+        waiting = None
+
+        def show(step: DeployStep) -> None:
+            nonlocal waiting
+            if step.stage == "up":
+                bar.update(up, description=f"compose: {step.text[:70]}")
+                return
+            if waiting is None:
+                bar.update(up, visible=False)
+                waiting = bar.add_task("waiting", total=step.total)
+            bar.update(waiting, description=step.text, completed=step.done, total=step.total)
+
+        yield show
+
+
+def _deploy_text(report: DeployReport) -> str:
+    rows = [
+        [
+            sp.name,
+            sp.mapping.service,
+            sp.declared,
+            r.allocation.port,
+            "moved" if r.allocation.port != sp.declared else "as declared",
+        ]
+        for sp, r in report.allocations
+    ]
+    files_line = [f"{report.env_file}: {'written' if report.env_written else 'unchanged'}"]
+    if report.override_file:
+        files_line.append(f"{report.override_file}: {'written' if report.override_written else 'unchanged'}")
+    files_line.append(f"ran: {report.command}")
+    probes = [
+        [p.name, f"{p.port}/{p.protocol}", "answers" if p.answered else "NO ANSWER", p.detail]
+        for p in report.probes
+    ]
+    return "\n\n".join(
+        [
+            table(["NAME", "SERVICE", "DECLARED", "PORT", ""], rows),
+            "\n".join(files_line),
+            table(["NAME", "PORT", "CHECK", "DETAIL"], probes),
+        ]
+    )
+
+
+def _deploy_data(report: DeployReport) -> dict[str, Any]:
+    return {
+        "project": report.project,
+        "allocations": [
+            {
+                **r.allocation.to_dict(),
+                "compose_service": sp.mapping.service,
+                "declared": sp.declared,
+                "changed": r.changed,
+            }
+            for sp, r in report.allocations
+        ],
+        "env_file": {"path": report.env_file, "changed": report.env_written},
+        "override_file": {"path": report.override_file, "changed": report.override_written},
+        "compose_command": report.command,
+        "probes": [p.__dict__ for p in report.probes],
+        "compose_output": report.compose_output,
+    }
