@@ -20,7 +20,8 @@ UNAVAILABLE = "py-consul's API tests could not be obtained"
 
 
 def _cache(config: pytest.Config) -> Path:
-    return Path(config.cache.mkdir("py-consul-sdist")) if config.cache else Path(".pytest_cache")
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    return Path(cache.mkdir("py-consul-sdist")) if cache else Path(".pytest_cache") / "py-consul-sdist"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
