@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from portctl import _validate
 from portctl.allocation import PortAllocator
 from portctl.errors import ServiceNotFound, StoreCorrupt
 from portctl.holders import HostPorts, PortHolder, own_holder
@@ -153,6 +154,8 @@ def targets(
             ),
         )
     if services:
+        for name in services:
+            _validate.service_name(name)  # a malformed name is bad input, not a missing service
         missing = [s for s in services if s not in found]
         if missing:
             raise ServiceNotFound(missing[0], list(found), f"allocated in {env} nor in the compose files")

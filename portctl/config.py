@@ -53,6 +53,7 @@ __all__ = [
     "find_config",
     "load_settings",
     "resolve_store",
+    "store_url",
 ]
 
 CONFIG_ENV = "PORTCTL_CONFIG"
@@ -285,10 +286,10 @@ def resolve_store(flag: str | None, settings: Settings) -> StoreChoice:
     """The store to use, and why: ``--store``, then ``PORTCTL_STORE``, then the config file's
     ``store``, then the default file."""
     if flag:
-        return StoreChoice(_absolute(flag), "--store flag")
+        return StoreChoice(store_url(flag), "--store flag")
     env = os.environ.get(STORE_ENV)
     if env:
-        return StoreChoice(_absolute(env), STORE_ENV)
+        return StoreChoice(store_url(env), STORE_ENV)
     if settings.store:
         _check_config_store(settings.store, settings.path)
         return StoreChoice(settings.store, f"config file {settings.path}")
@@ -312,7 +313,7 @@ def _check_config_store(url: str, path: str | None) -> None:
         )
 
 
-def _absolute(url: str) -> str:
+def store_url(url: str) -> str:
     """Accept a bare path or ``file:relative`` where a URL is expected: both mean a JSON file."""
     if "://" in url:
         return url

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import sys
+from typing import Annotated, Any
 
 import typer
 
@@ -49,5 +51,35 @@ def _root(
     GLOBAL.as_json, GLOBAL.store = as_json, store
 
 
+def run(argv: list[str]) -> int:
+    """Run one command line; its exit code. A usage error is one line (a JSON envelope with
+    ``--json``), exit 2, like every other refusal."""
+    from portctl.cli._click import UsageError, is_help_request
+
+    try:
+        result = app(args=argv, prog_name="portctl", standalone_mode=False)
+    except UsageError as e:
+        if is_help_request(e):
+            e.show()
+            return int(e.exit_code)
+        return _usage_error(e, as_json="--json" in argv)
+    except typer.Abort:
+        print("portctl: aborted; nothing was changed", file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def _usage_error(error: Any, as_json: bool) -> int:
+    message = "; ".join(line.strip() for line in error.format_message().splitlines() if line.strip())
+    if error.ctx is not None:
+        message += f" (see: {error.ctx.command_path} --help)"
+    if as_json:
+        envelope = {"ok": False, "data": None, "error": {"code": "usage", "message": message}}
+        print(json.dumps(envelope, indent=2, sort_keys=True))
+    else:
+        print(f"portctl: error: {message}", file=sys.stderr)
+    return int(error.exit_code)
+
+
 def main() -> None:
-    app()
+    sys.exit(run(sys.argv[1:]))

@@ -26,8 +26,8 @@ StoreOption = Annotated[
     typer.Option(
         "--store",
         metavar="URL",
-        help="Store URL (file:///path.json, etcd://..., consul://...). Default: the config "
-        "file's store, then $PORTCTL_STORE, then the default JSON file.",
+        help="Store URL (file:///path.json or a path, etcd://..., consul://...). Default: "
+        "$PORTCTL_STORE, then the config file's store, then the default JSON file.",
         show_default=False,
     ),
 ]

@@ -31,8 +31,8 @@ def who(
     """Show what holds a port: processes, containers, and portctl's own allocations.
 
     One line per holder: what `lsof -i :PORT` and `docker ps` would tell. Exits 1 when
-    something holds the port (a process, a container, or an allocation in the store), 0 when
-    it is free.
+    something holds or claims the port (a process, a container - a stopped one takes it back
+    when started -, or an allocation in the store), 0 when it is free.
 
     Example: portctl who 5432
     """
@@ -63,7 +63,7 @@ def who(
             "allocations": [a.to_dict() for a in allocated],
             "notices": host.notices,
         }
-        busy = bool(allocated) or any(h.blocking for h in holders)
+        busy = bool(allocated or holders)  # a stopped container's port is not free to take
         emit(
             as_json,
             data,

@@ -32,10 +32,11 @@ def migrate(
     Example: portctl migrate --to etcd://10.0.0.5:2379,10.0.0.6:2379
     """
     from portctl.backends import open_store
+    from portctl.config import store_url
     from portctl.migrate import migrate as copy_store
 
     with handled(as_json), opened(store) as ctx:
-        target = open_store(to)
+        target = open_store(store_url(to))
         try:
             report = copy_store(ctx.store, target)
         finally:

@@ -89,16 +89,24 @@ def _nothing_here(ctx: Opened, env: str | None, all_hosts: bool) -> str:
     where += "" if all_hosts else f" on {ctx.settings.host}"
     elsewhere = ctx.allocator().allocations(None, all_hosts=True)
     if not elsewhere:
-        return f"no allocations yet (try: portctl allocate --service postgres {_env_flag(env)})".strip()
+        return f"no allocations yet (try: portctl allocate --service postgres{_env_flag(env)})"
     counts: dict[tuple[str, str], int] = {}
     for a in elsewhere:
         counts[a.environment, a.host] = counts.get((a.environment, a.host), 0) + 1
     shown = ", ".join(f"{n} in {e} on {h}" for (e, h), n in sorted(counts.items()))
-    return f"no allocations {where}; the store holds {shown} (see: portctl status --all-hosts)"
+    return f"no allocations {where}; the store holds {shown} (see: {_where_to_look(ctx, counts)})"
+
+
+def _where_to_look(ctx: Opened, counts: dict[tuple[str, str], int]) -> str:
+    """The status command that shows what the store holds elsewhere."""
+    envs = sorted({e for e, h in counts if h == ctx.settings.host})
+    if envs:
+        return " or ".join(f"portctl status --env {e}" for e in envs)
+    return "portctl status --all-hosts"
 
 
 def _env_flag(env: str | None) -> str:
-    return f"--env {env}" if env else ""
+    return f" --env {env}" if env else ""
 
 
 @app.command()
@@ -390,7 +398,7 @@ def _release_all(env: str | None, yes: bool, store: str | None, as_json: bool) -
         allocator = ctx.allocator()
         found = allocator.allocations(environment)
         where = f"{environment} on {ctx.settings.host}, in {ctx.choice.url}"
-        if found:
+        if found or not (yes or sys.stdin.isatty()):  # a script needs --yes either way
             confirm(yes, f"release all {len(found)} allocation(s) of {where}?")
         gone = [allocator.release(a.service, environment) for a in found]
     lines = [f"released {a.port}/{a.protocol} from {a.service}" for a in gone]

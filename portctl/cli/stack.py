@@ -245,7 +245,7 @@ def _deploy_text(report: DeployReport) -> str:
     ]
     return "\n\n".join(
         [
-            table(["NAME", "SERVICE", "DECLARED", "PORT", ""], rows),
+            table(["NAME", "SERVICE", "DECLARED", "PORT", "MOVE"], rows),
             "\n".join(files_line),
             table(["NAME", "PORT", "CHECK", "DETAIL"], probes),
         ]

@@ -2,8 +2,9 @@
 
 The commands come from README.md itself (the fenced bash block of "Quick start" that begins
 with ``portctl allocate --service postgres --port 5433``), so the README cannot drift from what
-works. The host is the plan's: containers of an older compose project hold postgres' and
-redis' standard ports; the new stack publishes the standard ports of seven services."""
+works. The host is the README's: containers of an older compose project hold the standard
+ports of postgres, redis and grafana; the new stack publishes the standard ports of seven
+services."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ FIRST_LINE = "portctl allocate --service postgres --port 5433"
 BIN = os.path.dirname(sys.executable)
 
 OLD_PROJECT = "orchestra-main-2"
-OLD = {"db": 5432, "redis": 6379}  # the older project's containers on the standard ports
+OLD = {"db": 5432, "redis": 6379, "grafana": 3001}  # the older project's, on standard ports
 # The new stack as the README's quick start has it: service -> standard port.
 STACK = {
     "postgres": 5432,
@@ -36,8 +37,18 @@ STACK = {
     "grafana": 3001,
     "prometheus": 9090,
 }
-# Where each service answers after the steps: the two moved by hand, the rest as declared.
-EXPECTED = {**STACK, "postgres": 5433, "redis": 6380}
+# Where each service answers after the README's steps: each on the port allocated by hand.
+EXPECTED = {
+    "postgres": 5433,
+    "redis": 6380,
+    "weaviate": 8081,
+    "api": 8010,
+    "admin_ui": 3002,
+    "grafana": 3003,
+    "prometheus": 9091,
+}
+# Moved by hand in the partial flow: what the older project holds; the rest stay as declared.
+PARTIAL = {**STACK, "postgres": 5433, "redis": 6380, "grafana": 3003}
 
 
 def readme_steps() -> str:
@@ -86,7 +97,9 @@ def _compose_plugin(config: Path, compose_bin: tuple[str, ...]) -> None:
 
 @pytest.fixture
 def host(tmp_path, docker, docker_host, busybox_image, compose_bin):
-    busy = [p for p in {*OLD.values(), *EXPECTED.values()} if not _free(p)]
+    busy = [
+        p for p in {*OLD.values(), *STACK.values(), *EXPECTED.values(), *PARTIAL.values()} if not _free(p)
+    ]
     if busy:
         pytest.skip(f"ports {sorted(busy)} are in use on this machine; the README's ports must be free")
     config = tmp_path / "docker-config"
@@ -121,10 +134,9 @@ def _get(port: int) -> str:
         return response.read().decode().strip()
 
 
-def test_the_readme_manual_steps_work_as_written(host):
-    steps = readme_steps()
+def _run_steps(host, script: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        ["bash", "-e", "-c", steps],
+        ["bash", "-e", "-c", script],
         cwd=host["dir"],
         env=host["env"],
         capture_output=True,
@@ -133,20 +145,48 @@ def test_the_readme_manual_steps_work_as_written(host):
         check=False,
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    return done
+
+
+def _documented(app: Path) -> dict[str, int]:
+    config = json.loads((app / "port_config.json").read_text())
+    return {a["service"]: a["port"] for a in config["allocations"]}
+
+
+def test_the_readme_manual_steps_work_as_written(host):
+    done = _run_steps(host, readme_steps())
     app = host["dir"]
     env_ports = (app / ".env.ports").read_text()
     assert "POSTGRES_PORT=5433" in env_ports
-    assert "REDIS_PORT=6380" in env_ports
+    assert "GRAFANA_PORT=3003" in env_ports
     override = (app / "docker-compose.override.yml").read_text()
     assert '"5433:5432"' in override
-    assert '"6380:6379"' in override
+    assert '"3003:3001"' in override
     for service, port in EXPECTED.items():  # every container of the new stack answers, on its port
         assert _get(port) == service
-    assert "not allocated, left as declared: weaviate (8080), api (8000)" in done.stderr
-    config = json.loads((app / "port_config.json").read_text())
-    documented = {a["service"]: a["port"] for a in config["allocations"]}
-    assert set(documented) == set(EXPECTED)
-    assert {s: documented[s] for s in ("postgres", "redis")} == {"postgres": 5433, "redis": 6380}
-    assert documented == EXPECTED  # each service documented on the port its container runs on
     assert "CONFLICT" not in done.stdout  # the check passed (under bash -e its exit 1 stops the steps too)
+    assert _documented(app) == EXPECTED
+
+
+PARTIAL_STEPS = """\
+portctl allocate --service postgres --port 5433
+portctl allocate --service redis --port 6380
+portctl allocate --service grafana --port 3003
+portctl override -f docker-compose.production.yml > docker-compose.override.yml
+docker compose -f docker-compose.production.yml -f docker-compose.override.yml up -d
+portctl allocate --all -f docker-compose.production.yml
+portctl check -f docker-compose.production.yml
+portctl export -o port_config.json
+"""
+
+
+def test_a_partial_set_then_allocate_all_records_the_ports_the_stack_runs_on(host):
+    """The README's other path: move only what conflicts, bring the stack up, then record the
+    rest at the ports their own containers hold - not moved off them."""
+    done = _run_steps(host, PARTIAL_STEPS)
+    assert "not allocated, left as declared: weaviate (8080), api (8000)" in done.stderr
+    for service, port in PARTIAL.items():
+        assert _get(port) == service
+    assert "CONFLICT" not in done.stdout
+    assert _documented(host["dir"]) == PARTIAL

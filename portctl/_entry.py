@@ -1,0 +1,22 @@
+"""The ``portctl`` console script.
+
+It imports the CLI inside a guard, so Ctrl-C at any moment - during start-up too - ends with
+exit 130 and one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["main"]
+
+
+def main() -> None:
+    try:
+        from portctl.cli import run
+
+        code = run(sys.argv[1:])
+    except KeyboardInterrupt:
+        print("portctl: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

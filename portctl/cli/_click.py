@@ -1,0 +1,17 @@
+"""The click exception the CLI turns into one line, wherever this typer keeps click (typer
+0.28 vendors it; older releases use the ``click`` package): the base of ``typer.BadParameter``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+__all__ = ["UsageError", "is_help_request"]
+
+UsageError: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def is_help_request(error: BaseException) -> bool:
+    """``portctl`` alone, or a group without its command: click shows the help for it."""
+    return type(error).__name__ == "NoArgsIsHelpError"
