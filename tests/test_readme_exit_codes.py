@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -124,6 +125,18 @@ def _unreadable(run: Run, store_path: pathlib.Path, **_: object) -> int:
     return run("status").returncode
 
 
+def _output_disk(run: Run, tmp_path: pathlib.Path, **_: object) -> int:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only filesystem needs root")
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], check=True)
+    try:
+        return run("env", "-o", folder / ".env.ports").returncode
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 def _unwritable(run: Run, **_: object) -> int:
     return run("--store", "/proc/portctl-store.json", "allocate", "x").returncode
 
@@ -160,6 +173,7 @@ TABLE_CASES: dict[tuple[int, str], Case] = {
     (3, "unwritable"): _unwritable,
     (3, "locked too long"): _locked,
     (3, "or Docker, for a command that needs it"): _docker,
+    (3, "the disk of an output file is full or read-only"): _output_disk,
 }
 # Phrases whose run needs a Docker engine and a compose stack: tests/e2e runs them.
 NEEDS_DOCKER = {(1, "a deployed port does not answer")}
@@ -249,9 +263,9 @@ def _allocate_all_with_a_failure(run: Run, tmp_path: pathlib.Path, listener: int
 
 
 PROMISES: list[tuple[str, int, Case]] = [
-    ("then exit 1 if something holds the port (0 if free)", 0, _who_free),
-    ("then exit 1 if something holds the port (0 if free)", 1, _who_allocated),
-    ("then exit 1 if something holds the port (0 if free)", 1, _who_listening),
+    ("then exit 1 if something holds or claims the port (0 if free)", 0, _who_free),
+    ("then exit 1 if something holds or claims the port (0 if free)", 1, _who_allocated),
+    ("then exit 1 if something holds or claims the port (0 if free)", 1, _who_listening),
     ("exit 1 if anything does", 1, _who_allocated),
     ("exit 1 on conflicts", 1, _check_found),
     ("exit 1 unless one is healthy", 1, _health_unhealthy),
