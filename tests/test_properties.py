@@ -415,64 +415,53 @@ def test_an_import_file_with_an_integer_of_thousands_of_digits_is_refused(text: 
 # Store URLs ----------------------------------------------------------------------------------
 
 
-def _valid_store_url(url: str, *, lax: bool = False) -> None:
-    """``lax``: tolerate an empty port, one of zeros, or tabs and newlines that urllib drops
-    (known defects, pinned by their own test)."""
+def _valid_store_url(url: str, environ: dict[str, str] | None = None, *, port: str | None = None) -> None:
+    """``port``: the port as written, when the URL does not hold it (an environment variable)."""
     from portctl.backends import open_store
 
-    store = refused(open_store, url)
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in (environ or {}).items():
+            env.setenv(name, value)
+        store = refused(open_store, url)
     if store is not None:
         store.close()
-        port = url.rpartition(":")[2].partition("?")[0].partition("/")[0]
-        if lax:
-            port = re.sub("[\t\r\n]", "", port)
-        assert _is_port_text(port) or (lax and set(port) <= {"0"}), url
+        if port is None:
+            port = url.rpartition(":")[2].partition("?")[0].partition("/")[0]
+        assert _is_port_text(port), url
 
 
 @BOUNDED
-@given(port_text.filter(lambda p: not {"[", "]"} & set(p)))  # brackets: the xfail test below
+@given(port_text)
 @example("٨٥٠٠")
 @example("²")
 def test_a_consul_store_url_port_is_a_port_or_refused(port: str) -> None:
-    _valid_store_url(f"consul://127.0.0.1:{port}", lax=True)
-
-
-@pytest.mark.xfail(
-    reason="portctl/backends/_consul_http.py reads port 0 and an empty port (consul://127.0.0.1:0, "
-    "consul://127.0.0.1:) as 'no port' and uses 8500 (`port or 8500` should be `8500 if port is "
-    "None`, and a ':' with no digits refused); urlsplit silently drops tabs and newlines, so "
-    "'85\\n00' is read as 8500: refuse a store URL holding whitespace or control characters",
-    strict=True,
-    raises=AssertionError,
-)
-@pytest.mark.parametrize("port", ["0", "", "00", "\n", "85\n00", "8500\t"])
-def test_a_consul_store_url_with_port_0_empty_or_broken_is_refused(port: str) -> None:
     _valid_store_url(f"consul://127.0.0.1:{port}")
 
 
-@pytest.mark.xfail(
-    reason="portctl/backends/etcd.py endpoint parsing checks the port with str.isdigit() and then "
-    "int(): '²' and 5,000 digits raise ValueError, '٢٣٧٩' is accepted; _validate.port(port) "
-    "alone (ASCII digits only now) fixes both",
-    strict=True,
-    raises=ValueError,
-)
+@pytest.mark.parametrize("port", ["0", "", "00", "\n", "85\n00", "8500\t", "85\r00"])
+def test_a_consul_store_url_with_port_0_empty_or_broken_is_refused(port: str) -> None:
+    _valid_store_url(f"consul://127.0.0.1:{port}")
+    _valid_store_url("consul:///", {"CONSUL_HTTP_ADDR": f"127.0.0.1:{port}"}, port=port)
+    _valid_store_url("consul:///", {"CONSUL_HTTP_ADDR": f"http://127.0.0.1:{port}/"}, port=port)
+
+
 @BOUNDED
 @given(port_text)
 @example("²")
+@example("٢٣٧٩")
 def test_an_etcd_store_url_port_is_a_port_or_refused(port: str) -> None:
     _valid_store_url(f"etcd://127.0.0.1:{port}")
+    if "\0" not in port:  # no environment variable can hold it
+        # Spaces around each endpoint of the list are allowed, as etcdctl allows them.
+        _valid_store_url("etcd:///", {"ETCDCTL_ENDPOINTS": f"http://127.0.0.1:{port}"}, port=port.strip())
 
 
-@pytest.mark.xfail(
-    reason="portctl/backends/_consul_http.py: urlsplit raises ValueError on a stray or empty bracket "
-    "('[', '[]') in a consul:// URL or CONSUL_HTTP_ADDR, and it is let through",
-    strict=True,
-    raises=ValueError,
+@pytest.mark.parametrize(
+    "url", ["consul://127.0.0.1:[", "consul://127.0.0.1:[]", "consul://[::1:8500", "consul://[]:8500"]
 )
-@pytest.mark.parametrize("url", ["consul://127.0.0.1:[", "consul://127.0.0.1:[]", "consul://[::1:8500"])
 def test_a_consul_store_url_with_a_stray_bracket_is_refused(url: str) -> None:
-    _valid_store_url(url, lax=True)
+    _valid_store_url(url)
+    _valid_store_url("consul:///", {"CONSUL_HTTP_ADDR": url.removeprefix("consul://")}, port="[")
 
 
 # PORTCTL_<NAME>_URL ------------------------------------------------------------------------------

@@ -125,7 +125,14 @@ def parse_url(url: str, environ: Mapping[str, str] | None = None) -> EtcdOptions
         raise InvalidInput(
             "store URL", "etcd://USER:***@...", f"no password in the URL; give {PASSWORD_HELP}"
         )
-    parts = urlsplit(url)
+    if not _validate.one_line(url) or any(ch.isspace() for ch in url):
+        # urlsplit would drop tabs and newlines, not refuse them
+        shown = "(not shown: the URL may hold a password)" if "@" in url else url
+        raise InvalidInput("store URL", shown, f"{URL_FORM}, on one line with no spaces")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a stray or empty bracket
+        raise InvalidInput("store", "(not shown)" if "@" in url else url, URL_FORM) from None
     if parts.scheme not in ("etcd", "etcd+https"):
         raise InvalidInput("store", url, URL_FORM)
     userinfo, _, hosts = parts.netloc.rpartition("@")
@@ -172,13 +179,21 @@ def _endpoints(hosts: str, env: Mapping[str, str], tls: bool, secret: bool = Fal
         scheme, sep, address = item.strip().rpartition("://")
         scheme = scheme if sep else ("https" if tls else "http")
         host, colon, port = address.rstrip("/").rpartition(":")
-        if scheme not in ("http", "https") or not colon or not port.isdigit():
+        if scheme not in ("http", "https") or not colon or (secret and not _is_port(port)):
             shown = "(not shown: the URL may hold a password)" if secret else item
             raise InvalidInput(source, shown, "endpoints as HOST:PORT, separated by commas, and no password")
-        _validate.port(int(port), f"{source} port")
+        _validate.port(port, f"{source} port")
         _validate.host(host.strip("[]"), f"{source} host")
         found.append(f"{scheme}://{host}:{port}")
     return tuple(found)
+
+
+def _is_port(text: str) -> bool:
+    try:
+        _validate.port(text)
+    except InvalidInput:
+        return False
+    return True
 
 
 def _prefix(path: str) -> str:
