@@ -491,11 +491,18 @@ def test_a_url_override_is_an_address_or_refused(url: str) -> None:
     _valid_override(url)
 
 
-@pytest.mark.xfail(
-    reason="portctl/discovery/_snapshot.py override_answer: `parts.port or default` reads "
-    "PORTCTL_API_URL=http://h:0/ as port 80 instead of refusing port 0",
-    strict=True,
-    raises=AssertionError,
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:0/",
+        "http://127.0.0.1:00/",
+        "http://127.0.0.1:80\t/",
+        "http://127.0.0.1:8\n0/",
+        "http://[::1/",
+    ],
 )
-def test_a_url_override_with_port_0_is_refused() -> None:
-    _valid_override("http://127.0.0.1:0/")
+def test_a_url_override_with_port_0_or_a_dropped_character_is_refused(url: str) -> None:
+    from portctl.discovery._snapshot import override_answer
+
+    with pytest.raises(InvalidInput, match="^PORTCTL_API_URL"):
+        override_answer("api", {"PORTCTL_API_URL": url})

@@ -429,7 +429,8 @@ def url(
     from portctl.discovery import ServiceDiscovery
 
     with handled(as_json), opened(store) as ctx:
-        with ServiceDiscovery(ctx.store, environment=env, settings=ctx.settings, watch=False) as discovery:
+        chosen = ctx.settings.policy.environment(env)  # refused as --env, before any lookup
+        with ServiceDiscovery(ctx.store, environment=chosen, settings=ctx.settings, watch=False) as discovery:
             found = discovery.get_service_url(name, scheme=scheme)
             stale = discovery.stale
         if stale is not None:

@@ -198,13 +198,7 @@ def test_an_empty_environment_is_refused_not_taken_for_production(
                 strict=True,
             ),
         ),
-        pytest.param(
-            ("url", "seed"),
-            marks=pytest.mark.xfail(
-                reason="portctl/discovery/_resolver.py ServiceDiscovery reads environment='' as unset",
-                strict=True,
-            ),
-        ),
+        ("url", "seed"),
     ],
     ids=lambda args: args[0],
 )
