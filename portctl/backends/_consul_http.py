@@ -24,7 +24,7 @@ from consul.std import Consul  # type: ignore[import-untyped]
 
 from portctl import _validate
 from portctl.backends._retry import network_cause, retried
-from portctl.errors import InvalidInput, StoreDenied, StoreTimeout, StoreUnavailable
+from portctl.errors import InvalidInput, StoreDenied, StoreError, StoreTimeout, StoreUnavailable
 
 DEFAULT_PREFIX = "portctl/"
 DEFAULT_TIMEOUT = 5.0
@@ -37,6 +37,16 @@ _OPTIONS = ("timeout", "cacert", "cert", "key")
 NO_LEADER = "No cluster leader"
 
 Params = Sequence[tuple[str, Any]]
+
+
+class NotConsul(StoreError):
+    """What answered is an HTTP server but not Consul: never read its 404s as an empty store.
+    Not retried: asking again gets the same answer."""
+
+
+# Consul's reads of these answer with X-Consul-Index (and X-Consul-KnownLeader,
+# X-Consul-LastContact), a missing key's 404 included.
+_INDEXED_READS = ("/v1/kv/", "/v1/health/", "/v1/catalog/")
 
 
 class NotApplied(StoreUnavailable):
@@ -255,6 +265,7 @@ class ConsulHTTP:
     ) -> Response:
         """One try of :meth:`call`, for a caller that runs the retry policy itself."""
         response = self._send(method, path, params, body)
+        self._refuse_if_not_consul(method, path, response)
         if read and response.code == 500 and NO_LEADER in str(response.body):
             # Consul's documented fallback: any server may answer a stale read.
             response = self._send(method, path, [*params, ("stale", "1")], body)
@@ -301,6 +312,16 @@ class ConsulHTTP:
             else "is the agent running? (set the address with the store URL or CONSUL_HTTP_ADDR)"
         )
         return StoreUnavailable(f"Consul is unreachable at {self.config.address} ({cause}); {advice}")
+
+    def _refuse_if_not_consul(self, method: str, path: str, response: Response) -> None:
+        if method != "GET" or not path.startswith(_INDEXED_READS) or response.code >= 500:
+            return
+        if any(name.lower().startswith("x-consul-") for name in response.headers):
+            return
+        raise NotConsul(
+            f"the server at {self.config.address} is not a Consul agent (no X-Consul-* headers in "
+            f"its answer {response.code} to GET {path}); check the store URL or CONSUL_HTTP_ADDR"
+        )
 
     def _raise_for(self, response: Response, path: str) -> None:
         code = response.code

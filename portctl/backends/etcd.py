@@ -410,6 +410,8 @@ class _Connection:
         except requests.RequestException as e:
             raise self._unreachable(index, e, seconds) from e
         if response.status_code != 200:
+            if not _is_etcd_error(response.text):
+                raise self._not_etcd(index, path, f"{response.status_code} {response.reason}")
             raise self.translate(Etcd3Exception(response.text, response.reason), index)
         try:
             answer: dict[str, Any] = response.json()
@@ -417,7 +419,17 @@ class _Connection:
             # Not etcd, or an answer broken off (a member killed while it was sending): the
             # call may or may not have been applied, as with a timeout.
             raise _EndpointFailed(self.address(index), "its answer is not etcd's JSON", reached=True) from e
+        if not isinstance(answer, dict) or not isinstance(answer.get("header"), dict):
+            raise self._not_etcd(index, path, "200 without etcd's header")
         return answer
+
+    def _not_etcd(self, index: int, path: str, answer: str) -> StoreError:
+        """A server that answers, but not as etcd's gateway does (a JSON ``header`` object with
+        cluster_id and revision, or a JSON error with a gRPC code): never read as empty."""
+        return StoreError(
+            f"the server at {self.options.endpoints[index]} is not an etcd server (it answered {answer} "
+            f"to POST /v3{path}); check the store URL or ETCDCTL_ENDPOINTS"
+        )
 
     def _unreachable(self, index: int, error: requests.RequestException, seconds: float) -> _EndpointFailed:
         cause = network_cause(error, round(seconds, 2))
@@ -498,6 +510,15 @@ def _client(endpoint: str, session: requests.Session) -> Etcd3Client:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     return Etcd3Client(host=host, port=int(port), protocol=protocol, session=session, api_path="/v3/")
+
+
+def _is_etcd_error(text: str) -> bool:
+    """Whether an error answer is etcd's: a JSON object with a gRPC code or an error text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and ("code" in body or "error" in body)
 
 
 def _error_of(e: Etcd3Exception) -> tuple[int | None, str]:
