@@ -516,6 +516,7 @@ class Registry:
         self, instance_id: str, status: Status, output: str = "", environment: str | None = None
     ) -> Instance:
         """``portctl ttl pass|warn|fail ID``: set a TTL check's status for another TTL period."""
+        _ttl_note(output)
         found = self.instance(instance_id, environment)
         e = found.entry
         if e.check.kind != "ttl" or e.check.ttl is None:
@@ -596,6 +597,20 @@ def _upsert(key: str, value: str, current: Entry | None, ttl: float | None = Non
     if current is None:
         return Create(key, value, ttl)
     return Put(key, value, current.version, ttl, keep_ttl=False)
+
+
+NOTE_MAX = 4096  # Consul keeps at most 4 KiB of a check's output
+
+
+def _ttl_note(text: str) -> None:
+    """A TTL check's note is shown in tables, logs and Consul's UI: one printable line."""
+    if len(text) > NOTE_MAX or not _validate.one_line(text):
+        raise InvalidInput(
+            "--note",
+            text,
+            f"text of at most {NOTE_MAX} printable characters on one line (no newline, tab or other "
+            "control character)",
+        )
 
 
 def _keep_ttl(key: str, value: str, current: Entry | None) -> Operation:

@@ -112,21 +112,21 @@ def register(
         ),
     ] = None,
     successes: Annotated[
-        int,
+        str,
         typer.Option(
             "--successes-before-passing",
             metavar="N",
             help="Flap damping: passing results in a row before it turns passing.",
         ),
-    ] = 1,
+    ] = "1",
     failures: Annotated[
-        int,
+        str,
         typer.Option(
             "--failures-before-critical",
             metavar="N",
             help="Flap damping: failures in a row before it turns critical.",
         ),
-    ] = 1,
+    ] = "1",
     lease: Annotated[
         str | None,
         typer.Option(
