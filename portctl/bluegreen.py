@@ -207,6 +207,8 @@ class LivePointer:
 def parse_pointer(entry: Entry) -> LivePointer:
     try:
         return _pointer_from(json.loads(entry.value), entry.version)
+    except RecursionError as e:
+        raise StoreCorrupt(entry.key, "the blue-green pointer is not valid (JSON nested too deeply)") from e
     except (ValueError, KeyError, TypeError) as e:
         raise StoreCorrupt(entry.key, f"the blue-green pointer is not valid ({e})") from e
 

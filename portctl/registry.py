@@ -621,6 +621,8 @@ def _keep_ttl(key: str, value: str, current: Entry | None) -> Operation:
 def parse_entry(item: Entry) -> ServiceEntry:
     try:
         return ServiceEntry.from_dict(json.loads(item.value))
+    except RecursionError as e:
+        raise StoreCorrupt(item.key, "the service entry is not valid (JSON nested too deeply)") from e
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise StoreCorrupt(item.key, f"the service entry is not valid ({e})") from e
 
@@ -628,5 +630,7 @@ def parse_entry(item: Entry) -> ServiceEntry:
 def parse_health(item: Entry) -> HealthRecord:
     try:
         return HealthRecord.from_dict(json.loads(item.value))
+    except RecursionError as e:
+        raise StoreCorrupt(item.key, "the health record is not valid (JSON nested too deeply)") from e
     except (ValueError, KeyError, TypeError) as e:
         raise StoreCorrupt(item.key, f"the health record is not valid ({e})") from e
