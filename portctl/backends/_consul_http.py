@@ -314,8 +314,8 @@ class ConsulHTTP:
         return StoreUnavailable(f"Consul is unreachable at {self.config.address} ({cause}); {advice}")
 
     def _refuse_if_not_consul(self, method: str, path: str, response: Response) -> None:
-        if method != "GET" or not path.startswith(_INDEXED_READS) or response.code >= 500:
-            return
+        if method != "GET" or not path.startswith(_INDEXED_READS) or response.code not in (200, 404):
+            return  # errors (a refused token, no leader) come without Consul's read headers
         if any(name.lower().startswith("x-consul-") for name in response.headers):
             return
         raise NotConsul(
