@@ -73,7 +73,7 @@ class InvalidInput(PortctlError, ValueError):
         super().__init__(f"{field}: {shown}; expected {expected}")
 
 
-SHOWN_MAX = 80
+SHOWN_MAX = 200  # a long file path still shows whole
 
 
 def clipped(value: object) -> str:
