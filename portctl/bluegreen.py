@@ -207,6 +207,8 @@ class LivePointer:
 def parse_pointer(entry: Entry) -> LivePointer:
     try:
         return _pointer_from(json.loads(entry.value), entry.version)
+    except RecursionError as e:
+        raise StoreCorrupt(entry.key, "the blue-green pointer is not valid (JSON nested too deeply)") from e
     except (ValueError, KeyError, TypeError) as e:
         raise StoreCorrupt(entry.key, f"the blue-green pointer is not valid ({e})") from e
 
@@ -552,7 +554,7 @@ class BlueGreen:
                 instance = self.registry.register(
                     service,
                     port=port,
-                    address=_validate.host(address, "--address") if address else None,
+                    address=None if address is None else _validate.host(address, "--address"),
                     instance_id=self._instance_id(service, color),
                     tags=(color,),
                     meta={"color": color},
@@ -856,6 +858,6 @@ def parse_window(value: str, field_name: str) -> float:
     """A duration for ``--min-healthy`` and ``--drain``; ``0`` or ``0s`` switch the wait off."""
     from portctl.registry import parse_duration
 
-    if value.strip() in ("0", "0s", "0ms"):
+    if value in ("0", "0s", "0ms"):
         return 0.0
     return parse_duration(value, field_name)

@@ -68,12 +68,32 @@ def parse_export(text: str, source: str) -> list[Allocation]:
         raise InvalidInput(
             source, f"line {e.lineno} column {e.colno}", "valid JSON (a port_config.json)"
         ) from e
+    except ValueError as e:  # an integer beyond Python's 4300-digit limit
+        raise InvalidInput(
+            source,
+            "integer too long",
+            "a port_config.json (ports of at most 5 digits)",
+            problem="holds an integer of thousands of digits",
+        ) from e
     if not isinstance(doc, dict) or not isinstance(doc.get("allocations"), list):
-        raise InvalidInput(source, type(doc).__name__, 'an object with an "allocations" list')
+        raise InvalidInput(
+            source,
+            type(doc).__name__,
+            'an object with an "allocations" list (portctl export writes one)',
+            problem=f"holds a JSON {_json_kind(doc)}, not a port_config.json",
+        )
     schema = doc.get("schema", EXPORT_SCHEMA)
     if not isinstance(schema, int) or schema > EXPORT_SCHEMA:
         raise InvalidInput(f"{source}: schema", schema, f"schema {EXPORT_SCHEMA} or older (upgrade portctl)")
     return [Allocation.from_dict(raw, f"allocations[{i}]") for i, raw in enumerate(doc["allocations"])]
+
+
+def _json_kind(doc: object) -> str:
+    """What a JSON document holds, in JSON's words."""
+    if isinstance(doc, dict):
+        return 'object without an "allocations" list'
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return kinds.get(type(doc), "null")
 
 
 def write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool = True) -> None:

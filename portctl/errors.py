@@ -63,12 +63,29 @@ class InvalidInput(PortctlError, ValueError):
 
     code = "invalid_input"
 
-    def __init__(self, field: str, value: object, expected: str) -> None:
+    def __init__(self, field: str, value: object, expected: str, *, problem: str = "") -> None:
+        """``problem`` says what is wrong in words, for a value whose repr would not (a JSON
+        document's kind); otherwise the message shows the value, clipped if long."""
         self.field = field
         self.value = value
         self.expected = expected
-        shown = "missing" if value is None else f"{value!r} is not valid"
+        shown = problem or ("missing" if value is None else f"{clipped(value)} is not valid")
         super().__init__(f"{field}: {shown}; expected {expected}")
+
+
+SHOWN_MAX = 200  # a long file path still shows whole
+
+
+def clipped(value: object) -> str:
+    """``repr(value)`` for a message: a long value cut to its first characters and its length,
+    so no caller echoes a megabyte (or fails on an integer too long to convert)."""
+    if isinstance(value, str) and len(value) > SHOWN_MAX:
+        return f"{value[:SHOWN_MAX]!r}…({len(value)} characters)"
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit
+        return "an integer of thousands of digits"
+    return text if len(text) <= SHOWN_MAX else f"{text[:SHOWN_MAX]}…({len(text)} characters)"
 
 
 class CapabilityMissing(InvalidInput):

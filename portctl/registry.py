@@ -516,6 +516,7 @@ class Registry:
         self, instance_id: str, status: Status, output: str = "", environment: str | None = None
     ) -> Instance:
         """``portctl ttl pass|warn|fail ID``: set a TTL check's status for another TTL period."""
+        _ttl_note(output)
         found = self.instance(instance_id, environment)
         e = found.entry
         if e.check.kind != "ttl" or e.check.ttl is None:
@@ -598,6 +599,20 @@ def _upsert(key: str, value: str, current: Entry | None, ttl: float | None = Non
     return Put(key, value, current.version, ttl, keep_ttl=False)
 
 
+NOTE_MAX = 4096  # Consul keeps at most 4 KiB of a check's output
+
+
+def _ttl_note(text: str) -> None:
+    """A TTL check's note is shown in tables, logs and Consul's UI: one printable line."""
+    if len(text) > NOTE_MAX or not _validate.one_line(text):
+        raise InvalidInput(
+            "--note",
+            text,
+            f"text of at most {NOTE_MAX} printable characters on one line (no newline, tab or other "
+            "control character)",
+        )
+
+
 def _keep_ttl(key: str, value: str, current: Entry | None) -> Operation:
     """Create ``key``, or overwrite its value keeping whatever TTL it has."""
     return Create(key, value) if current is None else Put(key, value, current.version)
@@ -606,6 +621,8 @@ def _keep_ttl(key: str, value: str, current: Entry | None) -> Operation:
 def parse_entry(item: Entry) -> ServiceEntry:
     try:
         return ServiceEntry.from_dict(json.loads(item.value))
+    except RecursionError as e:
+        raise StoreCorrupt(item.key, "the service entry is not valid (JSON nested too deeply)") from e
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise StoreCorrupt(item.key, f"the service entry is not valid ({e})") from e
 
@@ -613,5 +630,7 @@ def parse_entry(item: Entry) -> ServiceEntry:
 def parse_health(item: Entry) -> HealthRecord:
     try:
         return HealthRecord.from_dict(json.loads(item.value))
+    except RecursionError as e:
+        raise StoreCorrupt(item.key, "the health record is not valid (JSON nested too deeply)") from e
     except (ValueError, KeyError, TypeError) as e:
         raise StoreCorrupt(item.key, f"the health record is not valid ({e})") from e

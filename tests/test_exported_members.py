@@ -44,6 +44,8 @@ def test_public_names_are_what_users_import():
         "StoreCorrupt",
         "StoreDenied",
         "DockerUnavailable",
+        "OutputUnavailable",
+        "ExtraMissing",
         "__version__",
         "ServiceDiscovery",
         "get_service_url",
@@ -70,3 +72,9 @@ def test_package_ships_type_information():
     import importlib.resources
 
     assert importlib.resources.files("portctl").joinpath("py.typed").is_file()
+
+
+def test_every_error_of_the_tree_is_exported():
+    import portctl.errors
+
+    assert set(portctl.errors.__all__) <= set(portctl.__all__)

@@ -9,7 +9,7 @@ a URL of its scheme is opened.
 from __future__ import annotations
 
 import importlib
-from urllib.parse import urlsplit
+import re
 
 from portctl.backends.base import (
     Capability,
@@ -91,15 +91,19 @@ def store_class(scheme: str) -> type[Store]:
     return _load(scheme, target)
 
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def open_store(url: str, require: Capability = Capability.NONE) -> Store:
     """Open the store ``url`` names and check it can do what ``require`` asks.
 
     >>> store = open_store("file:///tmp/portctl-doc.json")  # doctest: +SKIP
     """
-    scheme = urlsplit(url).scheme if "://" in url else ""
+    # Only the scheme is read here: urlsplit would raise on a stray '[' the store refuses in words.
+    scheme = _SCHEME.match(url)
     if not scheme:
         raise InvalidInput("store", url, URL_FORM)
-    cls = store_class(scheme)
+    cls = store_class(scheme.group(1).lower())
     missing = require & ~cls.capabilities
     if missing:
         # Checked before connecting: a cutover on a store without compare-and-set fails here,

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import requests
 from consul.base import Response  # type: ignore[import-untyped]
@@ -24,7 +24,7 @@ from consul.std import Consul  # type: ignore[import-untyped]
 
 from portctl import _validate
 from portctl.backends._retry import network_cause, retried
-from portctl.errors import InvalidInput, StoreDenied, StoreTimeout, StoreUnavailable
+from portctl.errors import InvalidInput, StoreDenied, StoreError, StoreTimeout, StoreUnavailable
 
 DEFAULT_PREFIX = "portctl/"
 DEFAULT_TIMEOUT = 5.0
@@ -37,6 +37,16 @@ _OPTIONS = ("timeout", "cacert", "cert", "key")
 NO_LEADER = "No cluster leader"
 
 Params = Sequence[tuple[str, Any]]
+
+
+class NotConsul(StoreError):
+    """What answered is an HTTP server but not Consul: never read its 404s as an empty store.
+    Not retried: asking again gets the same answer."""
+
+
+# Consul's reads of these answer with X-Consul-Index (and X-Consul-KnownLeader,
+# X-Consul-LastContact), a missing key's 404 included.
+_INDEXED_READS = ("/v1/kv/", "/v1/health/", "/v1/catalog/")
 
 
 class NotApplied(StoreUnavailable):
@@ -72,17 +82,14 @@ class ConsulConfig:
 def parse_url(url: str, environ: Mapping[str, str] | None = None) -> ConsulConfig:
     """A :class:`ConsulConfig` from a store URL and Consul's own variables."""
     env = os.environ if environ is None else environ
-    parts = urlsplit(url)
+    parts = _split(url, "store", URL_FORM)
     if parts.scheme not in ("consul", "consul+https"):
         raise InvalidInput("store", url, URL_FORM)
     if parts.username is not None or parts.password is not None:
         raise InvalidInput("store", "a consul URL with credentials", URL_FORM)
     options = _options(parts.query)
     scheme = "https" if parts.scheme == "consul+https" else "http"
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise InvalidInput("store", url, URL_FORM) from None
+    host, port = parts.hostname, _written_port(parts.netloc, "store port")
     if not host:
         scheme, host, port = _from_addr(env.get("CONSUL_HTTP_ADDR", ""), scheme, env)
     _validate.host(host, "store host")
@@ -90,7 +97,7 @@ def parse_url(url: str, environ: Mapping[str, str] | None = None) -> ConsulConfi
     return ConsulConfig(
         scheme=scheme,
         host=host,
-        port=port or (8501 if scheme == "https" else 8500),
+        port=(8501 if scheme == "https" else 8500) if port is None else port,
         prefix=_prefix(parts.path),
         timeout=_validate.call_timeout(options.get("timeout"), DEFAULT_TIMEOUT),
         token=token,
@@ -116,20 +123,41 @@ def _from_addr(addr: str, scheme: str, env: Mapping[str, str]) -> tuple[str, str
         return scheme, "127.0.0.1", None
     if addr.startswith("unix://"):
         raise InvalidInput("CONSUL_HTTP_ADDR", addr, "host:port or http(s)://host:port (no unix socket)")
-    parts = urlsplit(addr if "://" in addr else "//" + addr)
+    parts = _split(
+        addr if "://" in addr else "//" + addr, "CONSUL_HTTP_ADDR", "host:port or http(s)://host:port"
+    )
     if parts.scheme in ("http", "https"):
         scheme = parts.scheme
     elif parts.scheme:
         raise InvalidInput("CONSUL_HTTP_ADDR", addr, "host:port or http(s)://host:port")
     if env.get("CONSUL_HTTP_SSL", "").lower() == "true":
         scheme = "https"
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host = None
+    host = parts.hostname
     if not host:
         raise InvalidInput("CONSUL_HTTP_ADDR", addr, "host:port or http(s)://host:port")
-    return scheme, host, port
+    return scheme, host, _written_port(parts.netloc, "CONSUL_HTTP_ADDR port")
+
+
+def _split(url: str, field: str, expected: str) -> SplitResult:
+    """``urlsplit`` that refuses what it would silently drop (tabs, newlines) or choke on ('[')."""
+    if not _validate.one_line(url) or any(ch.isspace() for ch in url):
+        raise InvalidInput(field, url, f"{expected}, on one line with no spaces")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bracket urlsplit let through
+    except ValueError:
+        raise InvalidInput(field, url, expected) from None
+    return parts
+
+
+def _written_port(netloc: str, field: str) -> int | None:
+    """The port after the host, or None when none is written: ':' alone and port 0 are refused,
+    never read as the default port."""
+    address = netloc.rpartition("@")[2]
+    tail = address.rpartition("]")[2] if address.startswith("[") else address
+    if ":" not in tail:
+        return None
+    return _validate.port(tail.rpartition(":")[2], field)
 
 
 def _prefix(path: str) -> str:
@@ -237,6 +265,7 @@ class ConsulHTTP:
     ) -> Response:
         """One try of :meth:`call`, for a caller that runs the retry policy itself."""
         response = self._send(method, path, params, body)
+        self._refuse_if_not_consul(method, path, response)
         if read and response.code == 500 and NO_LEADER in str(response.body):
             # Consul's documented fallback: any server may answer a stale read.
             response = self._send(method, path, [*params, ("stale", "1")], body)
@@ -283,6 +312,16 @@ class ConsulHTTP:
             else "is the agent running? (set the address with the store URL or CONSUL_HTTP_ADDR)"
         )
         return StoreUnavailable(f"Consul is unreachable at {self.config.address} ({cause}); {advice}")
+
+    def _refuse_if_not_consul(self, method: str, path: str, response: Response) -> None:
+        if method != "GET" or not path.startswith(_INDEXED_READS) or response.code not in (200, 404):
+            return  # errors (a refused token, no leader) come without Consul's read headers
+        if any(name.lower().startswith("x-consul-") for name in response.headers):
+            return
+        raise NotConsul(
+            f"the server at {self.config.address} is not a Consul agent (no X-Consul-* headers in "
+            f"its answer {response.code} to GET {path}); check the store URL or CONSUL_HTTP_ADDR"
+        )
 
     def _raise_for(self, response: Response, path: str) -> None:
         code = response.code

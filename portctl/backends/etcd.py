@@ -125,7 +125,14 @@ def parse_url(url: str, environ: Mapping[str, str] | None = None) -> EtcdOptions
         raise InvalidInput(
             "store URL", "etcd://USER:***@...", f"no password in the URL; give {PASSWORD_HELP}"
         )
-    parts = urlsplit(url)
+    if not _validate.one_line(url) or any(ch.isspace() for ch in url):
+        # urlsplit would drop tabs and newlines, not refuse them
+        shown = "(not shown: the URL may hold a password)" if "@" in url else url
+        raise InvalidInput("store URL", shown, f"{URL_FORM}, on one line with no spaces")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a stray or empty bracket
+        raise InvalidInput("store", "(not shown)" if "@" in url else url, URL_FORM) from None
     if parts.scheme not in ("etcd", "etcd+https"):
         raise InvalidInput("store", url, URL_FORM)
     userinfo, _, hosts = parts.netloc.rpartition("@")
@@ -172,13 +179,21 @@ def _endpoints(hosts: str, env: Mapping[str, str], tls: bool, secret: bool = Fal
         scheme, sep, address = item.strip().rpartition("://")
         scheme = scheme if sep else ("https" if tls else "http")
         host, colon, port = address.rstrip("/").rpartition(":")
-        if scheme not in ("http", "https") or not colon or not port.isdigit():
+        if scheme not in ("http", "https") or not colon or (secret and not _is_port(port)):
             shown = "(not shown: the URL may hold a password)" if secret else item
             raise InvalidInput(source, shown, "endpoints as HOST:PORT, separated by commas, and no password")
-        _validate.port(int(port), f"{source} port")
+        _validate.port(port, f"{source} port")
         _validate.host(host.strip("[]"), f"{source} host")
         found.append(f"{scheme}://{host}:{port}")
     return tuple(found)
+
+
+def _is_port(text: str) -> bool:
+    try:
+        _validate.port(text)
+    except InvalidInput:
+        return False
+    return True
 
 
 def _prefix(path: str) -> str:
@@ -395,6 +410,8 @@ class _Connection:
         except requests.RequestException as e:
             raise self._unreachable(index, e, seconds) from e
         if response.status_code != 200:
+            if not _is_etcd_error(response.text):
+                raise self._not_etcd(index, path, f"{response.status_code} {response.reason}")
             raise self.translate(Etcd3Exception(response.text, response.reason), index)
         try:
             answer: dict[str, Any] = response.json()
@@ -402,7 +419,17 @@ class _Connection:
             # Not etcd, or an answer broken off (a member killed while it was sending): the
             # call may or may not have been applied, as with a timeout.
             raise _EndpointFailed(self.address(index), "its answer is not etcd's JSON", reached=True) from e
+        if not _has_etcd_header(answer):
+            raise self._not_etcd(index, path, "200 without etcd's header")
         return answer
+
+    def _not_etcd(self, index: int, path: str, answer: str) -> StoreError:
+        """A server that answers, but not as etcd's gateway does (a JSON ``header`` object with
+        cluster_id and revision, or a JSON error with a gRPC code): never read as empty."""
+        return StoreError(
+            f"the server at {self.options.endpoints[index]} is not an etcd server (it answered {answer} "
+            f"to POST /v3{path}); check the store URL or ETCDCTL_ENDPOINTS"
+        )
 
     def _unreachable(self, index: int, error: requests.RequestException, seconds: float) -> _EndpointFailed:
         cause = network_cause(error, round(seconds, 2))
@@ -483,6 +510,25 @@ def _client(endpoint: str, session: requests.Session) -> Etcd3Client:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     return Etcd3Client(host=host, port=int(port), protocol=protocol, session=session, api_path="/v3/")
+
+
+def _has_etcd_header(answer: object) -> bool:
+    """etcd's gateway puts a ``header`` (cluster_id, revision) in every answer; a streaming
+    call (lease keep-alive) wraps it in ``result``, or answers ``error``."""
+    if not isinstance(answer, dict):
+        return False
+    inner = answer.get("result")
+    found = inner.get("header") if isinstance(inner, dict) else answer.get("header")
+    return isinstance(found, dict) or isinstance(answer.get("error"), dict)
+
+
+def _is_etcd_error(text: str) -> bool:
+    """Whether an error answer is etcd's: a JSON object with a gRPC code or an error text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and ("code" in body or "error" in body)
 
 
 def _error_of(e: Etcd3Exception) -> tuple[int | None, str]:

@@ -112,21 +112,21 @@ def register(
         ),
     ] = None,
     successes: Annotated[
-        int,
+        str,
         typer.Option(
             "--successes-before-passing",
             metavar="N",
             help="Flap damping: passing results in a row before it turns passing.",
         ),
-    ] = 1,
+    ] = "1",
     failures: Annotated[
-        int,
+        str,
         typer.Option(
             "--failures-before-critical",
             metavar="N",
             help="Flap damping: failures in a row before it turns critical.",
         ),
-    ] = 1,
+    ] = "1",
     lease: Annotated[
         str | None,
         typer.Option(
@@ -429,7 +429,8 @@ def url(
     from portctl.discovery import ServiceDiscovery
 
     with handled(as_json), opened(store) as ctx:
-        with ServiceDiscovery(ctx.store, environment=env, settings=ctx.settings, watch=False) as discovery:
+        chosen = ctx.settings.policy.environment(env)  # refused as --env, before any lookup
+        with ServiceDiscovery(ctx.store, environment=chosen, settings=ctx.settings, watch=False) as discovery:
             found = discovery.get_service_url(name, scheme=scheme)
             stale = discovery.stale
         if stale is not None:

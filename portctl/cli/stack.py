@@ -20,6 +20,7 @@ from portctl.cli._common import (
     require_project,
 )
 from portctl.cli._output import ExitCode, emit, note, table
+from portctl.errors import InvalidInput
 
 if TYPE_CHECKING:
     from portctl.deploy import DeployReport, DeployStep
@@ -111,7 +112,12 @@ def _write_override(path: str, text: str) -> bool:
             blank = not f.read(4096).strip() and not f.read(1)
     except OSError:
         blank = False  # missing or unreadable: write_if_changed says which
-    return write_if_changed(path, text, owned_mark=None if blank else OVERRIDE_MARK)
+    try:
+        return write_if_changed(path, text, owned_mark=None if blank else OVERRIDE_MARK)
+    except OSError as e:  # no such folder, a folder, permission denied (a full disk is exit 3)
+        raise InvalidInput(
+            "--output", path, f"a writable file path in an existing folder ({e.strerror or e})"
+        ) from e
 
 
 @app.command()

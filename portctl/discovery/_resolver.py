@@ -97,7 +97,7 @@ class ServiceDiscovery:
     ) -> None:
         self._settings = settings or load_settings()
         self._environment = self._settings.policy.environment(
-            environment or os.environ.get(ENV_ENV) or None, "environment"
+            environment if environment is not None else os.environ.get(ENV_ENV) or None, "environment"
         )
         if not max_stale > 0:
             raise InvalidInput("max_stale", max_stale, "a positive number of seconds")

@@ -96,15 +96,29 @@ def override_answer(name: str, environ: Mapping[str, str]) -> Answer | None:
     if not url:
         return None
     expected = "a URL with a host and a port, e.g. http://10.0.0.5:8080"
+    if not _validate.one_line(url) or any(ch.isspace() for ch in url):  # urlsplit drops tabs
+        raise InvalidInput(variable, url, f"{expected}, on one line with no spaces")
     try:
         parts = urlsplit(url)
-        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+        written = _written_port(parts.netloc, f"{variable} port")
     except ValueError:
         raise InvalidInput(variable, url, expected) from None
+    port = _DEFAULT_PORTS.get(parts.scheme) if written is None else written
     if not parts.scheme or not parts.hostname or port is None:
         raise InvalidInput(variable, url, expected)
     netloc = f"[{parts.hostname}]:{port}" if ":" in parts.hostname else f"{parts.hostname}:{port}"
     return Answer(url, parts.hostname, port, netloc, verbatim=True)
+
+
+def _written_port(netloc: str, field: str) -> int | None:
+    """The port after the host; None when none is written (or ':' alone: the scheme's default).
+    Port 0 and anything but ASCII digits are refused (InvalidInput, a ValueError)."""
+    address = netloc.rpartition("@")[2]
+    if address.startswith("[") and "]" not in address:
+        raise ValueError(address)
+    tail = address.rpartition("]")[2] if address.startswith("[") else address
+    text = tail.rpartition(":")[2] if ":" in tail else ""
+    return _validate.port(text, field) if text else None
 
 
 @dataclass(frozen=True)

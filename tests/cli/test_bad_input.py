@@ -198,13 +198,7 @@ def test_an_empty_environment_is_refused_not_taken_for_production(
                 strict=True,
             ),
         ),
-        pytest.param(
-            ("url", "seed"),
-            marks=pytest.mark.xfail(
-                reason="portctl/discovery/_resolver.py ServiceDiscovery reads environment='' as unset",
-                strict=True,
-            ),
-        ),
+        ("url", "seed"),
     ],
     ids=lambda args: args[0],
 )
@@ -557,11 +551,6 @@ def test_config_alternatives_must_be_a_list(run: Run, tmp_path: Path) -> None:
     assert "services.vdb.alternatives" in error_line(result)
 
 
-@pytest.mark.xfail(
-    reason="portctl/cli/registry.py declares the counts as typer ints, and click's int() takes "
-    "'٣' as 3; declared as str they reach parse_check, which refuses it",
-    strict=True,
-)
 @pytest.mark.parametrize("option", ["--successes-before-passing", "--failures-before-critical"])
 def test_a_count_is_ascii_digits_only(run: Run, option: str) -> None:
     result = run("register", "web", "--port", "7311", "--check", "none", option, "٣")

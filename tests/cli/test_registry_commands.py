@@ -280,3 +280,32 @@ def test_an_http_check_port_is_ascii_digits(run: Run, port: str, form: str) -> N
     line = error_line(result)
     assert form in line
     assert len(line) < 2300
+
+
+@pytest.mark.parametrize("flag", ["--successes-before-passing", "--failures-before-critical"])
+@pytest.mark.parametrize("count", ["٣", "３", " 3", "+3", "0"])
+def test_flap_damping_counts_are_ascii_digits(run: Run, flag: str, count: str) -> None:
+    result = run("register", "web", "--port", "7311", "--check", "none", flag, count)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    line = error_line(result)
+    assert line.startswith(f"portctl: error: {flag}: ")
+    assert "is not valid; expected a count from 1 to 100 (digits 0-9 only" in line
+    assert "Traceback" not in result.stderr
+    assert "no registered services" in run("services").stdout
+
+
+@pytest.mark.parametrize("text", ["line one\nline two", "tab\there", "bell\x07", "\u2028"])
+def test_a_ttl_note_on_several_lines_or_with_control_characters_is_refused(run: Run, text: str) -> None:
+    assert run("register", "worker", "--port", "7312", "--check", "ttl:30s").returncode == 0
+    result = run("ttl", "pass", "worker-test-host-7312", "--note", text)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "--note: " in error_line(result)
+    assert "one line" in error_line(result)
+    shown = json.loads(run("services", "--json").stdout)["data"]
+    assert "ttl pass" not in json.dumps(shown)  # nothing recorded
+
+
+def test_a_ttl_note_on_one_line_is_recorded(run: Run) -> None:
+    assert run("register", "worker", "--port", "7313", "--check", "ttl:30s").returncode == 0
+    assert run("ttl", "pass", "worker-test-host-7313", "--note", "batch 42 done").returncode == 0
+    assert "batch 42 done" in run("services", "--json").stdout
