@@ -203,7 +203,7 @@ class PortAllocator:
         return _record(entry) if entry else None
 
     def allocations(self, environment: str | None = None, *, all_hosts: bool = False) -> list[Allocation]:
-        env = self.policy.environment(environment) if environment else None
+        env = None if environment is None else self.policy.environment(environment)  # '' refused
         prefix = "allocations/" if all_hosts else f"allocations/{self.host}/"
         found = [_record(e) for e in self.store.list(prefix)]
         found = [a for a in found if env is None or a.environment == env]

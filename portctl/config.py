@@ -143,6 +143,8 @@ def _read_table(path: str) -> dict[str, Any]:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise InvalidInput("config", path, f"valid TOML ({e})") from e
+    except ValueError as e:  # an integer beyond Python's digit limit: not TOMLDecodeError
+        raise InvalidInput("config", path, f"valid TOML of sensible size ({e})") from e
     except OSError as e:
         raise InvalidInput("config", path, f"a readable file ({e.strerror})") from e
     if os.path.basename(path) == "pyproject.toml":

@@ -19,6 +19,7 @@ Allocations are sorted by host, environment, service, so the file diffs cleanly 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -96,6 +97,15 @@ def _json_kind(doc: object) -> str:
     return kinds.get(type(doc), "null")
 
 
+def _disk_fix(error: OSError) -> tuple[str, ...]:
+    """What to do about a filesystem that refused a write, when it is not the default advice."""
+    if error.errno == errno.EROFS:
+        return ("the filesystem is mounted read-only: write elsewhere, or remount it read-write",)
+    if error.errno == errno.EIO:
+        return ("the disk reported an I/O error: check it, or write elsewhere",)
+    return ()
+
+
 def write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool = True) -> None:
     """Write ``text`` to ``path`` so readers see the old file or the new one, never a part.
 
@@ -117,7 +127,7 @@ def write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool =
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno in DISK_ERRORS:
-            raise OutputUnavailable(path, e.strerror or str(e)) from e
+            raise OutputUnavailable(path, e.strerror or str(e), *_disk_fix(e)) from e
         raise
     if durable:
         try:

@@ -244,9 +244,7 @@ class OutputUnavailable(PortctlError):
 
     code = "output_unavailable"
 
-    def __init__(self, path: str, why: str) -> None:
+    def __init__(self, path: str, why: str, fix: str = "free space there, or write elsewhere") -> None:
         self.path = path
         self.why = why
-        super().__init__(
-            f"cannot write {path}: {why}; it was left as it was (free space there, or write elsewhere)"
-        )
+        super().__init__(f"cannot write {path}: {why}; it was left as it was ({fix})")

@@ -184,20 +184,8 @@ def test_an_empty_environment_is_refused_not_taken_for_production(
 @pytest.mark.parametrize(
     "args",
     [
-        pytest.param(
-            ("status",),
-            marks=pytest.mark.xfail(
-                reason="portctl/allocation.py PortAllocator.allocations() reads '' as every environment",
-                strict=True,
-            ),
-        ),
-        pytest.param(
-            ("export",),
-            marks=pytest.mark.xfail(
-                reason="portctl/allocation.py PortAllocator.allocations() reads '' as every environment",
-                strict=True,
-            ),
-        ),
+        ("status",),
+        ("export",),
         ("url", "seed"),
     ],
     ids=lambda args: args[0],

@@ -158,4 +158,6 @@ def test_an_output_file_in_a_read_only_place_is_exit_3(run: Run, seeded_store: b
     assert result.returncode == 3, (result.stdout, result.stderr)
     line = error_line(result)
     assert f"cannot write {target}: Read-only file system" in line
+    assert "mounted read-only" in line
+    assert "free space" not in line  # space is not what would fix it
     assert target.read_text() == "{}\n"
