@@ -24,6 +24,7 @@ import typer.main
 from portctl.cli import app
 
 from .conftest import PORTCTL
+from .test_store_failures import BLOCKER  # the store clients' libraries made unimportable
 
 RUNUSER = shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin") or "runuser"
 
@@ -78,21 +79,6 @@ EXPORT = {
         }
     ],
 }
-
-# Makes the store clients' libraries unimportable, as in an install without the extras.
-BLOCKER = """\
-import sys
-
-class _Blocked:
-    names = ("etcd3gw", "consul", "requests", "urllib3")
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in self.names:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, _Blocked())
-"""
 
 
 def _commands() -> list[str]:

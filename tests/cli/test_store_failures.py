@@ -2,10 +2,11 @@
 is not installed: the command works if a quorum answers, else one line naming each endpoint
 and its cause, never a library's exception dump or a traceback."""
 
+# ruff: noqa: F811 - the silent_endpoint fixture is imported, then taken as a parameter
+
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,17 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.backends.test_etcd_failover import RAW_DUMPS, closed_endpoint, wait_for_no_leader
+from tests.backends.test_etcd_failover import (  # noqa: F401 - silent_endpoint is a fixture
+    RAW_DUMPS,
+    closed_endpoint,
+    silent_endpoint,
+    wait_for_no_leader,
+)
 from tests.cli.conftest import error_line
-
-
-@pytest.fixture
-def silent_endpoint() -> Iterator[str]:
-    """An endpoint that accepts connections and never answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(64)
-        yield f"127.0.0.1:{s.getsockname()[1]}"
 
 
 @pytest.fixture
