@@ -45,6 +45,7 @@ from portctl.registry import (
     ServiceEntry,
     Status,
     entry_key,
+    expiry_text,
     health_key,
     parse_entry,
     parse_health,
@@ -211,7 +212,7 @@ class Agent:
             expired = replace(
                 record,
                 status=Status.CRITICAL,
-                output=_expiry_text(expires_at, entry.check.ttl),
+                output=expiry_text(expires_at, entry.check.ttl),
                 updated_at=time.time(),
                 pending=None,
                 streak=0,
@@ -298,13 +299,6 @@ def _expired_at(record: HealthRecord, now: float) -> float | None:
     if record.expires_at is not None and now >= record.expires_at:
         return record.expires_at
     return None
-
-
-def _expiry_text(expires_at: float, ttl: float | None) -> str:
-    """A TTL's expiry as a moment, not an age: stored once, it must stay true when read later."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))
-    within = f" (no update within its {ttl:g}s TTL)" if ttl else ""
-    return f"TTL expired at {stamp}{within}"
 
 
 def _overdue(entry: ServiceEntry, health: HealthRecord, now: float) -> str | None:

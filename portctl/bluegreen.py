@@ -766,7 +766,7 @@ class BlueGreen:
         if kind == "ttl":
             fresh = self.registry.instances(instance.entry.service, instance.entry.environment)
             now = [i for i in fresh if i.entry.id == instance.entry.id]
-            return (now[0].status, now[0].health.output) if now else (Status.CRITICAL, "deregistered")
+            return (now[0].status, now[0].output) if now else (Status.CRITICAL, "deregistered")
         return self._probe_check(instance.entry)
 
     def _flip(

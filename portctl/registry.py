@@ -274,9 +274,17 @@ class HealthRecord:
     expires_at: float | None = None  # ttl checks: critical after this time without a renewal
 
     def effective(self, now: float | None = None) -> Status:
-        if self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at:
-            return Status.CRITICAL
-        return self.status
+        return Status.CRITICAL if self.expired(now) else self.status
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether a TTL ran out without a renewal (before any agent recorded it)."""
+        return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
+
+    def output_now(self, ttl: float | None = None, now: float | None = None) -> str:
+        """The output as true when read: a TTL that ran out says so, not its last report."""
+        if self.expires_at is not None and self.expired(now):
+            return expiry_text(self.expires_at, ttl)
+        return self.output
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -311,17 +319,29 @@ def damp(record: HealthRecord, result: Status, output: str, check: CheckSpec, no
     return HealthRecord(result, output, now, None, 0, since, record.expires_at)
 
 
+def expiry_text(expires_at: float, ttl: float | None) -> str:
+    """A TTL's expiry as a moment, not an age: stored once, it must stay true when read later."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))
+    within = f" (no update within its {ttl:g}s TTL)" if ttl else ""
+    return f"TTL expired at {stamp}{within}"
+
+
 @dataclass(frozen=True)
 class Instance:
     entry: ServiceEntry
     health: HealthRecord
     status: Status  # effective now (an expired TTL reads as critical)
 
+    @property
+    def output(self) -> str:
+        """The check's output, true now: an expired TTL says when it expired."""
+        return self.health.output_now(self.entry.check.ttl)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.entry.to_dict(),
             "status": self.status.value,
-            "output": self.health.output,
+            "output": self.output,
             "updated_at": self.health.updated_at,
         }
 

@@ -214,6 +214,27 @@ def test_expired_ttl_message_stays_true_when_read_later(tmp_path, clock):
     assert "ago" not in shown.stdout
 
 
+def test_an_expired_ttl_read_before_any_agent_says_it_expired(tmp_path):
+    """No agent ran: the reader sees critical, and an output that says why, not the last pass."""
+    store_path = tmp_path / "store.json"
+    with JsonFileStore(str(store_path)) as store:
+        registry = Registry(store, Settings(host="test-host"))
+        registry.register(
+            "job", port=closed_port(), instance_id="job-1", environment=ENV, check=CheckSpec("ttl", ttl=0.3)
+        )
+        registry.ttl("job-1", Status.PASSING, "all good", environment=ENV)
+        expires_at = stored(registry, "job-1").health.expires_at
+    time.sleep(0.5)
+    env = {**os.environ, "PORTCTL_STORE": str(store_path), "PORTCTL_HOST": "test-host"}
+    portctl = os.path.join(os.path.dirname(sys.executable), "portctl")
+    shown = subprocess.run(
+        [portctl, "services", "--env", ENV], capture_output=True, text=True, env=env, check=False
+    )
+    assert "critical" in shown.stdout, shown
+    assert f"TTL expired at {_utc(expires_at)}" in shown.stdout
+    assert "all good" not in shown.stdout
+
+
 def test_ttl_entries_are_not_port_checked_for_zombies(registry, clock):
     registry.register(
         "job", port=closed_port(), instance_id="job-1", environment=ENV, check=CheckSpec("ttl", ttl=60)

@@ -186,7 +186,7 @@ def deploy(
             after = f"not live yet (uncoloured instances serve); {switch}"
         text = (
             f"deployed {name} {color} ({e.environment}) at {e.address}:{e.port} as {e.id}, check "
-            f"{e.check.describe()}: {i.status.value} ({i.health.output}); {after}"
+            f"{e.check.describe()}: {i.status.value} ({i.output}); {after}"
         )
         emit(as_json, done.to_dict(), text)
 
@@ -283,7 +283,7 @@ def _status_text(s: BlueGreenStatus) -> str:
         for i in shown:
             e = i.entry
             rows.append(
-                [c.color, c.state, e.port, f"{e.id} {e.address}:{e.port}", i.status.value, i.health.output]
+                [c.color, c.state, e.port, f"{e.id} {e.address}:{e.port}", i.status.value, i.output]
             )
     parts = [head, "", table(["COLOR", "STATE", "PORT", "INSTANCE", "HEALTH", "OUTPUT"], rows)]
     history = p.history if p else ()

@@ -42,7 +42,7 @@ def _meta(pairs: list[str] | None) -> dict[str, str]:
 
 def _row(i: Instance) -> list[object]:
     e = i.entry
-    return [e.service, e.id, f"{e.address}:{e.port}", i.status.value, e.check.describe(), i.health.output]
+    return [e.service, e.id, f"{e.address}:{e.port}", i.status.value, e.check.describe(), i.output]
 
 
 def _instances_table(instances: list[Instance]) -> str:
@@ -188,7 +188,7 @@ def register(
             e = found.entry
             text = (
                 f"registered {e.id}: {e.service} ({e.environment}) at {e.address}:{e.port}, check "
-                f"{e.check.describe()}: {found.status.value} ({found.health.output})"
+                f"{e.check.describe()}: {found.status.value} ({found.output})"
             )
             if not keep_alive:
                 emit(as_json, found.to_dict(), text)
@@ -334,7 +334,7 @@ def verify(
         found = registry.instances(environment=env)
         rows: list[dict[str, Any]] = []
         for inst in found:
-            status, output = inst.status, inst.health.output
+            status, output = inst.status, inst.output
             if inst.entry.check.kind in ("tcp", "http"):
                 status, output = run_check(inst.entry)
                 registry.record_result(inst, status, output)
