@@ -211,15 +211,31 @@ def _is_itself(holder: PortHolder, target: Target) -> bool:
 
 def _serves(holder: PortHolder, entry: ServiceEntry) -> bool:
     """Whether ``holder`` is the registered instance ``entry``: it listens where the entry
-    answers and, when the entry recorded the process that registered it, is that process or
-    one of its children."""
-    if not holder.blocking:  # a stopped container would take the port back: still a warning
+    answers, and is the process the entry recorded (what listened there when it was
+    registered, or the registering process) or one of its children; with none recorded, a
+    process started after the registration (the instance, started once registered). A process
+    that was already there, and not recorded, is someone else's."""
+    if not holder.blocking or holder.process is None:  # a stopped container: still a warning
         return False
     if not (_wildcard(holder.addresses) or entry.address in holder.addresses):
         return False
     if entry.pid is None:
-        return True
-    return holder.process is not None and entry.pid in _lineage(holder.process.pid)
+        return _started_at(holder.process.pid) >= entry.registered_at - _START_TIME_SLACK
+    return entry.pid in _lineage(holder.process.pid)
+
+
+# A process's start time is known to within a second (the kernel's boot time is whole seconds).
+_START_TIME_SLACK = 1.0
+
+
+def _started_at(pid: int) -> float:
+    """When process ``pid`` started (0 when unknown: then it cannot be told to be newer)."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0.0
 
 
 def _wildcard(addresses: Sequence[str]) -> bool:

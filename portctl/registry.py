@@ -198,6 +198,16 @@ def _is_loopback(host: str) -> bool:
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+def _listening_pid(address: str, port: int) -> int | None:
+    """The process already listening where an instance answers: recorded as the instance's
+    process, so that whatever holds the port later can be told apart from it."""
+    from portctl.scan import ListenerScan
+
+    scan = ListenerScan()
+    owners = scan.owners(scan.blocking(port, "tcp", address))
+    return next((owner.pid for owner in owners.values() if owner is not None), None)
+
+
 def _is_local(address: str) -> bool:
     """An address this host's loopback reaches: a loopback one, or a wildcard (0.0.0.0, ::)."""
     ip = _ip(address)
@@ -410,6 +420,8 @@ class Registry:
             raise InvalidInput("--id", instance, f"an id no other service uses in {env} ({taken[0]} has it)")
         for tag in tags:
             _validate.service_name(tag, "--tag")
+        if pid is None and _is_local(address):
+            pid = _listening_pid(address, port)
         entry = ServiceEntry(
             instance,
             service,

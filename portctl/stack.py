@@ -107,9 +107,12 @@ def _held_only_by_itself(host: HostPorts, sp: StackPort, project: ComposeProject
     """Whether ``port`` is held, and only by the stack's own container of ``sp`` (the stack
     is running): then it is this service's port, not a conflict."""
     address = sp.mapping.host_ip or "0.0.0.0"
-    if not any(h.blocking for h in host.holders(port, sp.mapping.protocol, address)):
-        return False
-    return not any(h.blocking for h in foreign_holders(host, sp, project, port))
+    blocking = [h for h in host.holders(port, sp.mapping.protocol, address) if h.blocking]
+    # Only the stack's own container counts: a host process named like the service is not it.
+    own = (project.name, sp.mapping.service)
+    return bool(blocking) and all(
+        h.container is not None and (h.container.project, h.container.service) == own for h in blocking
+    )
 
 
 def allocate_stack(

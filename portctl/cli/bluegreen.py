@@ -282,9 +282,7 @@ def _status_text(s: BlueGreenStatus) -> str:
             rows.append([c.color, c.state, c.port or "-", "-", "-", ""])
         for i in shown:
             e = i.entry
-            rows.append(
-                [c.color, c.state, e.port, f"{e.id} {e.address}:{e.port}", i.status.value, i.output]
-            )
+            rows.append([c.color, c.state, e.port, f"{e.id} {e.address}:{e.port}", i.status.value, i.output])
     parts = [head, "", table(["COLOR", "STATE", "PORT", "INSTANCE", "HEALTH", "OUTPUT"], rows)]
     history = p.history if p else ()
     if history:
