@@ -419,7 +419,7 @@ class _Connection:
             # Not etcd, or an answer broken off (a member killed while it was sending): the
             # call may or may not have been applied, as with a timeout.
             raise _EndpointFailed(self.address(index), "its answer is not etcd's JSON", reached=True) from e
-        if not _has_etcd_header(answer):
+        if not _has_etcd_header(answer, path):
             raise self._not_etcd(index, path, "200 without etcd's header")
         return answer
 
@@ -512,14 +512,21 @@ def _client(endpoint: str, session: requests.Session) -> Etcd3Client:
     return Etcd3Client(host=host, port=int(port), protocol=protocol, session=session, api_path="/v3/")
 
 
-def _has_etcd_header(answer: object) -> bool:
-    """etcd's gateway puts a ``header`` (cluster_id, revision) in every answer; a streaming
-    call (lease keep-alive) wraps it in ``result``, or answers ``error``."""
+_STREAMING = ("/lease/keepalive", "/watch")  # answers wrapped in ``result``, or an ``error``
+
+
+def _has_etcd_header(answer: object, path: str) -> bool:
+    """etcd's gateway puts a ``header`` (cluster_id, revision...) in every answer; a streaming
+    call (lease keep-alive) wraps it in ``result``, or answers ``error``. A bare ``error``
+    object anywhere else is some other JSON server's (JSON-RPC answers 200 with one)."""
     if not isinstance(answer, dict):
         return False
-    inner = answer.get("result")
+    streaming = path.endswith(_STREAMING)
+    inner = answer.get("result") if streaming else None
     found = inner.get("header") if isinstance(inner, dict) else answer.get("header")
-    return isinstance(found, dict) or isinstance(answer.get("error"), dict)
+    if isinstance(found, dict) and "cluster_id" in found:
+        return True
+    return streaming and isinstance(answer.get("error"), dict)
 
 
 def _is_etcd_error(text: str) -> bool:

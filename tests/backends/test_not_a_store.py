@@ -93,6 +93,8 @@ def nginx_404(tmp_path: Path) -> Iterator[int]:
 class _CatchAll(BaseHTTPRequestHandler):
     """Answers 200 with an empty JSON list to every request, as a misrouted API might."""
 
+    body = b"[]"
+
     def do_GET(self) -> None:
         self._answer()
 
@@ -109,22 +111,37 @@ class _CatchAll(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", "2")
+        self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
-        self.wfile.write(b"[]")
+        self.wfile.write(self.body)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
-@pytest.fixture
-def catch_all() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _CatchAll)
+class _JsonRpc(_CatchAll):
+    """A JSON-RPC server (an Ethereum or bitcoind node): 200 with an ``error`` object."""
+
+    body = b'{"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": null}'
+
+
+def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield int(server.server_address[1])
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def catch_all() -> Iterator[int]:
+    yield from _serve(_CatchAll)
+
+
+@pytest.fixture
+def json_rpc() -> Iterator[int]:
+    yield from _serve(_JsonRpc)
 
 
 def _portctl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -134,7 +151,7 @@ def _portctl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
 
 
-SERVERS = ["file_server", "nginx_404", "catch_all"]
+SERVERS = ["file_server", "nginx_404", "catch_all", "json_rpc"]
 COMMANDS = [("services",), ("bluegreen", "status", "api")]
 
 
