@@ -174,18 +174,28 @@ def _endpoints(hosts: str, env: Mapping[str, str], tls: bool, secret: bool = Fal
         hosts, source = env.get("ETCDCTL_ENDPOINTS", ""), "ETCDCTL_ENDPOINTS"
     if not hosts:
         raise InvalidInput("store URL", "etcd://", f"{URL_FORM}, or ETCDCTL_ENDPOINTS set")
+    secret = secret or "@" in hosts  # credentials in an endpoint: never echo any part of it
     found = []
     for item in hosts.split(","):
         scheme, sep, address = item.strip().rpartition("://")
         scheme = scheme if sep else ("https" if tls else "http")
         host, colon, port = address.rstrip("/").rpartition(":")
-        if scheme not in ("http", "https") or not colon or (secret and not _is_port(port)):
+        bad = not (_is_port(port) and _is_host(host.strip("[]"))) if secret else False
+        if scheme not in ("http", "https") or not colon or bad:
             shown = "(not shown: the URL may hold a password)" if secret else item
             raise InvalidInput(source, shown, "endpoints as HOST:PORT, separated by commas, and no password")
         _validate.port(port, f"{source} port")
         _validate.host(host.strip("[]"), f"{source} host")
         found.append(f"{scheme}://{host}:{port}")
     return tuple(found)
+
+
+def _is_host(text: str) -> bool:
+    try:
+        _validate.host(text)
+    except InvalidInput:
+        return False
+    return True
 
 
 def _is_port(text: str) -> bool:
