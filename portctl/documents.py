@@ -106,6 +106,22 @@ def _disk_fix(error: OSError) -> tuple[str, ...]:
     return ()
 
 
+def _regular_destination(path: str) -> str:
+    """Where a write of ``path`` lands: the target of a symlink, which must be a regular file
+    or not exist yet (replacing ``/dev/null`` or a pipe with a file would break what uses it)."""
+    import stat
+
+    real = os.path.realpath(path)
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return real
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+        raise InvalidInput("--output", path, f"a regular file to write ({real} is {kind})")
+    return real
+
+
 def write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool = True) -> None:
     """Write ``text`` to ``path`` so readers see the old file or the new one, never a part.
 
@@ -114,8 +130,11 @@ def write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool =
     any failure the old file stays. A full, over-quota, read-only or failing filesystem raises
     :class:`~portctl.errors.OutputUnavailable`; other ``OSError`` (no such folder, permission
     denied) propagate, for the caller to name its parameter. Temp files of writers killed
-    mid-write are removed (see :func:`_writer_is_dead`)."""
+    mid-write are removed (see :func:`_writer_is_dead`). A symlink is written through (its
+    target is replaced); a folder, device, pipe or socket in the file's place is refused."""
     import secrets
+
+    path = _regular_destination(path)
 
     folder = os.path.dirname(os.path.abspath(path))
     _remove_dead_temps(path)

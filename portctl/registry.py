@@ -153,7 +153,10 @@ def _check_url(text: str) -> str:
             "a URL with spaces, control characters or over 2048 characters",
             "http://HOST:PORT/PATH on one line, without spaces",
         )
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as e:  # an unclosed [ of an IPv6 address
+        raise InvalidInput("--check", "a URL that does not parse", f"http://HOST:PORT/PATH ({e})") from e
     port = _url_port(parts.netloc)
     if parts.username is not None or parts.password is not None:
         # It would sit in the store for every reader to see, and urllib would not send it.

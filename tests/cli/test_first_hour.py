@@ -93,3 +93,25 @@ def test_status_of_an_empty_environment_names_the_one_to_look_at(run, seeded_sto
     assert "(see: portctl status --env production)" in result.stdout
     again = run("status", "--env", "production")
     assert "seed" in again.stdout
+
+
+def test_output_onto_a_device_or_pipe_is_refused_and_left_alone(run, seeded_store, tmp_path: Path):
+    import os
+    import stat
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = run("env", "-o", fifo)
+    assert result.returncode == 2
+    assert "a regular file" in error_line(result)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still the pipe, not replaced by a file
+
+
+def test_output_through_a_symlink_writes_its_target(run, seeded_store, tmp_path: Path):
+    target = tmp_path / "real.env"
+    target.write_text("old\n")
+    link = tmp_path / ".env.ports"
+    link.symlink_to(target)
+    assert run("env", "-o", link).returncode == 0
+    assert link.is_symlink()
+    assert "SEED_PORT=" in target.read_text()

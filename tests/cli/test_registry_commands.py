@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cli.conftest import Run, error_line
+from tests.cli.conftest import Run, error_line, free_port
 
 
 @pytest.fixture
@@ -309,3 +309,9 @@ def test_a_ttl_note_on_one_line_is_recorded(run: Run) -> None:
     assert run("register", "worker", "--port", "7313", "--check", "ttl:30s").returncode == 0
     assert run("ttl", "pass", "worker-test-host-7313", "--note", "batch 42 done").returncode == 0
     assert "batch 42 done" in run("services", "--json").stdout
+
+
+def test_a_check_url_that_does_not_parse_is_one_line(run: Run) -> None:
+    result = run("register", "api", "--port", free_port(), "--check", "http://[::1")
+    assert result.returncode == 2
+    assert "--check" in error_line(result)
