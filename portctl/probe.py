@@ -16,6 +16,7 @@ hides other users' processes (``hidepid``), where the probe is the plain connect
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 
@@ -41,9 +42,24 @@ def tcp_answer(address: str, port: int, timeout: float) -> Answer:
     except OSError as e:
         return Answer(False, f"tcp connect to {target} failed: {reason(e, timeout)}")
     route = _proxy_for(peer, port)
+    if route is _HIDDEN:
+        return Answer(
+            False,
+            f"tcp connect to {target} accepted by a root-owned socket whose process /proc hides "
+            "(hidepid): cannot tell whether it is docker-proxy with nothing behind it; run the "
+            "check as root",
+        )
     if route is None:
         return Answer(True, f"tcp connect to {target} ok")
     return _behind_proxy(target, route, timeout)
+
+
+_HIDDEN = ProxyRoute(0, "tcp", "", 0, "", 0)  # a root listener whose process this user cannot see
+
+
+def _processes_hidden() -> bool:
+    """Whether /proc hides other users' processes from this one (``hidepid``)."""
+    return os.geteuid() != 0 and not os.path.exists("/proc/1")
 
 
 def _proxy_for(peer: str, port: int) -> ProxyRoute | None:
@@ -53,6 +69,8 @@ def _proxy_for(peer: str, port: int) -> ProxyRoute | None:
     family = 6 if ":" in peer else 4
     routes = [r for r in proxy_routes(port) if blocks(_listener(r), peer)]
     routes.sort(key=lambda r: _listener(r).family != family)  # the same family accepts first
+    if not routes and _processes_hidden():
+        return _HIDDEN
     return routes[0] if routes else None
 
 
