@@ -31,7 +31,7 @@ from typing import Any
 
 from portctl.backends.base import Entry
 from portctl.documents import write_atomically
-from portctl.errors import OutputUnavailable
+from portctl.errors import InvalidInput, OutputUnavailable
 
 FORMAT = "portctl-discovery-cache"
 SCHEMA = 1
@@ -94,7 +94,7 @@ def save(path: str, identity: dict[str, str], entries: Iterable[Entry], saved_at
         # it or serves it marked stale, both of which are right for a cache.
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         write_atomically(path, text, mode=FILE_MODE, durable=False)
-    except (OSError, OutputUnavailable):
+    except (OSError, OutputUnavailable, InvalidInput):  # InvalidInput: not a regular file
         return False
     return True
 
