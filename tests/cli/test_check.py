@@ -128,7 +128,9 @@ def serve_as(tmp_path) -> Iterator[Callable[[str, int], subprocess.Popen[bytes]]
         program = tmp_path / name
         program.symlink_to(sys.executable)
         code = (
-            f"import socket,time; s=socket.socket(); s.bind(('0.0.0.0',{port})); s.listen(); time.sleep(300)"
+            "import socket, time; s = socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "  # past TIME_WAIT, as servers do
+            f"s.bind(('0.0.0.0', {port})); s.listen(); time.sleep(300)"
         )
         process = subprocess.Popen([str(program), "-c", code])
         started.append(process)
