@@ -29,9 +29,9 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
 
-from portctl.allocation import Allocation, PortAllocator
 from portctl.backends import open_store
-from portctl.config import Settings
+from portctl.config.settings import Settings
+from portctl.ports.allocator import Allocation, PortAllocator
 
 HOST = "bench-host"
 ENVIRONMENT = "production"

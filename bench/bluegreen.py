@@ -4,14 +4,14 @@
 
 Per store (the JSON file; etcd too when the etcd store and an ``etcd`` binary are present, on a
 throwaway member started on loopback): 50 ``ServiceDiscovery`` resolvers follow the store, the
-live colour is flipped (``BlueGreen.cutover`` with no healthy window and no drain), and the
-time from the compare-and-set to each resolver answering with the new colour is taken; the
+live color is flipped (``BlueGreen.cutover`` with no healthy window and no drain), and the
+time from the compare-and-set to each resolver answering with the new color is taken; the
 table shows p50/p99 of the slowest of the 50 per flip, and over every resolver.
 
-Through nginx (when installed): two HTTP backends answering with their colour, nginx in front
-of them on loopback, ``portctl.render.Follower`` re-rendering its upstreams with a 200 ms quiet
+Through nginx (when installed): two HTTP backends answering with their color, nginx in front
+of them on loopback, ``portctl.routing.render.Follower`` re-rendering its upstreams with a 200 ms quiet
 period and reloading it, and one client sending requests on new connections all along: the
-time from the flip to the first answer of the new colour, and the failed requests (must be 0).
+time from the flip to the first answer of the new color, and the failed requests (must be 0).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project r
 from bench._common import percentile
 from portctl.backends import open_store
 from portctl.backends.base import Store
-from portctl.bluegreen import BlueGreen
-from portctl.config import Settings
+from portctl.config.settings import Settings
 from portctl.discovery import ServiceDiscovery
-from portctl.registry import CheckSpec
-from portctl.render import Follower, install, render
-from tests.etcd_fixture import start_single
+from portctl.registry.entries import CheckSpec
+from portctl.routing.bluegreen import BlueGreen
+from portctl.routing.render import Follower, install, render
+from tests.support.etcd_fixture import start_single
 
 SETTINGS = Settings(host="bench-host")
 GIVE_UP = 10.0
@@ -58,11 +58,11 @@ def free_port() -> int:
 # Backends and stores --------------------------------------------------------------------------
 
 
-class _Colour(BaseHTTPRequestHandler):
+class _Color(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        body = self.server.colour.encode()  # type: ignore[attr-defined]
+        body = self.server.color.encode()  # type: ignore[attr-defined]
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -73,14 +73,14 @@ class _Colour(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def colour_servers() -> Iterator[dict[str, int]]:
+def color_servers() -> Iterator[dict[str, int]]:
     servers = {}
-    for colour in ("blue", "green"):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Colour)
+    for color in ("blue", "green"):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Color)
         server.daemon_threads = True
-        server.colour = colour  # type: ignore[attr-defined]
+        server.color = color  # type: ignore[attr-defined]
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        servers[colour] = server
+        servers[color] = server
     try:
         yield {c: int(s.server_address[1]) for c, s in servers.items()}
     finally:
@@ -107,7 +107,10 @@ def consul_emulator(folder: str) -> Iterator[str]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     log = open(os.path.join(folder, "consul-emulator.log"), "ab")  # noqa: SIM115 - owned by the process
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.consul_emulator", "--port", str(port)], cwd=root, stdout=log, stderr=log
+        [sys.executable, "-m", "tests.support.consul_emulator", "--port", str(port)],
+        cwd=root,
+        stdout=log,
+        stderr=log,
     )
     log.close()
     try:
@@ -120,8 +123,8 @@ def consul_emulator(folder: str) -> Iterator[str]:
 
 def deploy(store: Store, ports: dict[str, int]) -> BlueGreen:
     bg = BlueGreen(store, SETTINGS)
-    for colour, port in ports.items():
-        bg.deploy("api", colour, port=port, check=CheckSpec("none"))
+    for color, port in ports.items():
+        bg.deploy("api", color, port=port, check=CheckSpec("none"))
     return bg
 
 
@@ -131,7 +134,7 @@ def deploy(store: Store, ports: dict[str, int]) -> BlueGreen:
 def resolver_flips(
     url: str, ports: dict[str, int], resolvers: int, flips: int, folder: str
 ) -> dict[str, list[float]]:
-    """Per flip: ms from the compare-and-set to each resolver answering with the new colour."""
+    """Per flip: ms from the compare-and-set to each resolver answering with the new color."""
     store = open_store(url)
     bg = deploy(store, ports)
     found = [
@@ -196,7 +199,7 @@ def _get(port: int) -> str:
 
 
 def nginx_flips(url: str, ports: dict[str, int], flips: int, folder: str) -> tuple[list[float], int, int]:
-    """ms from each flip to nginx's first answer of the new colour; failed and total requests."""
+    """ms from each flip to nginx's first answer of the new color; failed and total requests."""
     prefix = os.path.join(folder, "nginx")
     os.makedirs(os.path.join(prefix, "logs"))
     listen = free_port()
@@ -296,7 +299,7 @@ def main() -> int:
     args = parser.parse_args()
     rows: list[str] = []
     failed = 0
-    with tempfile.TemporaryDirectory() as tmp, colour_servers() as ports:
+    with tempfile.TemporaryDirectory() as tmp, color_servers() as ports:
         stores = [("file", f"file://{tmp}/store.json")]
         etcd_ready = importlib.util.find_spec("portctl.backends.etcd") is not None and shutil.which("etcd")
         with contextlib_nullable(throwaway_etcd(tmp) if etcd_ready else None) as etcd_url:
@@ -306,16 +309,16 @@ def main() -> int:
                 folder = tempfile.mkdtemp(dir=tmp)
                 times = resolver_flips(url, ports, args.resolvers, args.flips, folder)
                 rows.append(
-                    row(f"{name}: flip -> all {args.resolvers} resolvers new colour", times["slowest"])
+                    row(f"{name}: flip -> all {args.resolvers} resolvers new color", times["slowest"])
                 )
-                rows.append(row(f"{name}: flip -> one resolver new colour (every one)", times["every"]))
+                rows.append(row(f"{name}: flip -> one resolver new color (every one)", times["every"]))
             if not etcd_ready:
                 rows.append(f"{'etcd: skipped (no etcd store module or no etcd binary)':<52}")
         with consul_emulator(tmp) as consul_url:
             times = resolver_flips(consul_url, ports, args.resolvers, args.flips, tempfile.mkdtemp(dir=tmp))
-            label = f"consul emulator: flip -> all {args.resolvers} resolvers new colour"
+            label = f"consul emulator: flip -> all {args.resolvers} resolvers new color"
             rows.append(row(label, times["slowest"]))
-            rows.append(row("consul emulator: flip -> one resolver new colour", times["every"]))
+            rows.append(row("consul emulator: flip -> one resolver new color", times["every"]))
         if os.path.exists(NGINX):
             nginx_store = f"file://{tmp}/nginx-store.json"
             delays, errors, total = nginx_flips(
@@ -323,7 +326,7 @@ def main() -> int:
             )
             rows.append(
                 row(
-                    "nginx (file store): flip -> first new-colour answer",
+                    "nginx (file store): flip -> first new-color answer",
                     delays,
                     f"errors {errors} of {total} requests",
                 )

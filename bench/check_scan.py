@@ -47,8 +47,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portctl.containers import docker_endpoint, require_docker
 from portctl.errors import DockerUnavailable
+from portctl.host.containers import docker_endpoint, require_docker
 
 TARGET_SOCKETS = 10_000
 TARGET_OVER_SS = 1.5  # check's median at most this many times ss's

@@ -29,12 +29,12 @@ sys.path.insert(0, str(HERE.parent))
 import consul  # noqa: E402 - after the path fix above
 
 from bench._common import free_ports, percentile  # noqa: E402 - after the path fix above
-from portctl.allocation import PortAllocator  # noqa: E402 - after the path for tests/
 from portctl.backends.consul import ConsulStore  # noqa: E402
-from portctl.config import Settings  # noqa: E402
+from portctl.config.settings import Settings  # noqa: E402
 from portctl.discovery import ServiceDiscovery  # noqa: E402
-from portctl.registry import CheckSpec, Registry  # noqa: E402
-from tests.consul_emulator import ConsulEmulator  # noqa: E402
+from portctl.ports.allocator import PortAllocator  # noqa: E402 - after the path for tests/
+from portctl.registry.entries import CheckSpec, Registry  # noqa: E402
+from tests.support.consul_emulator import ConsulEmulator  # noqa: E402
 
 SETTINGS = Settings(host="bench-host")
 PREFIX = "bench/"
@@ -167,11 +167,11 @@ def propagation(
 
 @contextlib.contextmanager
 def separate_emulator() -> Iterator[str]:
-    """The emulator in a process of its own (``python -m tests.consul_emulator``), so serving
+    """The emulator in a process of its own (``python -m tests.support.consul_emulator``), so serving
     100 blocking queries does not share this process's interpreter with 50 resolvers."""
     port = free_ports(1, start=27000)[0]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.consul_emulator", "--port", str(port)],
+        [sys.executable, "-m", "tests.support.consul_emulator", "--port", str(port)],
         cwd=HERE.parent,
         stdout=subprocess.PIPE,
         text=True,
@@ -220,7 +220,7 @@ def main() -> None:
                         f"svc{i}", port=31000 + i, instance_id=f"svc{i}-1", check=CheckSpec("none")
                     )
                 moves, calls = propagation(moves_url, moves_registry, args.resolvers, args.moves, tmp)
-    print("Consul store on the emulator (tests/consul_emulator.py), loopback; ms per operation")
+    print("Consul store on the emulator (tests/support/consul_emulator.py), loopback; ms per operation")
     print(f"{'operation':<26}{'portctl p50':>10}{'p99':>9}{'raw p50':>10}{'p99':>9}{'ratio':>8}  target 1.5x")
     print(row("allocate(port=)", *alloc))
     print(row("get + compare_and_set", *cas))

@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 from _common import free_ports  # bench/, first on sys.path when run as a script
 
-from portctl.allocation import PortAllocator
 from portctl.backends.file import JsonFileStore
-from portctl.config import Settings
+from portctl.config.settings import Settings
 from portctl.discovery import ServiceDiscovery
-from portctl.registry import CheckSpec, Registry
+from portctl.ports.allocator import PortAllocator
+from portctl.registry.entries import CheckSpec, Registry
 
 SETTINGS = Settings(host="bench-host")
 SERVICES = [f"svc{i}" for i in range(12)]

@@ -47,14 +47,14 @@ sys.path.insert(0, str(HERE.parent))
 import requests  # noqa: E402 - after the path fix above
 
 from bench._common import free_ports, percentile  # noqa: E402 - after the path fix above
-from portctl.allocation import PortAllocator  # noqa: E402
 from portctl.backends.base import Entry, Operation  # noqa: E402
 from portctl.backends.etcd import EtcdStore, parse_url  # noqa: E402
-from portctl.config import Settings  # noqa: E402
+from portctl.config.settings import Settings  # noqa: E402
 from portctl.discovery import ServiceDiscovery  # noqa: E402
-from portctl.kernel import BindResult  # noqa: E402
-from portctl.registry import CheckSpec, Registry  # noqa: E402
-from tests.etcd_fixture import EtcdMember, wait_ready  # noqa: E402
+from portctl.host.kernel import BindResult  # noqa: E402
+from portctl.ports.allocator import PortAllocator  # noqa: E402
+from portctl.registry.entries import CheckSpec, Registry  # noqa: E402
+from tests.support.etcd_fixture import EtcdMember, wait_ready  # noqa: E402
 
 SETTINGS = Settings(host="bench-host")
 ENV = "production"

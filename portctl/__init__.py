@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any
 from portctl._version import __version__
 
 if TYPE_CHECKING:
-    from portctl.allocation import Allocation, AllocationResult, PortAllocator
     from portctl.backends import Capability, Entry, Store, open_store
-    from portctl.bluegreen import BlueGreen, CutoverConflict, CutoverRefused
-    from portctl.config import Settings, StoreChoice, load_settings, resolve_store
+    from portctl.config.policy import Policy, ServiceSpec, ServiceType, default_policy
+    from portctl.config.settings import Settings, StoreChoice, load_settings, resolve_store
     from portctl.discovery import ServiceDiscovery, get_service_url
     from portctl.errors import (
         CapabilityMissing,
@@ -32,39 +31,40 @@ if TYPE_CHECKING:
         StoreUnavailable,
         VersionConflict,
     )
-    from portctl.kernel import bind_test, kernel_ports
-    from portctl.policy import Policy, ServiceSpec, ServiceType, default_policy
-    from portctl.registry import CheckSpec, Instance, Registry, ServiceEntry, Status
+    from portctl.host.kernel import bind_test, kernel_ports
+    from portctl.ports.allocator import Allocation, AllocationResult, PortAllocator
+    from portctl.registry.entries import CheckSpec, Instance, Registry, ServiceEntry, Status
+    from portctl.routing.bluegreen import BlueGreen, CutoverConflict, CutoverRefused
 
 # Imported on first use, so `portctl --version` and scripts that need one name start fast.
 _HOMES = {
-    "Allocation": "portctl.allocation",
-    "AllocationResult": "portctl.allocation",
-    "PortAllocator": "portctl.allocation",
+    "Allocation": "portctl.ports.allocator",
+    "AllocationResult": "portctl.ports.allocator",
+    "PortAllocator": "portctl.ports.allocator",
     "Capability": "portctl.backends",
     "Entry": "portctl.backends",
     "Store": "portctl.backends",
     "open_store": "portctl.backends",
-    "BlueGreen": "portctl.bluegreen",
-    "CutoverConflict": "portctl.bluegreen",
-    "CutoverRefused": "portctl.bluegreen",
-    "Settings": "portctl.config",
-    "StoreChoice": "portctl.config",
-    "load_settings": "portctl.config",
-    "resolve_store": "portctl.config",
-    "bind_test": "portctl.kernel",
-    "kernel_ports": "portctl.kernel",
-    "Policy": "portctl.policy",
-    "ServiceSpec": "portctl.policy",
-    "ServiceType": "portctl.policy",
-    "default_policy": "portctl.policy",
+    "BlueGreen": "portctl.routing.bluegreen",
+    "CutoverConflict": "portctl.routing.bluegreen",
+    "CutoverRefused": "portctl.routing.bluegreen",
+    "Settings": "portctl.config.settings",
+    "StoreChoice": "portctl.config.settings",
+    "load_settings": "portctl.config.settings",
+    "resolve_store": "portctl.config.settings",
+    "bind_test": "portctl.host.kernel",
+    "kernel_ports": "portctl.host.kernel",
+    "Policy": "portctl.config.policy",
+    "ServiceSpec": "portctl.config.policy",
+    "ServiceType": "portctl.config.policy",
+    "default_policy": "portctl.config.policy",
     "ServiceDiscovery": "portctl.discovery",
     "get_service_url": "portctl.discovery",
-    "CheckSpec": "portctl.registry",
-    "Instance": "portctl.registry",
-    "Registry": "portctl.registry",
-    "ServiceEntry": "portctl.registry",
-    "Status": "portctl.registry",
+    "CheckSpec": "portctl.registry.entries",
+    "Instance": "portctl.registry.entries",
+    "Registry": "portctl.registry.entries",
+    "ServiceEntry": "portctl.registry.entries",
+    "Status": "portctl.registry.entries",
 }
 
 

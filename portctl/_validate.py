@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from portctl.errors import InvalidInput
 
-# A service name is one DNS label in lowercase, with '_' allowed because the plan's own names
+# A service name is one DNS label in lowercase, with '_' allowed because the standard names
 # use it (admin_ui, mcp_memory). Consul's DNS interface shows '_' as '-'.
 SERVICE_NAME_FORM = (
     "1-63 characters: lowercase letters, digits, '_' or '-', starting with a letter "

@@ -7,9 +7,9 @@ import pytest
 from portctl.backends.file import JsonFileStore
 
 pytest_plugins = [
-    "tests.http_server",
-    "tests.etcd_fixture",
-    "tests.consul_fixture",
+    "tests.support.http_server",
+    "tests.support.etcd_fixture",
+    "tests.support.consul_fixture",
 ]  # http_server; etcd_*; consul_*
 
 

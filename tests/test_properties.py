@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from portctl import _validate
-from portctl.compose import load_compose
-from portctl.config import load_settings
-from portctl.documents import parse_export
+from portctl.compose.project import load_compose
+from portctl.config.settings import load_settings
 from portctl.errors import InvalidInput
-from portctl.registry import CheckSpec, check_host, parse_check, parse_duration
+from portctl.ports.documents import parse_export
+from portctl.registry.entries import CheckSpec, check_host, parse_check, parse_duration
 
 BOUNDED = settings(
     max_examples=300,

@@ -24,7 +24,7 @@ from typing import Any
 from portctl import _validate
 from portctl.backends._consul_http import go_duration
 from portctl.errors import InvalidInput
-from portctl.registry import CheckSpec, HealthRecord, ServiceEntry, Status
+from portctl.registry.entries import CheckSpec, HealthRecord, ServiceEntry, Status
 
 _REGISTRY = re.compile(r"^registry/([^/]+)/([^/]+)/([^/]+)/(entry|health)$")
 _CONSUL_META_KEY = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")

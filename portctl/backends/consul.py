@@ -93,7 +93,7 @@ from portctl.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from portctl.registry import HealthRecord, ServiceEntry, Status
+from portctl.registry.entries import HealthRecord, ServiceEntry, Status
 
 __all__ = ["ConsulStore"]
 

@@ -561,7 +561,7 @@ def _error_of(e: Etcd3Exception) -> tuple[int | None, str]:
 
 
 class EtcdStore(Store):
-    """Allocations, registrations and colours in etcd v3, under one key prefix."""
+    """Allocations, registrations and colors in etcd v3, under one key prefix."""
 
     scheme: ClassVar[str] = "etcd"
     capabilities: ClassVar[Capability] = (

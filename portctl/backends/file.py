@@ -585,7 +585,7 @@ def _unwritable(path: str, e: OSError) -> StoreUnavailable:
     return StoreUnavailable(f"cannot write store {path}: {e.strerror}; it was left as it was")
 
 
-# Durable writes, shared with the files portctl writes for other tools (portctl.documents) --
+# Durable writes, shared with the files portctl writes for other tools (portctl.ports.documents) --
 
 
 def write_new_file(path: str, data: bytes, mode: int, *, durable: bool = True) -> None:

@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from portctl.allocation import PortAllocator
 from portctl.backends import open_store
 from portctl.backends.base import Store
 from portctl.cli._output import GLOBAL, InputProblem, fail, note
-from portctl.config import Settings, StoreChoice, load_settings, resolve_store
+from portctl.config.settings import Settings, StoreChoice, load_settings, resolve_store
 from portctl.errors import InvalidInput, PortctlError
+from portctl.ports.allocator import PortAllocator
 
 if TYPE_CHECKING:
-    from portctl.compose import ComposeProject
-    from portctl.containers import DockerScan
+    from portctl.compose.project import ComposeProject
+    from portctl.host.containers import DockerScan
 
 StoreOption = Annotated[
     str | None,
@@ -69,7 +69,7 @@ def load_project(files: list[str] | None) -> ComposeProject | None:
 def require_project(files: list[str] | None) -> ComposeProject:
     if not files:
         raise InvalidInput("-f", None, "one or more compose files, e.g. -f docker-compose.production.yml")
-    from portctl.compose import load_compose
+    from portctl.compose.project import load_compose
 
     return load_compose(files)
 
@@ -87,7 +87,7 @@ class Opened:
 
         def published(port: int, protocol: str) -> str | None:
             if not checker:
-                from portctl.containers import publisher
+                from portctl.host.containers import publisher
 
                 checker.append(publisher(docker))
             return checker[0](port, protocol)

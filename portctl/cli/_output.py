@@ -6,7 +6,7 @@ Every command ends in :func:`emit` or :func:`fail`. With ``--json`` the output i
     {"ok": false, "data": null,  "error": {"code": "port_conflict", "message": "..."}}
 
 Timestamps in the envelope are ISO 8601 UTC strings. Tables are plain, stable columns when the
-output is not a terminal (scripts parse them); on a terminal they are drawn by rich, coloured
+output is not a terminal (scripts parse them); on a terminal they are drawn by rich, colored
 unless ``NO_COLOR`` is set. rich is imported only then, so plain runs start fast.
 """
 
@@ -79,7 +79,7 @@ def wants_json(as_json: bool) -> bool:
     return as_json or GLOBAL.as_json
 
 
-# Cell values drawn in colour on a terminal.
+# Cell values drawn in color on a terminal.
 _STYLES = {
     "CONFLICT": "bold red",
     "NO ANSWER": "bold red",

@@ -24,19 +24,19 @@ from portctl.cli._output import emit, note, table, window_progress
 
 if TYPE_CHECKING:
     from portctl.backends.base import Store
-    from portctl.bluegreen import BlueGreen, BlueGreenStatus, CutoverResult, LivePointer
-    from portctl.config import Settings
+    from portctl.config.settings import Settings
+    from portctl.routing.bluegreen import BlueGreen, BlueGreenStatus, CutoverResult, LivePointer
 
 app = typer.Typer(
     name="bluegreen",
-    help="Blue-green port switching: two colours of a service on two ports, one live pointer "
+    help="Blue-green port switching: two colors of a service on two ports, one live pointer "
     "flipped with compare-and-set after a health-gated window.\n\n"
     "Example: portctl bluegreen cutover api --to green --min-healthy 10s --drain 30s --yes",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
 
-_UNCOLOURED = "the uncoloured instances"
+_UNCOLORED = "the uncolored instances"
 NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="The service name.")]
 DrainOption = Annotated[
     str,
@@ -44,7 +44,7 @@ DrainOption = Annotated[
         "--drain",
         metavar="30s",
         help="After the flip, wait this long before reporting done: the longest a client may "
-        "still use the old colour (0s: do not wait).",
+        "still use the old color (0s: do not wait).",
     ),
 ]
 
@@ -53,7 +53,7 @@ DrainOption = Annotated[
 def _bluegreen(flag: str | None, *, deploying: bool = False) -> Iterator[tuple[BlueGreen, Settings]]:
     """A BlueGreen on the chosen store, refused at once if the store lacks compare-and-set;
     SIGINT and SIGTERM end a healthy window (nothing flips) or a drain (the flip stands)."""
-    from portctl.bluegreen import BlueGreen
+    from portctl.routing.bluegreen import BlueGreen
 
     with _opened(flag, deploying) as (store, settings):
         stop = threading.Event()
@@ -72,8 +72,8 @@ def _bluegreen(flag: str | None, *, deploying: bool = False) -> Iterator[tuple[B
 @contextlib.contextmanager
 def _opened(flag: str | None, deploying: bool = False) -> Iterator[tuple[Store, Settings]]:
     from portctl.backends import open_store
-    from portctl.bluegreen import DEPLOY_REQUIRED, REQUIRED
-    from portctl.config import load_settings, resolve_store
+    from portctl.config.settings import load_settings, resolve_store
+    from portctl.routing.bluegreen import DEPLOY_REQUIRED, REQUIRED
 
     settings = load_settings()
     choice = resolve_store(store_flag(flag), settings)
@@ -87,7 +87,7 @@ def _opened(flag: str | None, deploying: bool = False) -> Iterator[tuple[Store, 
 def _pointer_now(flag: str | None, name: str, env: str | None) -> LivePointer | None:
     """The live pointer as it is now, read before asking (no signal handlers: Ctrl-C at the
     question interrupts as usual)."""
-    from portctl.bluegreen import BlueGreen
+    from portctl.routing.bluegreen import BlueGreen
 
     with _opened(flag) as (store, settings):
         return BlueGreen(store, settings).pointer(name, env)
@@ -96,15 +96,15 @@ def _pointer_now(flag: str | None, name: str, env: str | None) -> LivePointer | 
 def _ask_cutover(yes: bool, flag: str | None, name: str, to: str | None, env: str | None) -> None:
     if yes:
         return
-    from portctl.bluegreen import other
+    from portctl.routing.bluegreen import other
 
     pointer = _pointer_now(flag, name, env)
     live = pointer.live if pointer else None
     target = to or other(live)
     if target is None or target == live:
         return  # the cutover itself refuses, saying why
-    stays = f"{name} stays on {live}" if live else f"the uncoloured instances of {name} keep serving"
-    question = f"cut {name} ({_environment(env)}) over from {live or _UNCOLOURED} to {target}?"
+    stays = f"{name} stays on {live}" if live else f"the uncolored instances of {name} keep serving"
+    question = f"cut {name} ({_environment(env)}) over from {live or _UNCOLORED} to {target}?"
     confirm(yes, question, f"nothing was changed; {stays}")
 
 
@@ -114,12 +114,12 @@ def _ask_rollback(yes: bool, flag: str | None, name: str, env: str | None) -> No
     pointer = _pointer_now(flag, name, env)
     if pointer is None or not pointer.history:
         return  # the rollback itself refuses, saying why
-    back = pointer.history[-1].from_color or "the uncoloured instances"
+    back = pointer.history[-1].from_color or "the uncolored instances"
     question = (
-        f"roll {name} ({_environment(env)}) back from {pointer.live or 'the uncoloured instances'} to {back}?"
+        f"roll {name} ({_environment(env)}) back from {pointer.live or 'the uncolored instances'} to {back}?"
     )
     confirm(
-        yes, question, f"nothing was changed; {name} stays on {pointer.live or 'the uncoloured instances'}"
+        yes, question, f"nothing was changed; {name} stays on {pointer.live or 'the uncolored instances'}"
     )
 
 
@@ -128,7 +128,7 @@ def _when(at: float | None) -> str:
 
 
 def _environment(env: str | None) -> str:
-    from portctl.config import load_settings
+    from portctl.config.settings import load_settings
 
     return load_settings().policy.environment(env)
 
@@ -143,7 +143,7 @@ def deploy(
             "--port",
             "-p",
             metavar="N",
-            help="The colour's port (it may already be listening). Default: a free one.",
+            help="The color's port (it may already be listening). Default: a free one.",
             show_default=False,
         ),
     ] = None,
@@ -152,7 +152,7 @@ def deploy(
         typer.Option(
             "--check",
             metavar="CHECK",
-            help="tcp (default), http://HOST:{port}/PATH ({port} is the colour's port), ttl:15s or none.",
+            help="tcp (default), http://HOST:{port}/PATH ({port} is the color's port), ttl:15s or none.",
             show_default=False,
         ),
     ] = None,
@@ -161,17 +161,17 @@ def deploy(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Allocate a colour's port and register it (checked once now). The first colour of a new
-    service goes live at once; the live colour cannot be deployed over.
+    """Allocate a color's port and register it (checked once now). The first color of a new
+    service goes live at once; the live color cannot be deployed over.
 
     Example: portctl bluegreen deploy api --color green --check 'http://127.0.0.1:{port}/health'
     """
     from portctl import _validate
-    from portctl.bluegreen import check_color, parse_colour_check
+    from portctl.routing.bluegreen import check_color, parse_color_check
 
     with handled(as_json):
         check_color(color)
-        spec = parse_colour_check(check)
+        spec = parse_color_check(check)
         number = _validate.port(port, "--port") if port is not None else None
         with _bluegreen(store, deploying=True) as (bg, _):
             done = bg.deploy(name, color, port=number, check=spec, address=address, environment=env)
@@ -179,11 +179,11 @@ def deploy(
         e, i = done.instance.entry, done.instance
         switch = f"to switch: portctl bluegreen cutover {name} --to {color}"
         if done.live:
-            after = f"{color} is live (the first colour of {name})"
+            after = f"{color} is live (the first color of {name})"
         elif live is not None and live.live is not None:
-            after = f"live colour is {live.live}; {switch}"
+            after = f"live color is {live.live}; {switch}"
         else:
-            after = f"not live yet (uncoloured instances serve); {switch}"
+            after = f"not live yet (uncolored instances serve); {switch}"
         text = (
             f"deployed {name} {color} ({e.environment}) at {e.address}:{e.port} as {e.id}, check "
             f"{e.check.describe()}: {i.status.value} ({i.output}); {after}"
@@ -192,8 +192,8 @@ def deploy(
 
 
 def _result_text(r: CutoverResult) -> str:
-    old = r.from_color or "the uncoloured instances"
-    new = r.to_color or "the uncoloured instances"
+    old = r.from_color or "the uncolored instances"
+    new = r.to_color or "the uncolored instances"
     text = f"{r.kind} of {r.service} ({r.environment}): {old} -> {new} at {_when(r.flipped_at)} by {r.actor}"
     text += f" after {r.probes} passing check(s)"
     if r.drain:
@@ -209,7 +209,7 @@ def cutover(
         typer.Option(
             "--to",
             metavar="COLOR",
-            help="The colour to switch to (default: the other one).",
+            help="The color to switch to (default: the other one).",
             show_default=False,
         ),
     ] = None,
@@ -227,11 +227,11 @@ def cutover(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Switch a service's live colour after a health-gated window; exit 1 if refused or lost.
+    """Switch a service's live color after a health-gated window; exit 1 if refused or lost.
 
     Example: portctl bluegreen cutover api --to green --min-healthy 10s --drain 30s --yes
     """
-    from portctl.bluegreen import check_color, parse_window
+    from portctl.routing.bluegreen import check_color, parse_window
 
     with handled(as_json):
         if to is not None:
@@ -255,11 +255,11 @@ def rollback(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Undo the last flip: back to the previous colour, which stayed registered.
+    """Undo the last flip: back to the previous color, which stayed registered.
 
     Example: portctl bluegreen rollback api --yes
     """
-    from portctl.bluegreen import parse_window
+    from portctl.routing.bluegreen import parse_window
 
     with handled(as_json):
         wait = parse_window(drain, "--drain")
@@ -272,11 +272,11 @@ def rollback(
 def _status_text(s: BlueGreenStatus) -> str:
     p = s.pointer
     if p is None or p.live is None:
-        head = f"{s.service} ({s.environment}): no colour is live; the uncoloured instances serve"
+        head = f"{s.service} ({s.environment}): no color is live; the uncolored instances serve"
     else:
         head = f"{s.service} ({s.environment}): {p.live} is live since {_when(p.changed_at)} by {p.actor}"
     rows = []
-    for c in s.colours:
+    for c in s.colors:
         shown = c.instances or ()
         if not shown:
             rows.append([c.color, c.state, c.port or "-", "-", "-", ""])
@@ -302,7 +302,7 @@ def status(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Both colours of a service: ports, instances and health, which is live, and the history
+    """Both colors of a service: ports, instances and health, which is live, and the history
     of cutovers.
 
     Example: portctl bluegreen status api

@@ -36,7 +36,7 @@ def who(
 
     Example: portctl who 5432
     """
-    from portctl.holders import HostPorts
+    from portctl.host.holders import HostPorts
 
     with handled(as_json):
         number = _validate.port(port)
@@ -110,8 +110,8 @@ def check(
 
     Example: portctl check -f docker-compose.production.yml
     """
-    from portctl.checking import check_ports, targets
-    from portctl.holders import HostPorts
+    from portctl.compose.check import check_ports, targets
+    from portctl.host.holders import HostPorts
 
     with handled(as_json):
         project = load_project(files)

@@ -25,15 +25,15 @@ def migrate(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Copy every allocation, registration and colour from the store into another, empty one.
+    """Copy every allocation, registration and color from the store into another, empty one.
 
     The source is left as it is; the copy is read back and compared before it is reported.
 
     Example: portctl migrate --to etcd://10.0.0.5:2379,10.0.0.6:2379
     """
     from portctl.backends import open_store
-    from portctl.config import store_url
-    from portctl.migrate import migrate as copy_store
+    from portctl.config.settings import store_url
+    from portctl.operations.migrate import migrate as copy_store
 
     with handled(as_json), opened(store) as ctx:
         target = open_store(store_url(to))

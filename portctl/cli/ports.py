@@ -9,7 +9,6 @@ from typing import Annotated, Any
 import typer
 
 from portctl import __version__
-from portctl.allocation import Allocation, AllocationResult
 from portctl.cli._common import (
     ComposeFilesOption,
     EnvOption,
@@ -22,9 +21,10 @@ from portctl.cli._common import (
     require_project,
 )
 from portctl.cli._output import ExitCode, InputProblem, emit, exit_code_for, note, table
-from portctl.documents import export_document, parse_export, render_env, write_atomically
 from portctl.errors import InvalidInput, PortctlError
-from portctl.kernel import kernel_ports
+from portctl.host.kernel import kernel_ports
+from portctl.ports.allocator import Allocation, AllocationResult
+from portctl.ports.documents import export_document, parse_export, render_env, write_atomically
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -316,8 +316,8 @@ def _where(rows: list[dict[str, Any]], environment: str, ctx: Opened) -> str:
 
 
 def _allocate_stack(files: list[str], env: str | None, store: str | None, as_json: bool) -> None:
-    from portctl.holders import HostPorts
-    from portctl.stack import allocate_stack
+    from portctl.compose.stack import allocate_stack
+    from portctl.host.holders import HostPorts
 
     project = require_project(files)
     host = HostPorts()

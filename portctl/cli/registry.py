@@ -15,7 +15,7 @@ from portctl.cli._output import ExitCode, InputProblem, emit, note, table
 from portctl.errors import InvalidInput, StoreUnavailable
 
 if TYPE_CHECKING:
-    from portctl.registry import Instance, Registry
+    from portctl.registry.entries import Instance, Registry
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -25,7 +25,7 @@ IdArgument = Annotated[
 
 
 def _registry(ctx: Opened) -> Registry:
-    from portctl.registry import Registry
+    from portctl.registry.entries import Registry
 
     return Registry(ctx.store, ctx.settings)
 
@@ -155,8 +155,8 @@ def register(
     Example: portctl register api --lease 30s --keep-alive
     """
     from portctl import _validate
-    from portctl.health import run_check
-    from portctl.registry import parse_check, parse_duration
+    from portctl.registry.entries import parse_check, parse_duration
+    from portctl.registry.health import run_check
 
     with handled(as_json):
         spec = parse_check(
@@ -270,7 +270,7 @@ def health(
     Example: portctl health postgres
     """
     from portctl.errors import ServiceNotFound
-    from portctl.registry import Status
+    from portctl.registry.entries import Status
 
     with handled(as_json), opened(store) as ctx:
         registry = _registry(ctx)
@@ -300,7 +300,7 @@ def ttl(
 
     Example: portctl ttl pass worker-web-1-7001
     """
-    from portctl.registry import Status
+    from portctl.registry.entries import Status
 
     states = {"pass": Status.PASSING, "warn": Status.WARNING, "fail": Status.CRITICAL}
     with handled(as_json):
@@ -326,8 +326,8 @@ def verify(
 
     Example: portctl verify --env production
     """
-    from portctl.health import run_check
-    from portctl.registry import Status
+    from portctl.registry.entries import Status
+    from portctl.registry.health import run_check
 
     with handled(as_json), opened(store) as ctx:
         registry = _registry(ctx)
@@ -378,8 +378,8 @@ def agent(
 
     Example: portctl agent --zombie-grace 2m
     """
-    from portctl.agent import Agent
-    from portctl.registry import parse_duration
+    from portctl.registry.agent import Agent
+    from portctl.registry.entries import parse_duration
 
     with handled(as_json):
         grace = parse_duration(zombie_grace, "--zombie-grace")

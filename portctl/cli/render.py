@@ -64,13 +64,13 @@ def render(
     as_json: JsonOption = False,
 ) -> None:
     """Render nginx upstreams, HAProxy backends or Prometheus file_sd targets from the registry:
-    each service's healthy instances, of its live colour for blue-green services.
+    each service's healthy instances, of its live color for blue-green services.
 
     Example: portctl render nginx -o /etc/nginx/conf.d/upstreams.conf --watch --reload 'nginx -s reload'
     """
-    from portctl.registry import parse_duration
-    from portctl.render import Follower, check_target, install, reload_command
-    from portctl.render import render as render_text
+    from portctl.registry.entries import parse_duration
+    from portctl.routing.render import Follower, check_target, install, reload_command
+    from portctl.routing.render import render as render_text
 
     with handled(as_json):
         check_target(target)

@@ -23,8 +23,8 @@ from portctl.cli._output import ExitCode, emit, note, table
 from portctl.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from portctl.deploy import DeployReport, DeployStep
-    from portctl.stack import StackPort
+    from portctl.compose.deploy import DeployReport, DeployStep
+    from portctl.compose.stack import StackPort
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -57,8 +57,8 @@ def override(
 
     Example: portctl override -f docker-compose.production.yml > docker-compose.override.yml
     """
-    from portctl.deploy import find_compose, plan_override
-    from portctl.stack import unallocated_ports
+    from portctl.compose.deploy import find_compose, plan_override
+    from portctl.compose.stack import unallocated_ports
 
     with handled(as_json):
         project = require_project(files)
@@ -105,7 +105,7 @@ def _unallocated_note(left: list[StackPort], files: list[str], env: str | None) 
 def _write_override(path: str, text: str) -> bool:
     """Write the override unless unchanged; refuse a file someone else wrote. A blank file (what
     a failed `portctl override > FILE` leaves) holds nothing of anyone's, so it is replaced."""
-    from portctl.deploy import OVERRIDE_MARK, write_if_changed
+    from portctl.compose.deploy import OVERRIDE_MARK, write_if_changed
 
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -157,9 +157,9 @@ def deploy(
 
     Example: portctl deploy -f docker-compose.production.yml --wait 2m
     """
-    from portctl.deploy import deploy as run_deploy
-    from portctl.deploy import deploy_inputs
-    from portctl.holders import HostPorts
+    from portctl.compose.deploy import deploy as run_deploy
+    from portctl.compose.deploy import deploy_inputs
+    from portctl.host.holders import HostPorts
 
     with handled(as_json):
         seconds = _wait_seconds(wait)
@@ -188,7 +188,7 @@ def deploy(
 
 
 def _wait_seconds(value: str) -> float:
-    from portctl.registry import parse_duration
+    from portctl.registry.entries import parse_duration
 
     if value.strip() in ("0", "0s", "0ms"):
         return 0.0

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from portctl.backends.base import Entry
-from portctl.documents import write_atomically
 from portctl.errors import InvalidInput, OutputUnavailable
+from portctl.ports.documents import write_atomically
 
 FORMAT = "portctl-discovery-cache"
 SCHEMA = 1

@@ -9,11 +9,9 @@ import time
 from types import TracebackType
 
 from portctl import _validate
-from portctl.allocation import PortAllocator
 from portctl.backends import open_store
 from portctl.backends.base import Capability, ChangeBatch, Entry, Store
-from portctl.bluegreen import check_color
-from portctl.config import ENV_ENV, Settings, load_settings, resolve_store
+from portctl.config.settings import ENV_ENV, Settings, load_settings, resolve_store
 from portctl.discovery import _cache
 from portctl.discovery._snapshot import (
     ALLOCATION_ADDRESS,
@@ -28,6 +26,8 @@ from portctl.discovery._snapshot import (
     override_answer,
 )
 from portctl.errors import InvalidInput, ServiceNotFound, StoreError, StoreUnavailable
+from portctl.ports.allocator import PortAllocator
+from portctl.routing.bluegreen import check_color
 
 __all__ = ["ServiceDiscovery", "get_service_url", "set_default"]
 
@@ -133,11 +133,11 @@ class ServiceDiscovery:
         self, name: str, *, scheme: str | None = None, healthy_only: bool = True, color: str | None = None
     ) -> str:
         """The URL of ``name``, e.g. ``postgresql://127.0.0.1:5433``: for a blue-green service, of
-        its live colour; with ``color='green'``, of that colour whether live or not (smoke tests)."""
+        its live color; with ``color='green'``, of that color whether live or not (smoke tests)."""
         answer = (
             self._lookup(name, healthy_only)
             if color is None
-            else self._colour_answer(name, color, healthy_only)
+            else self._color_answer(name, color, healthy_only)
         )
         return answer.url if scheme is None else answer.with_scheme(scheme)
 
@@ -150,7 +150,7 @@ class ServiceDiscovery:
         answer = (
             self._lookup(name, healthy_only)
             if color is None
-            else self._colour_answer(name, color, healthy_only)
+            else self._color_answer(name, color, healthy_only)
         )
         return answer.host, answer.port
 
@@ -199,9 +199,9 @@ class ServiceDiscovery:
         where = f"registered or allocated in {self._environment} on {self._settings.host}"
         raise ServiceNotFound(name, list(view.known), where)
 
-    def _colour_answer(self, name: str, color: str, healthy_only: bool) -> Answer:
-        """One colour of a blue-green service. ``PORTCTL_<NAME>_URL`` does not apply: it names
-        where the service is, not where one of its colours is."""
+    def _color_answer(self, name: str, color: str, healthy_only: bool) -> Answer:
+        """One color of a blue-green service. ``PORTCTL_<NAME>_URL`` does not apply: it names
+        where the service is, not where one of its colors is."""
         view = self._view
         key = (name, color)
         answer = (view.colors_healthy if healthy_only else view.colors_every).get(key)
@@ -215,7 +215,7 @@ class ServiceDiscovery:
             return answer
         if key in view.colors_unhealthy:
             raise ServiceNotFound(name, list(view.known), view.colors_unhealthy[key])
-        raise ServiceNotFound(name, list(view.known), f"deployed in colour {color} in {self._environment}")
+        raise ServiceNotFound(name, list(view.known), f"deployed in color {color} in {self._environment}")
 
     def _usable_view(self) -> View:
         view = self._view
@@ -468,7 +468,7 @@ def get_service_url(
 ) -> str:
     """``get_service_url('redis')`` over a default :class:`ServiceDiscovery`, made on first use
     with the store the CLI would choose (config file, ``PORTCTL_STORE``, the default file) and
-    ``PORTCTL_ENV``. ``color='green'`` names one colour of a blue-green service."""
+    ``PORTCTL_ENV``. ``color='green'`` names one color of a blue-green service."""
     return _default.get().get_service_url(name, scheme=scheme, healthy_only=healthy_only, color=color)
 
 

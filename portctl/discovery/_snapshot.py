@@ -1,8 +1,8 @@
 """A resolver's snapshot: one environment's registry, allocation and blue-green keys, turned
-into a ready answer per service name (and per service and colour). Pure (no I/O): the resolver
+into a ready answer per service name (and per service and color). Pure (no I/O): the resolver
 rebuilds it on every store change and swaps it in whole, so a lookup is one dict access.
 
-A service with a blue-green pointer answers with its live colour's instances; each colour
+A service with a blue-green pointer answers with its live color's instances; each color
 also answers on its own (``color=``), for smoke tests of the idle one. A service that never
 used blue-green has neither, and answers as before.
 """
@@ -19,11 +19,18 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from portctl import _validate
-from portctl.allocation import Allocation
 from portctl.backends.base import Entry
-from portctl.bluegreen import COLORS, LivePointer, colour_of, live_pointers, not_serving_reason, serving
 from portctl.errors import InvalidInput, StoreCorrupt
-from portctl.registry import Instance, Status, instances_from
+from portctl.ports.allocator import Allocation
+from portctl.registry.entries import Instance, Status, instances_from
+from portctl.routing.bluegreen import (
+    COLORS,
+    LivePointer,
+    color_of,
+    live_pointers,
+    not_serving_reason,
+    serving,
+)
 
 SERVICE_HOST_ENV = "SERVICE_HOST"
 # An allocation names a port on this host, not an address; 127.0.0.1 is also what a registration
@@ -152,7 +159,7 @@ class View:
     unhealthy: Mapping[str, str]  # service -> why no instance is healthy (the error's "where")
     known: tuple[str, ...]  # registered or allocated in this environment
     deadline: float = math.inf  # the time a lookup must take the slow path (TTL expiry, stale limit)
-    colors_healthy: Mapping[tuple[str, str], Answer] = field(default_factory=dict)  # (service, colour)
+    colors_healthy: Mapping[tuple[str, str], Answer] = field(default_factory=dict)  # (service, color)
     colors_every: Mapping[tuple[str, str], Answer] = field(default_factory=dict)
     colors_unhealthy: Mapping[tuple[str, str], str] = field(default_factory=dict)
     stale_since: float | None = None  # when the store was last read, while it is unreachable
@@ -184,12 +191,12 @@ def build_view(entries: Iterable[Entry], context: Context, now: float) -> View:
     healthy: dict[str, Answer] = {}
     every: dict[str, Answer] = {}
     unhealthy: dict[str, str] = {}
-    colours = _Colours()
+    colors = _Colors()
     for service, group in by_service.items():
         if service in bad_pointers:
             unhealthy[service] = str(bad_pointers[service])
             continue
-        colours.add(service, group, context)
+        colors.add(service, group, context)
         pointer = pointers.get(service)
         live = serving(group, pointer)
         if not live:
@@ -214,14 +221,14 @@ def build_view(entries: Iterable[Entry], context: Context, now: float) -> View:
         unhealthy,
         known,
         _next_expiry(by_service, now),
-        colours.healthy,
-        colours.every,
-        colours.unhealthy,
+        colors.healthy,
+        colors.every,
+        colors.unhealthy,
     )
 
 
-class _Colours:
-    """Each colour of each blue-green service answers on its own, whether live or not."""
+class _Colors:
+    """Each color of each blue-green service answers on its own, whether live or not."""
 
     def __init__(self) -> None:
         self.healthy: dict[tuple[str, str], Answer] = {}
@@ -230,14 +237,14 @@ class _Colours:
 
     def add(self, service: str, group: list[Instance], context: Context) -> None:
         for color in COLORS:
-            mine = [i for i in group if colour_of(i.entry) == color]
+            mine = [i for i in group if color_of(i.entry) == color]
             if not mine:
                 continue
             best = min(mine, key=lambda i: (_RANK[i.status], i.entry.id))
             key = (service, color)
             self.every[key] = _instance_answer(best, context)
             if best.status == Status.CRITICAL:
-                self.unhealthy[key] = f"healthy in colour {color} ({_count(mine)}, all critical)"
+                self.unhealthy[key] = f"healthy in color {color} ({_count(mine)}, all critical)"
             else:
                 self.healthy[key] = self.every[key]
 
@@ -285,7 +292,7 @@ def _count(group: list[Instance]) -> str:
 def _none_healthy(group: list[Instance], environment: str, pointer: LivePointer | None = None) -> str:
     where = f"healthy in {environment}"
     if pointer is not None and pointer.live is not None:
-        where += f" in its live colour {pointer.live}"
+        where += f" in its live color {pointer.live}"
     return f"{where} ({_count(group)}, {'all' if len(group) != 1 else 'it is'} critical)"
 
 

@@ -48,8 +48,8 @@ def increment(url: str, key: str, times: int, start: Any) -> list[int]:
 
 def allocate_many(url: str, worker: int, count: int, host: str, start: Any) -> list[int]:
     """Allocate ``count`` services of type 'dynamic'; the ports they got."""
-    from portctl.allocation import PortAllocator
-    from portctl.config import Settings
+    from portctl.config.settings import Settings
+    from portctl.ports.allocator import PortAllocator
 
     store = open_store(url)
     try:
@@ -64,8 +64,8 @@ def allocate_many(url: str, worker: int, count: int, host: str, start: Any) -> l
 
 def allocate_same(url: str, count: int, host: str, start: Any) -> list[int]:
     """Allocate services ``shared-0``... that every worker asks for too; the ports it was told."""
-    from portctl.allocation import PortAllocator
-    from portctl.config import Settings
+    from portctl.config.settings import Settings
+    from portctl.ports.allocator import PortAllocator
 
     store = open_store(url)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from portctl.testing import StoreContract
-from tests.consul_fixture import real_consul
+from tests.support.consul_fixture import real_consul
 
 
 class TestConsulStore(StoreContract):

@@ -1,9 +1,9 @@
 """py-consul's own API tests pass against the Consul emulator.
 
 Each test of py-consul's ``tests/api`` (obtained from the sdist of the installed py-consul, see
-:mod:`tests.consul_conformance`) is one test here: it passes when theirs passed on a fresh
+:mod:`tests.support.consul_conformance`) is one test here: it passes when theirs passed on a fresh
 emulator, fails with their failure, and skips with their skip reason (features outside the
-emulator's scope, listed with reasons in ``tests/consul_conformance/pyconsul_fixtures.py``).
+emulator's scope, listed with reasons in ``tests/support/consul_conformance/pyconsul_fixtures.py``).
 The whole suite runs once, in a pytest of its own, the first time one of these tests asks.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.consul_conformance import SuiteUnavailable, collect, run_suite, suite_dir
-from tests.consul_fixture import real_consul
+from tests.support.consul_conformance import SuiteUnavailable, collect, run_suite, suite_dir
+from tests.support.consul_fixture import real_consul
 
 UNAVAILABLE = "py-consul's API tests could not be obtained"
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 from consul.callback import CB
 
-from tests.consul_emulator import ConsulEmulator
+from tests.support.consul_emulator import ConsulEmulator
 
 
 @pytest.fixture
@@ -186,7 +186,7 @@ def test_it_starts_on_its_own_from_the_command_line():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.consul_emulator", "--port", str(port)],
+        [sys.executable, "-m", "tests.support.consul_emulator", "--port", str(port)],
         stdout=subprocess.PIPE,
         text=True,
     )

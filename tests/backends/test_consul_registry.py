@@ -13,16 +13,16 @@ import time
 import consul
 import pytest
 
-from portctl.allocation import PortAllocator
 from portctl.backends import open_store
 from portctl.backends.consul import ConsulStore
 from portctl.backends.file import JsonFileStore
-from portctl.config import Settings
+from portctl.config.settings import Settings
 from portctl.discovery import ServiceDiscovery
 from portctl.errors import InvalidInput, StoreCorrupt, StoreDenied, StoreTimeout, StoreUnavailable
-from portctl.migrate import migrate
-from portctl.registry import CheckSpec, Registry, Status
-from tests.consul_emulator import ConsulEmulator
+from portctl.operations.migrate import migrate
+from portctl.ports.allocator import PortAllocator
+from portctl.registry.entries import CheckSpec, Registry, Status
+from tests.support.consul_emulator import ConsulEmulator
 
 SETTINGS = Settings(host="test-host")
 PORTCTL = os.path.join(os.path.dirname(sys.executable), "portctl")
@@ -225,11 +225,11 @@ def test_reads_fall_back_to_stale_without_a_leader(registry, store, discovery, c
     assert [i.entry.id for i in registry.instances("api")] == ["api-1"]
     assert store.stale_reads > 0
     with pytest.raises(StoreUnavailable, match="No cluster leader"):
-        store.create("colour/api", "blue")
+        store.create("color/api", "blue")
     assert resolver.get_service_url("api") == "http://127.0.0.1:18001"
     assert resolver.stale is None  # stale reads still answer: the resolver is not cut off
     consul_emulator.state.set_leader(True)
-    store.create("colour/api", "blue")
+    store.create("color/api", "blue")
 
 
 # Migration to and from Consul ----------------------------------------------------------------
@@ -239,7 +239,7 @@ def test_migrate_a_json_store_to_consul_and_back(tmp_path, consul_store_url, con
     with JsonFileStore(str(tmp_path / "a.json")) as source:
         PortAllocator(source, SETTINGS).allocate("redis", port=16380)
         Registry(source, SETTINGS).register("redis", check=CheckSpec("tcp"), instance_id="redis-1")
-        source.create("bluegreen/production/api/active", json.dumps({"colour": "blue"}))
+        source.create("bluegreen/production/api/active", json.dumps({"color": "blue"}))
         with open_store(consul_store_url) as target:
             report = migrate(source, target)
             assert report.by_kind["registry"] == 2

@@ -11,11 +11,11 @@ import pytest
 from portctl.backends import open_store
 from portctl.backends.base import Create
 from portctl.backends.consul import ConsulStore
-from portctl.config import Settings
+from portctl.config.settings import Settings
 from portctl.discovery import ServiceDiscovery
 from portctl.errors import StoreUnavailable, VersionConflict
-from portctl.registry import CheckSpec, Registry
-from tests.consul_fixture import real_consul
+from portctl.registry.entries import CheckSpec, Registry
+from tests.support.consul_fixture import real_consul
 
 SETTINGS = Settings(host="test-host")
 # The shortest session TTL accepted (the emulator's is lowered); Consul expires a session at up
@@ -68,22 +68,22 @@ def entry_json(instance: str, port: int, lease: float | None = None) -> str:
 def test_a_cutover_whose_reply_was_lost_is_reported_as_won(store, consul_emulator):
     key = "bluegreen/production/api/active"
     consul_emulator.drop_next_reply("/v1/txn")
-    created = store.create(key, json.dumps({"colour": "blue"}))
-    assert json.loads(created.value) == {"colour": "blue"}
+    created = store.create(key, json.dumps({"color": "blue"}))
+    assert json.loads(created.value) == {"color": "blue"}
     consul_emulator.drop_next_reply("/v1/txn")
-    flipped = store.compare_and_set(key, json.dumps({"colour": "green"}), created.version)
-    assert json.loads(flipped.value) == {"colour": "green"}
+    flipped = store.compare_and_set(key, json.dumps({"color": "green"}), created.version)
+    assert json.loads(flipped.value) == {"color": "green"}
     assert store.get(key) == flipped
 
 
 def test_a_lost_reply_still_loses_to_a_real_conflict(store, consul_emulator):
     key = "bluegreen/production/api/active"
-    first = store.create(key, json.dumps({"colour": "blue"}))
-    store.compare_and_set(key, json.dumps({"colour": "green"}), first.version)
+    first = store.create(key, json.dumps({"color": "blue"}))
+    store.compare_and_set(key, json.dumps({"color": "green"}), first.version)
     consul_emulator.drop_next_reply("/v1/txn")
     with pytest.raises(VersionConflict, match=key):
-        store.compare_and_set(key, json.dumps({"colour": "red"}), first.version)
-    assert json.loads(store.get(key).value) == {"colour": "green"}
+        store.compare_and_set(key, json.dumps({"color": "red"}), first.version)
+    assert json.loads(store.get(key).value) == {"color": "green"}
 
 
 def test_a_leased_registration_whose_reply_was_lost_keeps_its_lease_and_service(

@@ -16,7 +16,7 @@ from portctl.backends import open_store
 from portctl.backends.etcd import EtcdStore, parse_url
 from portctl.errors import InvalidInput, StoreDenied, StoreTimeout, StoreUnavailable
 from portctl.testing import StoreContract
-from tests.etcd_fixture import ETCD, SKIP_REASON, etcdctl, start_single
+from tests.support.etcd_fixture import ETCD, SKIP_REASON, etcdctl, start_single
 
 
 class TestEtcdStore(StoreContract):
@@ -79,7 +79,7 @@ def test_endpoints_and_credentials_come_from_etcdctl_variables(tmp_path):
         ("etcd://h:2379?password_file=/nonexistent/pw", "/nonexistent/pw"),
         ("etcd://alice@h:2379", "ETCDCTL_PASSWORD"),
         ("etcd://h:2379?timeout=0", "timeout"),
-        ("etcd://h:2379?colour=blue", "colour"),
+        ("etcd://h:2379?color=blue", "color"),
         ("etcd://h:99999", "port"),
         ("etcd://h:2379/../escape", "prefix"),
         ("etcd:///nothing", "ETCDCTL_ENDPOINTS"),
@@ -152,8 +152,8 @@ def test_two_prefixes_never_see_each_others_keys(etcd_endpoint):
 
 
 def test_a_crafted_name_cannot_leave_the_prefix(store, etcd_endpoint):
-    from portctl.allocation import PortAllocator
-    from portctl.config import Settings
+    from portctl.config.settings import Settings
+    from portctl.ports.allocator import PortAllocator
 
     before = raw_keys(etcd_endpoint)
     allocator = PortAllocator(store, Settings(host="h"))

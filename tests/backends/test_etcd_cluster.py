@@ -14,9 +14,9 @@ import threading
 import time
 
 from portctl.backends import open_store
-from portctl.config import Settings
+from portctl.config.settings import Settings
 from portctl.discovery import ServiceDiscovery
-from portctl.registry import CheckSpec, Registry
+from portctl.registry.entries import CheckSpec, Registry
 
 WORKERS = 4
 PER_WORKER = 200
@@ -25,8 +25,8 @@ HOST = "cluster-host"
 
 def allocate_through_faults(url: str, worker: int, count: int, start, progress) -> dict[str, object]:
     """Allocate ``count`` services; retry each after a retryable error. Runs in a child process."""
-    from portctl.allocation import PortAllocator
     from portctl.errors import PortctlError, StoreUnavailable
+    from portctl.ports.allocator import PortAllocator
 
     store = open_store(url)
     allocator = PortAllocator(store, Settings(host=HOST))

@@ -1,5 +1,5 @@
 """`portctl check` as a CI gate: the README's blue-green flow with real HTTP servers on the
-colours' ports passes (each colour's server is the instance registered there, not a conflict),
+colors' ports passes (each color's server is the instance registered there, not a conflict),
 a foreign process on an allocated port is still a conflict, and the output ends with the next
 step to take."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from .conftest import HOST, PORTCTL, TIMEOUT, Run, error_line, free_port
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-COLOUR = re.compile(r"\x1b\[[0-9;]*(?:3[0-7]|9[0-7]|38;)[0-9;]*m")
+COLOR = re.compile(r"\x1b\[[0-9;]*(?:3[0-7]|9[0-7]|38;)[0-9;]*m")
 
 
 def _data(result: subprocess.CompletedProcess[str]) -> object:
@@ -203,13 +203,13 @@ def test_tables_for_scripts_are_plain_and_not_truncated(run: Run) -> None:
     assert row.split()[:2] == [long_name, "production"]
 
 
-def test_tables_on_a_terminal_are_drawn_and_coloured_unless_no_color(terminal: Run) -> None:
+def test_tables_on_a_terminal_are_drawn_and_colored_unless_no_color(terminal: Run) -> None:
     port = free_port()
     terminal("register", "ghost", "--port", port, "--check", "tcp")  # nothing listens: critical
-    coloured = terminal("services", env={"NO_COLOR": None, "TERM": "xterm-256color"})
-    assert COLOUR.search(coloured.stdout), coloured.stdout
+    colored = terminal("services", env={"NO_COLOR": None, "TERM": "xterm-256color"})
+    assert COLOR.search(colored.stdout), colored.stdout
     plain = terminal("services", env={"NO_COLOR": "1", "TERM": "xterm-256color"})
-    assert not COLOUR.search(plain.stdout), plain.stdout
+    assert not COLOR.search(plain.stdout), plain.stdout
     assert "critical" in ANSI.sub("", plain.stdout)
 
 

@@ -189,7 +189,7 @@ def test_override_writes_over_the_empty_file_a_failed_redirect_left(
 
 
 def _compose_config(*files: Path) -> dict:
-    from portctl.deploy import find_compose
+    from portctl.compose.deploy import find_compose
 
     tool = find_compose()
     if tool is None:

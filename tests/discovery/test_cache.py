@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from portctl.allocation import PortAllocator
-from portctl.config import Settings
+from portctl.config.settings import Settings
 from portctl.discovery import ServiceDiscovery, _cache
 from portctl.errors import StoreUnavailable
+from portctl.ports.allocator import PortAllocator
 from tests.conftest import free_port
 
 SETTINGS = Settings(host="test-host")

@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from portctl.allocation import PortAllocator
 from portctl.backends.file import JsonFileStore
-from portctl.config import Settings
+from portctl.config.settings import Settings
 from portctl.discovery import ServiceDiscovery, get_service_url, set_default
 from portctl.errors import InvalidInput, ServiceNotFound, StoreError, StoreUnavailable
-from portctl.registry import CheckSpec, Registry, Status
+from portctl.ports.allocator import PortAllocator
+from portctl.registry.entries import CheckSpec, Registry, Status
 from tests.conftest import free_port, free_ports
 
 SETTINGS = Settings(host="test-host")

@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from portctl.allocation import PortAllocator
 from portctl.backends import open_store
 from portctl.discovery import ServiceDiscovery
+from portctl.ports.allocator import PortAllocator
 from tests.discovery.test_resolver import (  # noqa: F401 - fixtures and tests run again here
     HEALTHY,
     SETTINGS,

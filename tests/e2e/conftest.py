@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from portctl.containers import require_docker
 from portctl.errors import DockerUnavailable
+from portctl.host.containers import require_docker
 
 IMAGE = "portctl-busybox:test"
 
@@ -158,7 +158,7 @@ def busybox_image(docker, busybox_rootfs):
 
 @pytest.fixture(scope="session")
 def compose_bin():
-    from portctl.deploy import find_compose
+    from portctl.compose.deploy import find_compose
 
     tool = find_compose()
     if tool is None:

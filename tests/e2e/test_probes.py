@@ -148,9 +148,7 @@ def test_verify_and_the_agent_report_it_critical(host: Host, env: dict[str, str]
     assert (instance["status"], instance["output"]) == ("critical", _why_not(host))
 
 
-def test_bluegreen_refuses_a_cutover_to_a_colour_that_does_not_answer(
-    host: Host, env: dict[str, str]
-) -> None:
+def test_bluegreen_refuses_a_cutover_to_a_color_that_does_not_answer(host: Host, env: dict[str, str]) -> None:
     blue = _portctl(env, "bluegreen", "deploy", "api", "--color", "blue", "--port", host.server_port)
     assert blue.returncode == 0, blue.stderr
     green = _portctl(env, "bluegreen", "deploy", "api", "--color", "green", "--port", host.sleeper_port)
@@ -162,11 +160,11 @@ def test_bluegreen_refuses_a_cutover_to_a_colour_that_does_not_answer(
     assert json.loads(status.stdout)["data"]["live"] == "blue"
 
 
-def test_bluegreen_refuses_a_rollback_to_a_colour_that_does_not_answer(
+def test_bluegreen_refuses_a_rollback_to_a_color_that_does_not_answer(
     host: Host, env: dict[str, str]
 ) -> None:
     blue = _portctl(env, "bluegreen", "deploy", "api", "--color", "blue", "--port", host.sleeper_port)
-    assert blue.returncode == 0, blue.stderr  # the first colour goes live at once
+    assert blue.returncode == 0, blue.stderr  # the first color goes live at once
     _portctl(env, "bluegreen", "deploy", "api", "--color", "green", "--port", host.server_port)
     cutover = _portctl(
         env, "bluegreen", "cutover", "api", "--to", "green", "--min-healthy", "1s", "--drain", "0s", "--yes"
@@ -267,7 +265,7 @@ def test_deploy_shows_its_progress_on_a_terminal(
     docker_host: str, busybox_image: str, tmp_path: Path, compose_bin: list[str]
 ) -> None:
     """stderr on a pseudo-terminal: Compose's lines and the ports being waited for are shown,
-    without colour under NO_COLOR; stdout keeps the plain report."""
+    without color under NO_COLOR; stdout keeps the plain report."""
     import pty
 
     env = _environ(docker_host, tmp_path)
@@ -293,7 +291,7 @@ def test_deploy_shows_its_progress_on_a_terminal(
     assert "NO ANSWER" in stdout
     assert "compose:" in shown
     assert f"waiting for api on {port}" in shown
-    assert "\x1b[3" not in shown  # NO_COLOR: no foreground colours
+    assert "\x1b[3" not in shown  # NO_COLOR: no foreground colors
 
 
 def _read_all(fd: int) -> str:

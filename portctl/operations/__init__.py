@@ -1,0 +1,2 @@
+"""Operations on a whole store or host: copying a store into another.
+"""

@@ -1,0 +1,345 @@
+"""``portctl agent``: runs the health checks for stores that do not run their own.
+
+One pass (:meth:`Agent.run_once`) looks at every instance registered from this host
+(``entry.host == registry.host``) and
+
+1. removes **zombies**: an instance whose port no longer listens, or whose registering process
+   (``entry.pid``) is gone, for ``zombie_grace`` seconds in a row. Instances with a TTL check may
+   not listen at all, so only their process is checked;
+2. runs each **due** TCP or HTTP check (every ``check.interval`` seconds, all of them on the first
+   pass) and records the result with flap damping (:meth:`Registry.record_result`);
+3. persists **expired TTLs**: an expired TTL already reads as critical, but the stored record is
+   rewritten as critical so that change feeds and watchers see the change;
+4. removes instances critical for longer than ``check.deregister_after``;
+5. keeps **leased** entries alive (``register --lease``): each lease is renewed every third of
+   its length, and an entry whose lease ran out while the agent could not renew it (the agent
+   was paused or the store unreachable for longer than the lease) is written again on a new
+   lease. An entry that vanished while its lease was being renewed was deregistered on purpose
+   and is let go.
+
+What the agent remembers between passes (when each check last ran, since when each zombie has
+been one) lives in memory: a restarted agent runs every check at once and starts every zombie's
+grace period again. Times come from ``clock``, which must count seconds since the epoch like
+:func:`time.time`, since they are compared with the times in health records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from portctl.backends.base import Delete
+from portctl.errors import StoreUnavailable, VersionConflict
+from portctl.host.listeners import ListenerScan
+from portctl.host.probe import is_local_address
+from portctl.registry.entries import (
+    HealthRecord,
+    Instance,
+    Registry,
+    ServiceEntry,
+    Status,
+    entry_key,
+    expiry_text,
+    health_key,
+    parse_entry,
+    parse_health,
+)
+from portctl.registry.health import RUNNABLE, run_check
+
+__all__ = ["Agent", "AgentReport"]
+
+# Instances are remembered by where they live and when they were registered, so that a
+# re-registration starts afresh (checks due at once, no zombie time carried over).
+_Key = tuple[str, str, str, float]
+
+
+@dataclass
+class AgentReport:
+    """What one pass did, for the CLI and tests."""
+
+    checked: list[tuple[str, Status]] = field(default_factory=list)  # (id, status after damping)
+    deregistered: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    rewritten: list[str] = field(default_factory=list)  # ids written again after their lease ran out
+
+
+class Agent:
+    """Runs the checks of this host's instances; one agent thread per registry is enough."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        environment: str | None = None,
+        all_environments: bool = True,
+        zombie_grace: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.environment = environment
+        # An explicit environment narrows the agent to it; otherwise it covers every one.
+        self.all_environments = all_environments and environment is None
+        self.zombie_grace = zombie_grace
+        self.clock = clock
+        self._last_run: dict[_Key, float] = {}
+        self._zombie_since: dict[_Key, float] = {}
+        self._kept: dict[tuple[str, str], tuple[Instance, float]] = {}  # leased: last renewal
+        self._lock = threading.Lock()
+
+    # One pass ------------------------------------------------------------------------------
+
+    def run_once(self) -> AgentReport:
+        """One pass over this host's instances (see the module's description)."""
+        with self._lock:
+            report = AgentReport()
+            now = self.clock()
+            found = self.registry.instances(
+                environment=self.environment, all_environments=self.all_environments
+            )
+            mine = [i for i in found if i.entry.host == self.registry.host]
+            self._forget_all_but({_key(i.entry) for i in mine})
+            self._keep_leases(mine, report)
+            scan = _LazyScan()
+            for instance in mine:
+                self._pass(instance, now, scan, report)
+            return report
+
+    def run(
+        self,
+        stop: threading.Event,
+        tick: float = 0.5,
+        *,
+        on_report: Callable[[AgentReport], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
+        """Run passes every ``tick`` seconds until ``stop`` is set.
+
+        ``on_report`` gets each pass's report. A store that is unavailable or keeps changing
+        during a pass ends the loop with that error, unless ``on_error`` takes it: then the
+        loop goes on and the next pass tries again. Other errors always end the loop."""
+        while not stop.is_set():
+            try:
+                report = self.run_once()
+            except (StoreUnavailable, VersionConflict) as e:
+                if on_error is None:
+                    raise
+                on_error(e)
+            else:
+                if on_report is not None:
+                    on_report(report)
+            stop.wait(tick)
+
+    def _keep_leases(self, mine: list[Instance], report: AgentReport) -> None:
+        now = time.monotonic()  # counts on while the process is stopped, unlike a paused clock
+        present = {(i.entry.environment, i.entry.id) for i in mine}
+        for key, (instance, renewed_at) in list(self._kept.items()):
+            if key in present:
+                continue
+            lease = instance.entry.lease or 0.0
+            if now - renewed_at >= lease:  # it expired unrenewed: ours to restore
+                self.registry.keep_alive(instance)  # if this fails, the next pass tries again
+                report.rewritten.append(instance.entry.id)
+            del self._kept[key]
+        for instance in mine:
+            if instance.entry.lease is None:
+                continue
+            key = (instance.entry.environment, instance.entry.id)
+            previous = self._kept.get(key)
+            if previous is not None and now - previous[1] < instance.entry.lease / 3:
+                self._kept[key] = (instance, previous[1])
+                continue
+            # Rewrite only what ran out unrenewed: gone since a recent renewal means deregistered.
+            unrenewed = previous is not None and now - previous[1] >= instance.entry.lease
+            outcome = self.registry.keep_alive(instance, rewrite=unrenewed)
+            if outcome is None:
+                self._kept.pop(key, None)
+                continue
+            if outcome:
+                report.rewritten.append(instance.entry.id)
+            self._kept[key] = (instance, now)
+
+    def _pass(self, instance: Instance, now: float, scan: _LazyScan, report: AgentReport) -> None:
+        entry = instance.entry
+        zombie = self._zombie_reason(entry, now, scan)
+        if zombie is not None:
+            if self._deregister(entry):
+                report.deregistered.append((entry.id, zombie))
+            return
+        health: HealthRecord | None = instance.health
+        if entry.check.kind in RUNNABLE and self._due(entry, now):
+            status, output = run_check(entry)
+            health = self.registry.record_result(instance, status, output)
+            if health is not None:
+                report.checked.append((entry.id, health.effective(now)))
+        elif entry.check.kind == "ttl" and _expired_at(instance.health, now) is not None:
+            health, written = self._persist_expiry(entry, now)
+            if written:
+                report.checked.append((entry.id, Status.CRITICAL))
+        if health is None:  # deregistered meanwhile
+            return
+        reason = _overdue(entry, health, now)
+        if reason is not None and self._deregister(entry):
+            report.deregistered.append((entry.id, reason))
+
+    # Checks ------------------------------------------------------------------------------
+
+    def _due(self, entry: ServiceEntry, now: float) -> bool:
+        key = _key(entry)
+        last = self._last_run.get(key)
+        if last is not None and now < last + entry.check.interval:
+            return False
+        self._last_run[key] = now
+        return True
+
+    def _persist_expiry(self, entry: ServiceEntry, now: float) -> tuple[HealthRecord | None, bool]:
+        """The health after writing an expired TTL as critical (None if the entry is gone), and
+        whether this call wrote it."""
+        key = health_key(entry.environment, entry.service, entry.id)
+        store = self.registry.store
+        for _ in range(20):
+            current = store.get(key)
+            if current is None:
+                return None, False
+            record = parse_health(current)
+            expires_at = _expired_at(record, now)
+            if record.status == Status.CRITICAL or expires_at is None:
+                return record, False  # renewed, or marked critical, meanwhile
+            expired = replace(
+                record,
+                status=Status.CRITICAL,
+                output=expiry_text(expires_at, entry.check.ttl),
+                updated_at=time.time(),
+                pending=None,
+                streak=0,
+                critical_since=expires_at,
+            )
+            try:
+                store.compare_and_set(key, json.dumps(expired.to_dict(), sort_keys=True), current.version)
+            except VersionConflict:
+                continue
+            return expired, True
+        raise VersionConflict(key, f"gave up marking the expired TTL of {entry.id!r} critical")
+
+    # Zombies -----------------------------------------------------------------------------
+
+    def _zombie_reason(self, entry: ServiceEntry, now: float, scan: _LazyScan) -> str | None:
+        """Why ``entry`` is to be removed as a zombie now; None while it is not one, or not for
+        ``zombie_grace`` seconds yet."""
+        key = _key(entry)
+        # Only a TCP or HTTP service on this host's own addresses is expected to listen here:
+        # a TTL or unchecked entry, or one at a remote address, is judged by its owner alone.
+        local = entry.check.kind in RUNNABLE and is_local_address(entry.address)
+        silent = local and not scan.listens(entry.port, entry.address)
+        orphan = entry.pid is not None and not _process_exists(entry.pid)
+        if not (silent or orphan):
+            self._zombie_since.pop(key, None)
+            return None
+        since = self._zombie_since.setdefault(key, now)
+        if now - since < self.zombie_grace:
+            return None
+        reasons = []
+        if silent:
+            reasons.append(f"port {entry.port} no longer listens for {now - since:.0f}s")
+        if orphan:
+            reasons.append(f"owner pid {entry.pid} is gone")
+        return "; ".join(reasons)
+
+    # Removing ----------------------------------------------------------------------------
+
+    def _deregister(self, entry: ServiceEntry) -> bool:
+        """Remove ``entry`` if it is still the registration judged; False if it changed or went.
+
+        The entry key is deleted on its version, so a service that re-registered meanwhile
+        stays registered."""
+        ekey = entry_key(entry.environment, entry.service, entry.id)
+        hkey = health_key(entry.environment, entry.service, entry.id)
+        store = self.registry.store
+        current = store.get(ekey)
+        if current is None or parse_entry(current) != entry:
+            return False
+        try:
+            store.transact([Delete(ekey, current.version), Delete(hkey)])
+        except VersionConflict:
+            return False
+        self._forget(_key(entry))
+        return True
+
+    def _forget(self, key: _Key) -> None:
+        self._last_run.pop(key, None)
+        self._zombie_since.pop(key, None)
+
+    def _forget_all_but(self, keep: set[_Key]) -> None:
+        for key in [k for k in (*self._last_run, *self._zombie_since) if k not in keep]:
+            self._forget(key)
+
+
+class _LazyScan:
+    """The host's listeners, scanned once per pass and only if some entry asks."""
+
+    def __init__(self) -> None:
+        self._scan: ListenerScan | None = None
+
+    def listens(self, port: int, address: str) -> bool:
+        if self._scan is None:
+            self._scan = ListenerScan(("tcp",))
+        return bool(self._scan.blocking(port, "tcp", address if _is_ip(address) else "*"))
+
+
+def _key(entry: ServiceEntry) -> _Key:
+    return (entry.environment, entry.service, entry.id, entry.registered_at)
+
+
+def _expired_at(record: HealthRecord, now: float) -> float | None:
+    """When ``record``'s TTL expired, or None if it has none or it has not expired yet."""
+    if record.expires_at is not None and now >= record.expires_at:
+        return record.expires_at
+    return None
+
+
+def _overdue(entry: ServiceEntry, health: HealthRecord, now: float) -> str | None:
+    """Why ``entry`` is to be removed for staying critical too long, or None."""
+    limit = entry.check.deregister_after
+    if limit is None:
+        return None
+    expired_at = _expired_at(health, now)
+    if health.status == Status.CRITICAL:
+        since = health.critical_since if health.critical_since is not None else health.updated_at
+    elif expired_at is not None:
+        since = expired_at
+    else:
+        return None
+    if now - since <= limit:
+        return None
+    return f"critical for {now - since:.0f}s (deregister after {limit:g}s)"
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether ``pid`` is a live process; an unreaped (zombie) process counts as gone."""
+    if pid <= 0:  # kill(0) and kill(-n) address process groups: never a registration's owner
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[:1]
+        return state not in ([b"Z"], [b"X"])
+    return True
+
+
+def _is_ip(address: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, address.removeprefix("[").removesuffix("]"))
+        except OSError:
+            continue
+        return True
+    return False

@@ -1,0 +1,671 @@
+"""Service entries with health checks, in any store.
+
+Keys (under the store's own prefix)::
+
+    registry/<environment>/<service>/<id>/entry    the registration (JSON, ServiceEntry)
+    registry/<environment>/<service>/<id>/health   its health (JSON, HealthRecord)
+
+Health is kept apart from the entry so that checks rewrite only the small health key, and a
+change feed on ``registry/`` tells resolvers about both. The health policy is the same for every
+store: ``passing``, ``warning`` or ``critical``; a TTL check that was not renewed in time is
+critical whoever reads it; flap damping needs ``successes_before_passing`` passing results in a
+row before a service turns passing, and ``failures_before_critical`` failures before it turns
+critical (see :func:`damp`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from portctl import _validate
+from portctl.backends.base import Check, Create, Delete, Entry, Operation, Put, Store
+from portctl.config.settings import Settings
+from portctl.errors import InvalidInput, NotFound, ServiceNotFound, StoreCorrupt, VersionConflict
+from portctl.ports.allocator import PortAllocator
+
+if TYPE_CHECKING:
+    from ipaddress import IPv4Address, IPv6Address
+
+__all__ = [
+    "CheckSpec",
+    "HealthRecord",
+    "Instance",
+    "Registry",
+    "ServiceEntry",
+    "Status",
+    "damp",
+    "parse_check",
+    "parse_duration",
+]
+
+DURATION_FORM = "a duration like 500ms, 15s, 10m or 1h (a number and a unit: ms, s, m, h)"
+_DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,12})?)(ms|s|m|h)", re.ASCII)
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+ID_FORM = "1-128 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+CHECK_FORM = "tcp, http://HOST:PORT/PATH (or https://), ttl:DURATION such as ttl:15s, or none"
+CHECK_HOST_FORM = (
+    "an HTTP URL on the instance's own address {address}{loopback}; give --address to register "
+    "the instance at another address"
+)
+LOOPBACK_FORMS = "localhost, 127.0.0.1 (any 127.x.x.x) or [::1]"
+
+
+class Status(enum.StrEnum):
+    PASSING = "passing"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+def parse_duration(value: str | float, field_name: str = "duration") -> float:
+    """Seconds in a duration string; bare numbers are refused (``15`` is ambiguous), and so
+    are spaces around it and digits other than ASCII 0-9."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+        if not match:
+            raise InvalidInput(field_name, _validate.shown(value), DURATION_FORM)
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0 < seconds <= 30 * 24 * 3600:
+        expected = DURATION_FORM + ", more than 0 and at most 30 days"
+        raise InvalidInput(field_name, _validate.shown(value), expected)
+    return seconds
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    kind: str = "none"  # "tcp", "http", "ttl" or "none"
+    url: str | None = None  # http checks
+    interval: float = 5.0
+    timeout: float = 2.0
+    ttl: float | None = None  # ttl checks: how long a pass lasts
+    deregister_after: float | None = None  # critical this long: the agent removes the entry
+    successes_before_passing: int = 1
+    failures_before_critical: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> CheckSpec:
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        return cls(**known)
+
+    def describe(self) -> str:
+        if self.kind == "http":
+            return f"http {self.url} every {self.interval:g}s"
+        if self.kind == "ttl":
+            return f"ttl {self.ttl:g}s"
+        if self.kind == "tcp":
+            return f"tcp every {self.interval:g}s"
+        return "none"
+
+
+def parse_check(
+    text: str | None,
+    *,
+    interval: str | None = None,
+    timeout: str | None = None,
+    deregister_after: str | None = None,
+    successes_before_passing: int | str = 1,
+    failures_before_critical: int | str = 1,
+) -> CheckSpec:
+    """A check from the CLI's ``--check`` form; ``None`` means a TCP check. Counts may be
+    given as ints or as strings of ASCII digits."""
+    text = text or "tcp"
+    kind, url, ttl = "tcp", None, None
+    if text.startswith("ttl:"):
+        kind, ttl = "ttl", parse_duration(text.removeprefix("ttl:"), "--check ttl")
+    elif text.startswith(("http://", "https://")):
+        kind, url = "http", _check_url(text)
+    elif text in ("tcp", "none"):
+        kind = text
+    else:
+        raise InvalidInput("--check", _validate.shown(text), CHECK_FORM)
+    successes = _validate.count(successes_before_passing, "--successes-before-passing")
+    failures = _validate.count(failures_before_critical, "--failures-before-critical")
+    return CheckSpec(
+        kind=kind,
+        url=url,
+        interval=parse_duration(interval, "--interval") if interval else 5.0,
+        timeout=parse_duration(timeout, "--timeout") if timeout else 2.0,
+        ttl=ttl,
+        deregister_after=parse_duration(deregister_after, "--deregister-after") if deregister_after else None,
+        successes_before_passing=successes,
+        failures_before_critical=failures,
+    )
+
+
+def _check_url(text: str) -> str:
+    if len(text) > 2048 or not _validate.one_line(text) or any(ch.isspace() for ch in text):
+        # urllib would silently drop a tab or newline, so the URL checked is not the one shown.
+        # Not echoed: it may hold a password, refused below.
+        raise InvalidInput(
+            "--check",
+            "a URL with spaces, control characters or over 2048 characters",
+            "http://HOST:PORT/PATH on one line, without spaces",
+        )
+    try:
+        parts = urlsplit(text)
+    except ValueError as e:  # an unclosed [ of an IPv6 address
+        raise InvalidInput("--check", "a URL that does not parse", f"http://HOST:PORT/PATH ({e})") from e
+    port = _url_port(parts.netloc)
+    if parts.username is not None or parts.password is not None:
+        # It would sit in the store for every reader to see, and urllib would not send it.
+        raise InvalidInput(
+            "--check", "a URL with credentials", "http://HOST:PORT/PATH without user or password"
+        )
+    if not parts.hostname or port is None:
+        raise InvalidInput("--check", text, "http://HOST:PORT/PATH with a host and a port from 1 to 65535")
+    _validate.host(parts.hostname, "--check host")
+    return text
+
+
+def _url_port(netloc: str) -> int | None:
+    """The port of ``host:port`` or ``[v6]:port``, if it is one (ASCII digits, 1-65535)."""
+    hostport = netloc.rpartition("@")[2]
+    _, colon, text = hostport.rpartition("]")[2].rpartition(":")
+    try:
+        return _validate.port(text) if colon else None
+    except InvalidInput:
+        return None
+
+
+def _bare_host(text: str) -> str:
+    return text.removeprefix("[").removesuffix("]").lower()
+
+
+def _ip(text: str) -> IPv4Address | IPv6Address | None:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(_bare_host(text))
+    except ValueError:
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8, ::1 and ::ffff:127.x.x.x (which Python 3.11 does not count)."""
+    ip = _ip(host)
+    if ip is None:
+        return _bare_host(host) == "localhost"
+    mapped = ip.ipv4_mapped if ip.version == 6 else None
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _listening_pid(address: str, port: int) -> int | None:
+    """The process already listening where an instance answers: recorded as the instance's
+    process, so that whatever holds the port later can be told apart from it."""
+    from portctl.host.listeners import ListenerScan
+
+    scan = ListenerScan()
+    owners = scan.owners(scan.blocking(port, "tcp", address))
+    return next((owner.pid for owner in owners.values() if owner is not None), None)
+
+
+def _is_local(address: str) -> bool:
+    """An address this host's loopback reaches: a loopback one, or a wildcard (0.0.0.0, ::)."""
+    ip = _ip(address)
+    return _is_loopback(address) or (ip is not None and ip.is_unspecified)
+
+
+def _same_host(a: str, b: str) -> bool:
+    ip_a, ip_b = _ip(a), _ip(b)
+    if ip_a is not None or ip_b is not None:
+        return ip_a == ip_b
+    return _bare_host(a).rstrip(".") == _bare_host(b).rstrip(".")
+
+
+def check_host(url: str, address: str) -> None:
+    """Refuse an HTTP check that does not target the instance: its host must be the instance's
+    ``address``, or - when that address is loopback or a wildcard - any loopback form
+    (``localhost``, ``127.x.x.x``, ``[::1]``)."""
+    host = urlsplit(url).hostname or ""
+    local = _is_local(address)
+    if _same_host(host, address) or (local and _is_loopback(host)):
+        return
+    loopback = f" or a loopback address ({LOOPBACK_FORMS})" if local else ""
+    raise InvalidInput("--check", url, CHECK_HOST_FORM.format(address=address, loopback=loopback))
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    id: str
+    service: str
+    environment: str
+    host: str
+    address: str
+    port: int
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+    check: CheckSpec = field(default_factory=CheckSpec)
+    registered_at: float = 0.0
+    pid: int | None = None  # the process that registered it, for zombie reconciliation
+    lease: float | None = None  # seconds the entry lives unless kept alive (None: until removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["tags"] = list(self.tags)
+        out["meta"] = dict(self.meta)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ServiceEntry:
+        """Validated as if typed by a user: an entry becomes router configs and URLs."""
+        return cls(
+            id=_instance_id(str(raw["id"])),
+            service=_validate.service_name(str(raw["service"])),
+            environment=_validate.service_name(str(raw["environment"]), "environment"),
+            host=_validate.host_identity(str(raw["host"])),
+            address=_validate.host(str(raw["address"]), "address"),
+            port=_validate.port(raw["port"]),
+            tags=tuple(raw.get("tags", ())),
+            meta=dict(raw.get("meta", {})),
+            check=CheckSpec.from_dict(raw.get("check", {})),
+            registered_at=float(raw.get("registered_at", 0.0)),
+            pid=raw.get("pid"),
+            lease=raw.get("lease"),
+        )
+
+
+@dataclass(frozen=True)
+class HealthRecord:
+    status: Status = Status.CRITICAL
+    output: str = ""
+    updated_at: float = 0.0
+    pending: Status | None = None  # a result seen but not yet often enough to change status
+    streak: int = 0  # how many times in a row ``pending`` was seen
+    critical_since: float | None = None
+    expires_at: float | None = None  # ttl checks: critical after this time without a renewal
+
+    def effective(self, now: float | None = None) -> Status:
+        return Status.CRITICAL if self.expired(now) else self.status
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether a TTL ran out without a renewal (before any agent recorded it)."""
+        return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
+
+    def output_now(self, ttl: float | None = None, now: float | None = None) -> str:
+        """The output as true when read: a TTL that ran out says so, not its last report."""
+        if self.expires_at is not None and self.expired(now):
+            return expiry_text(self.expires_at, ttl)
+        return self.output
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = self.status.value
+        out["pending"] = self.pending.value if self.pending else None
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> HealthRecord:
+        return cls(
+            status=Status(raw["status"]),
+            output=str(raw.get("output", "")),
+            updated_at=float(raw.get("updated_at", 0.0)),
+            pending=Status(raw["pending"]) if raw.get("pending") else None,
+            streak=int(raw.get("streak", 0)),
+            critical_since=raw.get("critical_since"),
+            expires_at=raw.get("expires_at"),
+        )
+
+
+def damp(record: HealthRecord, result: Status, output: str, check: CheckSpec, now: float) -> HealthRecord:
+    """The health after one more check result, with flap damping: a change of status needs
+    ``successes_before_passing`` (to passing) or ``failures_before_critical`` (to critical)
+    results in a row; warning applies at once."""
+    if result == record.status:
+        return replace(record, output=output, updated_at=now, pending=None, streak=0)
+    streak = record.streak + 1 if record.pending == result else 1
+    needed = {Status.PASSING: check.successes_before_passing, Status.CRITICAL: check.failures_before_critical}
+    if streak < needed.get(result, 1):
+        return replace(record, output=output, updated_at=now, pending=result, streak=streak)
+    since = (record.critical_since or now) if result == Status.CRITICAL else None
+    return HealthRecord(result, output, now, None, 0, since, record.expires_at)
+
+
+def expiry_text(expires_at: float, ttl: float | None) -> str:
+    """A TTL's expiry as a moment, not an age: stored once, it must stay true when read later."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))
+    within = f" (no update within its {ttl:g}s TTL)" if ttl else ""
+    return f"TTL expired at {stamp}{within}"
+
+
+@dataclass(frozen=True)
+class Instance:
+    entry: ServiceEntry
+    health: HealthRecord
+    status: Status  # effective now (an expired TTL reads as critical)
+
+    @property
+    def output(self) -> str:
+        """The check's output, true now: an expired TTL says when it expired."""
+        return self.health.output_now(self.entry.check.ttl)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.entry.to_dict(),
+            "status": self.status.value,
+            "output": self.output,
+            "updated_at": self.health.updated_at,
+        }
+
+
+def entry_key(environment: str, service: str, instance: str) -> str:
+    return f"registry/{environment}/{service}/{instance}/entry"
+
+
+def health_key(environment: str, service: str, instance: str) -> str:
+    return f"registry/{environment}/{service}/{instance}/health"
+
+
+def _instance_id(value: str) -> str:
+    if not _ID.fullmatch(value) or ".." in value:
+        raise InvalidInput("--id", value, ID_FORM)
+    return value
+
+
+class Registry:
+    """Registrations and their health for one environment set, in one store."""
+
+    def __init__(self, store: Store, settings: Settings | None = None) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+        self.policy = self.settings.policy
+        self.host = self.settings.host
+
+    # Registering -----------------------------------------------------------------------
+
+    def register(
+        self,
+        service: str,
+        *,
+        port: int | None = None,
+        address: str | None = None,
+        instance_id: str | None = None,
+        tags: Sequence[str] = (),
+        meta: Mapping[str, str] | None = None,
+        check: CheckSpec | None = None,
+        environment: str | None = None,
+        pid: int | None = None,
+        probe: Callable[[ServiceEntry], tuple[Status, str]] | None = None,
+        lease: float | None = None,
+        guard: Sequence[Check] = (),
+    ) -> Instance:
+        """Register (or re-register) one instance. Without ``port`` the service's allocation in
+        this environment gives it. ``probe`` (e.g. :func:`portctl.registry.health.run_check`) runs the
+        TCP or HTTP check once, so the entry starts with a real status. With ``lease`` the
+        entry and its health vanish unless kept alive (:meth:`keep_alive`) within that many
+        seconds, by the registering process or ``portctl agent``. ``guard`` conditions go into
+        the registration's transaction: if one fails, nothing is written and its
+        :class:`VersionConflict` is raised at once."""
+        env = self.policy.environment(environment)
+        _validate.service_name(service)
+        meta = _validate.meta(meta or {})
+        check = check or CheckSpec("tcp")
+        if lease is not None and not 1 <= lease <= 86400:
+            raise InvalidInput("--lease", lease, "a duration from 1s to 24h")
+        port = self._port(service, env, port)
+        address = _validate.host(address, "--address") if address is not None else "127.0.0.1"
+        self._check_target(check, port, env, address)
+        default_id = f"{service}-{re.sub(r'[^a-z0-9._-]+', '-', self.host.lower()).strip('-.')}-{port}"
+        instance = _instance_id(instance_id or default_id)
+        taken = [i.entry.service for i in self.instances(environment=env) if i.entry.id == instance]
+        if taken and taken[0] != service:
+            raise InvalidInput("--id", instance, f"an id no other service uses in {env} ({taken[0]} has it)")
+        for tag in tags:
+            _validate.service_name(tag, "--tag")
+        if pid is None and _is_local(address):
+            pid = _listening_pid(address, port)
+        entry = ServiceEntry(
+            instance,
+            service,
+            env,
+            self.host,
+            address,
+            port,
+            tuple(tags),
+            meta,
+            check,
+            time.time(),
+            pid,
+            lease,
+        )
+        initial = probe(entry) if probe is not None and check.kind in ("tcp", "http") else None
+        self._write(entry, self._first_health(check, initial), guard)
+        return self.instance(instance, env)
+
+    def _port(self, service: str, env: str, port: int | None) -> int:
+        if port is not None:
+            return _validate.port(port, "--port")
+        allocator = PortAllocator(self.store, self.settings)
+        allocation = allocator.get(service, env)
+        if allocation is None:
+            known = [a.service for a in allocator.allocations(env)]
+            hint = f"portctl allocate --service {service}"
+            raise ServiceNotFound(service, known, f"allocated in {env}; give --port N, or run: {hint}")
+        return allocation.port
+
+    def _check_target(self, check: CheckSpec, port: int, env: str, address: str) -> None:
+        if check.kind != "http" or check.url is None:
+            return
+        check_host(check.url, address)
+        target = _url_port(urlsplit(check.url).netloc)
+        allocated = {a.port for a in PortAllocator(self.store, self.settings).allocations(env)}
+        if target != port and target not in allocated:
+            raise InvalidInput(
+                "--check",
+                check.url,
+                f"an HTTP URL on the service's port {port} or another "
+                "allocated port (nobody allocated the port it names)",
+            )
+
+    @staticmethod
+    def _first_health(check: CheckSpec, initial: tuple[Status, str] | None) -> HealthRecord:
+        now = time.time()
+        if check.kind == "none":
+            return HealthRecord(Status.PASSING, "no check", now)
+        if check.kind == "ttl":
+            return HealthRecord(Status.CRITICAL, "waiting for the first TTL pass", now, critical_since=now)
+        if initial is None:
+            return HealthRecord(Status.CRITICAL, "not checked yet", now, critical_since=now)
+        status, output = initial
+        return HealthRecord(status, output, now, critical_since=now if status == Status.CRITICAL else None)
+
+    def _write(self, entry: ServiceEntry, health: HealthRecord, guard: Sequence[Check] = ()) -> None:
+        ekey = entry_key(entry.environment, entry.service, entry.id)
+        hkey = health_key(entry.environment, entry.service, entry.id)
+        for _ in range(20):
+            current, current_health = self.store.get(ekey), self.store.get(hkey)
+            ops: list[Operation] = [
+                _upsert(ekey, json.dumps(entry.to_dict(), sort_keys=True), current, entry.lease),
+                _upsert(hkey, json.dumps(health.to_dict(), sort_keys=True), current_health, entry.lease),
+                *guard,
+            ]
+            try:
+                self.store.transact(ops)
+            except VersionConflict as e:
+                if any(e.key == g.key for g in guard):
+                    raise
+                continue
+            return
+        raise VersionConflict(ekey, f"gave up registering {entry.id!r}: the store kept changing")
+
+    def deregister(self, instance_id: str, environment: str | None = None) -> ServiceEntry:
+        found = self.instance(instance_id, environment)
+        e = found.entry
+        self.store.transact(
+            [
+                Delete(entry_key(e.environment, e.service, e.id)),
+                Delete(health_key(e.environment, e.service, e.id)),
+            ]
+        )
+        return e
+
+    def keep_alive(self, instance: Instance, *, rewrite: bool = True) -> bool | None:
+        """Restart the lease of a leased registration: False when renewed. If the entry is gone
+        and ``rewrite`` is true - its keeper knows the lease ran out unrenewed (paused, or cut
+        off from the store, for longer than the lease) - the entry and its last health are
+        written again on a new lease: True. Gone and not rewritten (it was deregistered on
+        purpose): None."""
+        e = instance.entry
+        if e.lease is None:
+            return False
+        try:
+            self.store.refresh(entry_key(e.environment, e.service, e.id))
+            self.store.refresh(health_key(e.environment, e.service, e.id))
+        except NotFound:
+            if not rewrite:
+                return None
+            self._write(e, instance.health)
+            return True
+        return False
+
+    # Health ------------------------------------------------------------------------------
+
+    def record_result(self, instance: Instance, result: Status, output: str) -> HealthRecord | None:
+        """Apply one check result with damping; None if the entry was deregistered meanwhile."""
+        e = instance.entry
+        key = health_key(e.environment, e.service, e.id)
+        for _ in range(20):
+            current = self.store.get(key)
+            if current is None:
+                return None
+            record = damp(parse_health(current), result, output, e.check, time.time())
+            try:
+                self.store.compare_and_set(key, json.dumps(record.to_dict(), sort_keys=True), current.version)
+            except VersionConflict:
+                continue
+            return record
+        raise VersionConflict(key, f"gave up recording health of {e.id!r}")
+
+    def ttl(
+        self, instance_id: str, status: Status, output: str = "", environment: str | None = None
+    ) -> Instance:
+        """``portctl ttl pass|warn|fail ID``: set a TTL check's status for another TTL period."""
+        _ttl_note(output)
+        found = self.instance(instance_id, environment)
+        e = found.entry
+        if e.check.kind != "ttl" or e.check.ttl is None:
+            raise InvalidInput(
+                "ID", instance_id, f"an instance with a TTL check ({e.id} has a {e.check.kind} check)"
+            )
+        key = health_key(e.environment, e.service, e.id)
+        for _ in range(20):
+            current = self.store.get(key)
+            previous = parse_health(current) if current is not None else found.health
+            now = time.time()
+            since = (previous.critical_since or now) if status == Status.CRITICAL else None
+            record = HealthRecord(
+                status, output or f"ttl {status.value}", now, None, 0, since, now + e.check.ttl
+            )
+            try:
+                self.store.transact([_keep_ttl(key, json.dumps(record.to_dict(), sort_keys=True), current)])
+            except VersionConflict:
+                continue  # the agent wrote this health key meanwhile: apply ours on top
+            break
+        else:
+            raise VersionConflict(key, f"gave up recording the TTL of {e.id!r}")
+        return self.instance(instance_id, e.environment)
+
+    # Reading -----------------------------------------------------------------------------
+
+    def instances(
+        self, service: str | None = None, environment: str | None = None, *, all_environments: bool = False
+    ) -> list[Instance]:
+        if all_environments:
+            prefix = "registry/"
+        else:
+            env = self.policy.environment(environment)
+            prefix = f"registry/{env}/" + (f"{_validate.service_name(service)}/" if service else "")
+        return instances_from(self.store.list(prefix))
+
+    def instance(self, instance_id: str, environment: str | None = None) -> Instance:
+        _instance_id(instance_id)
+        candidates = [i for i in self.instances(environment=environment) if i.entry.id == instance_id]
+        if not candidates:
+            known = [i.entry.id for i in self.instances(environment=environment)]
+            raise NotFound(
+                f"no registered instance {instance_id!r}" + (f"; known: {', '.join(known)}" if known else "")
+            )
+        return candidates[0]
+
+
+def instances_from(
+    entries: Sequence[Entry], now: float | None = None, corrupt: list[StoreCorrupt] | None = None
+) -> list[Instance]:
+    """Join entry and health keys into instances (pure: resolvers use it on their snapshots).
+
+    A key that does not parse raises :class:`StoreCorrupt`; with a ``corrupt`` list it is
+    added there and skipped instead, so one bad key does not hide every other service."""
+    now = time.time() if now is None else now
+    registered: dict[str, ServiceEntry] = {}
+    health: dict[str, HealthRecord] = {}
+    for item in entries:
+        base, _, leaf = item.key.rpartition("/")
+        try:
+            if leaf == "entry":
+                registered[base] = parse_entry(item)
+            elif leaf == "health":
+                health[base] = parse_health(item)
+        except StoreCorrupt as bad:
+            if corrupt is None:
+                raise
+            corrupt.append(bad)
+    out = []
+    for base, e in registered.items():
+        record = health.get(base, HealthRecord(Status.CRITICAL, "no health recorded"))
+        out.append(Instance(e, record, record.effective(now)))
+    return sorted(out, key=lambda i: (i.entry.environment, i.entry.service, i.entry.id))
+
+
+def _upsert(key: str, value: str, current: Entry | None, ttl: float | None = None) -> Operation:
+    """Create ``key``, or overwrite it with exactly ``ttl`` (None: no TTL any more)."""
+    if current is None:
+        return Create(key, value, ttl)
+    return Put(key, value, current.version, ttl, keep_ttl=False)
+
+
+NOTE_MAX = 4096  # Consul keeps at most 4 KiB of a check's output
+
+
+def _ttl_note(text: str) -> None:
+    """A TTL check's note is shown in tables, logs and Consul's UI: one printable line."""
+    if len(text) > NOTE_MAX or not _validate.one_line(text):
+        raise InvalidInput(
+            "--note",
+            text,
+            f"text of at most {NOTE_MAX} printable characters on one line (no newline, tab or other "
+            "control character)",
+        )
+
+
+def _keep_ttl(key: str, value: str, current: Entry | None) -> Operation:
+    """Create ``key``, or overwrite its value keeping whatever TTL it has."""
+    return Create(key, value) if current is None else Put(key, value, current.version)
+
+
+def parse_entry(item: Entry) -> ServiceEntry:
+    try:
+        return ServiceEntry.from_dict(json.loads(item.value))
+    except RecursionError as e:
+        raise StoreCorrupt(item.key, "the service entry is not valid (JSON nested too deeply)") from e
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise StoreCorrupt(item.key, f"the service entry is not valid ({e})") from e
+
+
+def parse_health(item: Entry) -> HealthRecord:
+    try:
+        return HealthRecord.from_dict(json.loads(item.value))
+    except RecursionError as e:
+        raise StoreCorrupt(item.key, "the health record is not valid (JSON nested too deeply)") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise StoreCorrupt(item.key, f"the health record is not valid ({e})") from e
