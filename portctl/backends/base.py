@@ -33,10 +33,10 @@ __all__ = [
     "Capability",
     "Change",
     "ChangeBatch",
-    "Check",
     "Create",
     "Delete",
     "Entry",
+    "Expect",
     "Operation",
     "Put",
     "Store",
@@ -112,14 +112,14 @@ class Delete:
 
 
 @dataclass(frozen=True)
-class Check:
+class Expect:
     """Write nothing; fail the transaction unless ``key`` has ``version`` (None: is absent)."""
 
     key: str
     version: str | None
 
 
-Operation = Create | Put | Delete | Check
+Operation = Create | Put | Delete | Expect
 
 
 class Store(abc.ABC):
@@ -249,3 +249,7 @@ def check_operations(operations: Sequence[Operation]) -> None:
         ttl = getattr(op, "ttl", None)
         if ttl is not None and ttl <= 0:
             raise InvalidInput(f"ttl of {op.key}", ttl, "a positive number of seconds")
+
+
+# The old name, for the modules not yet renamed on this branch; remove it with the last use.
+Check = Expect

@@ -25,7 +25,8 @@ from portctl.cli._output import emit, note, table, window_progress
 if TYPE_CHECKING:
     from portctl.backends.base import Store
     from portctl.config.settings import Settings
-    from portctl.routing.bluegreen import BlueGreen, BlueGreenStatus, CutoverResult, LivePointer
+    from portctl.records import LivePointer
+    from portctl.routing.bluegreen import BlueGreen, BlueGreenStatus, CutoverResult
 
 app = typer.Typer(
     name="bluegreen",
@@ -96,7 +97,7 @@ def _pointer_now(flag: str | None, name: str, env: str | None) -> LivePointer | 
 def _ask_cutover(yes: bool, flag: str | None, name: str, to: str | None, env: str | None) -> None:
     if yes:
         return
-    from portctl.routing.bluegreen import other
+    from portctl.routing.live import other
 
     pointer = _pointer_now(flag, name, env)
     live = pointer.live if pointer else None
@@ -167,7 +168,8 @@ def deploy(
     Example: portctl bluegreen deploy api --color green --check 'http://127.0.0.1:{port}/health'
     """
     from portctl import _validate
-    from portctl.routing.bluegreen import check_color, parse_color_check
+    from portctl.records import check_color
+    from portctl.routing.bluegreen import parse_color_check
 
     with handled(as_json):
         check_color(color)
@@ -231,7 +233,8 @@ def cutover(
 
     Example: portctl bluegreen cutover api --to green --min-healthy 10s --drain 30s --yes
     """
-    from portctl.routing.bluegreen import check_color, parse_window
+    from portctl.records import check_color
+    from portctl.routing.bluegreen import parse_window
 
     with handled(as_json):
         if to is not None:

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from portctl.compose.files import find_compose_files
-from portctl.compose.project import ComposeProject, PortMapping, render_override
+from portctl.compose.override import render_override
+from portctl.compose.project import ComposeProject, PortMapping
 from portctl.compose.stack import StackPort, allocate_stack, override_ports, stack_ports
 from portctl.errors import DockerUnavailable, InvalidInput, PortctlError
 from portctl.host.containers import require_docker

@@ -27,7 +27,7 @@ from portctl.discovery._snapshot import (
 )
 from portctl.errors import InvalidInput, ServiceNotFound, StoreError, StoreUnavailable
 from portctl.ports.allocator import PortAllocator
-from portctl.routing.bluegreen import check_color
+from portctl.records import check_color
 
 __all__ = ["ServiceDiscovery", "get_service_url", "set_default"]
 

@@ -22,15 +22,9 @@ from portctl import _validate
 from portctl.backends.base import Entry
 from portctl.errors import InvalidInput, StoreCorrupt
 from portctl.ports.allocator import Allocation
+from portctl.records import COLORS, LivePointer
 from portctl.registry.entries import Instance, Status, instances_from
-from portctl.routing.bluegreen import (
-    COLORS,
-    LivePointer,
-    color_of,
-    live_pointers,
-    not_serving_reason,
-    serving,
-)
+from portctl.routing.live import color_of, live_pointers, not_serving_reason, serving
 
 SERVICE_HOST_ENV = "SERVICE_HOST"
 # An allocation names a port on this host, not an address; 127.0.0.1 is also what a registration

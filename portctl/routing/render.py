@@ -34,7 +34,7 @@ from portctl.backends.base import Capability, Entry, Store
 from portctl.errors import InvalidInput, PortctlError, StoreCorrupt, StoreError
 from portctl.ports.documents import write_atomically
 from portctl.registry.entries import Instance, Status, instances_from
-from portctl.routing.bluegreen import color_of, live_pointers, serving
+from portctl.routing.live import color_of, live_pointers, serving
 
 __all__ = [
     "TARGETS",

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from portctl.compose.project import ComposeProject, PortMapping, load_compose, render_override
+from portctl.compose.override import render_override
+from portctl.compose.project import ComposeProject, PortMapping, load_compose
 from portctl.errors import InvalidInput
 
 SHORT_FORM = 'HOST:CONTAINER, e.g. "8080:80", "127.0.0.1:8080:80" or "8080:80/udp"'

@@ -12,9 +12,10 @@ from portctl.backends.file import JsonFileStore
 from portctl.config.settings import Settings
 from portctl.discovery import ServiceDiscovery
 from portctl.errors import CapabilityMissing, InvalidInput
+from portctl.records import HISTORY_LIMIT
 from portctl.registry.entries import CheckSpec, Registry
 from portctl.registry.health import run_check
-from portctl.routing.bluegreen import HISTORY_LIMIT, BlueGreen, CutoverConflict, CutoverRefused
+from portctl.routing.bluegreen import BlueGreen, CutoverConflict, CutoverRefused
 
 SETTINGS = Settings(host="test-host")
 
@@ -118,7 +119,7 @@ def test_a_target_that_is_not_deployed_or_already_live_is_refused(bg, colors, st
         bg.cutover("api", to="green", min_healthy=0, drain=0)
     with pytest.raises(CutoverRefused, match="blue is already the live color"):
         bg.cutover("api", to="blue", min_healthy=0, drain=0)
-    with pytest.raises(InvalidInput, match="--to: 'red' is not valid; expected blue or green"):
+    with pytest.raises(InvalidInput, match=r"^to: 'red' is not valid; expected blue or green"):
         bg.cutover("api", to="red", min_healthy=0, drain=0)
     assert _bytes(store) == before
 
@@ -255,3 +256,29 @@ def test_colors_deployed_at_once_both_register_and_the_first_goes_live(bg, color
     status = bg.status("api")
     assert status.live == "blue"
     assert [(c.color, c.state) for c in status.colors] == [("blue", "live"), ("green", "idle")]
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda bg: bg.deploy("api", "red", port=7321), "color"),
+        (lambda bg: bg.deploy("api", "blue", port=7321, address=""), "address"),
+        (
+            lambda bg: bg.deploy(
+                "api", "blue", port=7321, check=CheckSpec("http", url="http://127.0.0.1:1/")
+            ),
+            "check",
+        ),
+        (lambda bg: bg.cutover("api", to="red"), "to"),
+        (lambda bg: bg.cutover("api"), "to"),  # no color is live yet: name one
+        (lambda bg: bg.cutover("api", to="green", min_healthy=-1), "min_healthy"),
+        (lambda bg: bg.cutover("api", to="green", drain=25 * 3600), "drain"),
+        (lambda bg: bg.rollback("api", drain=-1), "drain"),
+    ],
+)
+def test_library_errors_name_the_python_parameter(bg, store, call, field):
+    """The CLI maps a parameter to its flag; the library names the parameter, not a flag."""
+    with pytest.raises(InvalidInput) as raised:
+        call(bg)
+    assert raised.value.field == field
+    assert store.list("") == []
