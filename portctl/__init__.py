@@ -3,6 +3,7 @@
 The names below are the public API; every other module may change without notice.
 """
 
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from portctl._version import __version__ as __version__
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    """A public name, imported from its home on first use and kept here (so asked only once)."""
     if name == "__all__":
         value: Any = sorted(_public_names())
     else:
@@ -72,19 +74,14 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-_names: dict[str, str] | None = None
-
-
+@cache
 def _public_names() -> dict[str, str]:
     """Name -> home module of every re-export in this file, parsed from its source once.
 
     Names starting with ``_`` never get here (``from portctl import _validate`` asks for a
-    submodule), so only a public name, a submodule or a typo pays for the parse.
+    submodule), so only a public name, a submodule or a typo pays for the parse (~1.5 ms).
     """
-    global _names  # noqa: PLW0603 - parsed once, on first use, not at import
-    if _names is None:
-        _names = _reexports(_own_source())
-    return _names
+    return _reexports(_own_source())
 
 
 def _own_source() -> str:
