@@ -220,7 +220,7 @@ def main() -> None:
                         f"svc{i}", port=31000 + i, instance_id=f"svc{i}-1", check=CheckSpec("none")
                     )
                 moves, calls = propagation(moves_url, moves_registry, args.resolvers, args.moves, tmp)
-    print("Consul store on the emulator (tests/support/consul_emulator.py), loopback; ms per operation")
+    print("Consul store on the emulator (tests/support/consul_emulator), loopback; ms per operation")
     print(f"{'operation':<26}{'portctl p50':>10}{'p99':>9}{'raw p50':>10}{'p99':>9}{'ratio':>8}  target 1.5x")
     print(row("allocate(port=)", *alloc))
     print(row("get + compare_and_set", *cas))

@@ -3,129 +3,109 @@
 The names below are the public API; every other module may change without notice.
 """
 
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from portctl._version import __version__
+from portctl._version import __version__ as __version__
 
+# The public API is this file's re-exports, ``from module import Name as Name`` (the form type
+# checkers take as a re-export): the one list. At run time the names below are imported on first
+# use, so `portctl --version` and scripts that need one name start fast; ``__all__`` and where
+# each name lives are read from this block once, by parsing this file (see _public_names).
 if TYPE_CHECKING:
-    from portctl.backends import Capability, Entry, Store, open_store
-    from portctl.config.policy import Policy, ServiceSpec, ServiceType, default_policy
-    from portctl.config.settings import Settings, StoreChoice, load_settings, resolve_store
-    from portctl.discovery import ServiceDiscovery, get_service_url
-    from portctl.errors import (
-        CapabilityMissing,
-        DockerUnavailable,
-        ExtraMissing,
-        InvalidInput,
-        KeyExists,
-        NotFound,
-        OutputUnavailable,
-        PortConflict,
-        PortctlError,
-        RangeExhausted,
-        ServiceNotFound,
-        StoreCorrupt,
-        StoreDenied,
-        StoreError,
-        StoreTimeout,
-        StoreUnavailable,
-        VersionConflict,
-    )
-    from portctl.host.kernel import bind_test, kernel_ports
-    from portctl.ports.allocator import Allocation, AllocationResult, PortAllocator
-    from portctl.registry.entries import CheckSpec, Instance, Registry, ServiceEntry, Status
-    from portctl.routing.bluegreen import BlueGreen, CutoverConflict, CutoverRefused
-
-# Imported on first use, so `portctl --version` and scripts that need one name start fast.
-_HOMES = {
-    "Allocation": "portctl.ports.allocator",
-    "AllocationResult": "portctl.ports.allocator",
-    "PortAllocator": "portctl.ports.allocator",
-    "Capability": "portctl.backends",
-    "Entry": "portctl.backends",
-    "Store": "portctl.backends",
-    "open_store": "portctl.backends",
-    "BlueGreen": "portctl.routing.bluegreen",
-    "CutoverConflict": "portctl.routing.bluegreen",
-    "CutoverRefused": "portctl.routing.bluegreen",
-    "Settings": "portctl.config.settings",
-    "StoreChoice": "portctl.config.settings",
-    "load_settings": "portctl.config.settings",
-    "resolve_store": "portctl.config.settings",
-    "bind_test": "portctl.host.kernel",
-    "kernel_ports": "portctl.host.kernel",
-    "Policy": "portctl.config.policy",
-    "ServiceSpec": "portctl.config.policy",
-    "ServiceType": "portctl.config.policy",
-    "default_policy": "portctl.config.policy",
-    "ServiceDiscovery": "portctl.discovery",
-    "get_service_url": "portctl.discovery",
-    "CheckSpec": "portctl.registry.entries",
-    "Instance": "portctl.registry.entries",
-    "Registry": "portctl.registry.entries",
-    "ServiceEntry": "portctl.registry.entries",
-    "Status": "portctl.registry.entries",
-}
+    from portctl.backends import Capability as Capability
+    from portctl.backends import Entry as Entry
+    from portctl.backends import Store as Store
+    from portctl.backends import open_store as open_store
+    from portctl.config.policy import Policy as Policy
+    from portctl.config.policy import ServiceSpec as ServiceSpec
+    from portctl.config.policy import ServiceType as ServiceType
+    from portctl.config.policy import default_policy as default_policy
+    from portctl.config.settings import Settings as Settings
+    from portctl.config.settings import StoreChoice as StoreChoice
+    from portctl.config.settings import load_settings as load_settings
+    from portctl.config.settings import resolve_store as resolve_store
+    from portctl.discovery import ServiceDiscovery as ServiceDiscovery
+    from portctl.discovery import get_service_url as get_service_url
+    from portctl.errors import CapabilityMissing as CapabilityMissing
+    from portctl.errors import DockerUnavailable as DockerUnavailable
+    from portctl.errors import ExtraMissing as ExtraMissing
+    from portctl.errors import InvalidInput as InvalidInput
+    from portctl.errors import KeyExists as KeyExists
+    from portctl.errors import NotFound as NotFound
+    from portctl.errors import OutputUnavailable as OutputUnavailable
+    from portctl.errors import PortConflict as PortConflict
+    from portctl.errors import PortctlError as PortctlError
+    from portctl.errors import RangeExhausted as RangeExhausted
+    from portctl.errors import ServiceNotFound as ServiceNotFound
+    from portctl.errors import StoreCorrupt as StoreCorrupt
+    from portctl.errors import StoreDenied as StoreDenied
+    from portctl.errors import StoreError as StoreError
+    from portctl.errors import StoreTimeout as StoreTimeout
+    from portctl.errors import StoreUnavailable as StoreUnavailable
+    from portctl.errors import VersionConflict as VersionConflict
+    from portctl.host.kernel import bind_test as bind_test
+    from portctl.host.kernel import kernel_ports as kernel_ports
+    from portctl.ports.allocator import Allocation as Allocation
+    from portctl.ports.allocator import AllocationResult as AllocationResult
+    from portctl.ports.allocator import PortAllocator as PortAllocator
+    from portctl.registry.entries import CheckSpec as CheckSpec
+    from portctl.registry.entries import Instance as Instance
+    from portctl.registry.entries import Registry as Registry
+    from portctl.registry.entries import ServiceEntry as ServiceEntry
+    from portctl.registry.entries import Status as Status
+    from portctl.routing.bluegreen import BlueGreen as BlueGreen
+    from portctl.routing.bluegreen import CutoverConflict as CutoverConflict
+    from portctl.routing.bluegreen import CutoverRefused as CutoverRefused
 
 
 def __getattr__(name: str) -> Any:
-    import importlib
-
-    module = _HOMES.get(name)
-    if module is None:
-        if name in __all__:
-            module = "portctl.errors"
-        else:
+    """A public name, imported from its home on first use and kept here (so asked only once)."""
+    if name == "__all__":
+        value: Any = sorted(_public_names())
+    else:
+        module = _public_names().get(name) if not name.startswith("_") else None
+        if module is None:
             raise AttributeError(f"module 'portctl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+        import importlib
+
+        value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
-__all__ = [
-    "Allocation",
-    "AllocationResult",
-    "BlueGreen",
-    "Capability",
-    "CapabilityMissing",
-    "CheckSpec",
-    "CutoverConflict",
-    "CutoverRefused",
-    "DockerUnavailable",
-    "Entry",
-    "ExtraMissing",
-    "Instance",
-    "InvalidInput",
-    "KeyExists",
-    "NotFound",
-    "OutputUnavailable",
-    "Policy",
-    "PortAllocator",
-    "PortConflict",
-    "PortctlError",
-    "RangeExhausted",
-    "Registry",
-    "ServiceDiscovery",
-    "ServiceEntry",
-    "ServiceNotFound",
-    "ServiceSpec",
-    "ServiceType",
-    "Settings",
-    "Status",
-    "Store",
-    "StoreChoice",
-    "StoreCorrupt",
-    "StoreDenied",
-    "StoreError",
-    "StoreTimeout",
-    "StoreUnavailable",
-    "VersionConflict",
-    "__version__",
-    "bind_test",
-    "default_policy",
-    "get_service_url",
-    "kernel_ports",
-    "load_settings",
-    "open_store",
-    "resolve_store",
-]
+@cache
+def _public_names() -> dict[str, str]:
+    """Name -> home module of every re-export in this file, parsed from its source once.
+
+    Names starting with ``_`` never get here (``from portctl import _validate`` asks for a
+    submodule), so only a public name, a submodule or a typo pays for the parse (~1.5 ms).
+    """
+    return _reexports(_own_source())
+
+
+def _own_source() -> str:
+    """This file's text, through its loader (so a zipped install works too)."""
+    get_source = getattr(__spec__.loader, "get_source", None)
+    source = get_source(__name__) if get_source is not None else None
+    if source is None:  # an install without sources: the list of names is this file's text
+        raise ImportError("portctl's public names are read from portctl/__init__.py, which is not installed")
+    return str(source)
+
+
+def _reexports(source: str) -> dict[str, str]:
+    """``from m import A as A`` at the top level or under ``if TYPE_CHECKING:``, as name -> m."""
+    import ast
+
+    tree = ast.parse(source)
+    nodes = [*tree.body]
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            nodes.extend(node.body)
+    return {
+        a.name: node.module
+        for node in nodes
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+        for a in node.names
+        if a.asname == a.name
+    }

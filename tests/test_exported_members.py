@@ -78,3 +78,33 @@ def test_every_error_of_the_tree_is_exported():
     import portctl.errors
 
     assert set(portctl.errors.__all__) <= set(portctl.__all__)
+
+
+def _fresh_python(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout
+
+
+def test_importing_portctl_imports_no_submodule_until_a_name_is_used():
+    code = (
+        "import sys, portctl\n"
+        "print(sorted(m for m in sys.modules if m.startswith('portctl.')))\n"
+        "portctl.PortAllocator\n"
+        "print('portctl.ports.allocator' in sys.modules, 'portctl.routing.bluegreen' in sys.modules)\n"
+    )
+    before, after = _fresh_python(code).splitlines()
+    assert before == "['portctl._version']"
+    assert after == "True False"  # only the home of the name asked for
+
+
+def test_a_star_import_brings_every_public_name():
+    code = "from portctl import *\nprint(sorted(n for n in dir() if not n.startswith('__')))\n"
+    import ast
+
+    names = set(ast.literal_eval(_fresh_python(code)))
+    assert names == set(portctl.__all__) - {"__version__"}

@@ -155,27 +155,22 @@ SERVERS = ["file_server", "nginx_404", "catch_all", "json_rpc"]
 COMMANDS = [("services",), ("bluegreen", "status", "api")]
 
 
-@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: a[0])
-@pytest.mark.parametrize("server", SERVERS)
-def test_consul_url_at_another_http_server_is_refused(
-    request: pytest.FixtureRequest, tmp_path: Path, server: str, args: tuple[str, ...]
-) -> None:
-    port = request.getfixturevalue(server)
-    result = _portctl(*args, "--store", f"consul://127.0.0.1:{port}", cwd=tmp_path)
-    assert result.returncode == 3, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    line = error_line(result)
-    assert f"http://127.0.0.1:{port} is not a Consul agent (no X-Consul-* headers in its answer" in line
+# Each store's scheme, and what it says of a server that does not speak its API.
+STORES = {
+    "consul": "http://127.0.0.1:{port} is not a Consul agent (no X-Consul-* headers in its answer",
+    "etcd": "http://127.0.0.1:{port} is not an etcd server",
+}
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: a[0])
 @pytest.mark.parametrize("server", SERVERS)
-def test_etcd_url_at_another_http_server_is_refused(
-    request: pytest.FixtureRequest, tmp_path: Path, server: str, args: tuple[str, ...]
+@pytest.mark.parametrize("scheme", STORES)
+def test_store_url_at_another_http_server_is_refused(
+    request: pytest.FixtureRequest, tmp_path: Path, scheme: str, server: str, args: tuple[str, ...]
 ) -> None:
     port = request.getfixturevalue(server)
-    result = _portctl(*args, "--store", f"etcd://127.0.0.1:{port}", cwd=tmp_path)
+    result = _portctl(*args, "--store", f"{scheme}://127.0.0.1:{port}", cwd=tmp_path)
     assert result.returncode == 3, (result.stdout, result.stderr)
     assert result.stdout == ""
     line = error_line(result)
-    assert f"http://127.0.0.1:{port} is not an etcd server" in line
+    assert STORES[scheme].format(port=port) in line

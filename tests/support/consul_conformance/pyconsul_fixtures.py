@@ -29,8 +29,11 @@ import pytest
 
 
 def _load_emulator() -> Any:
-    path = Path(__file__).resolve().parent.parent / "consul_emulator.py"
-    spec = importlib.util.spec_from_file_location("consul_emulator", path)
+    """The emulator package, loaded by its path under its own name (their ``tests`` shadows ours)."""
+    package = Path(__file__).resolve().parent.parent / "consul_emulator"
+    spec = importlib.util.spec_from_file_location(
+        "consul_emulator", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
