@@ -74,7 +74,7 @@ def register(
             show_default=False,
         ),
     ] = None,
-    tag: Annotated[
+    tags: Annotated[
         list[str] | None, typer.Option("--tag", metavar="T", help="A tag (repeatable).", show_default=False)
     ] = None,
     meta: Annotated[
@@ -111,7 +111,7 @@ def register(
             show_default=False,
         ),
     ] = None,
-    successes: Annotated[
+    successes_before_passing: Annotated[
         str,
         typer.Option(
             "--successes-before-passing",
@@ -119,7 +119,7 @@ def register(
             help="Flap damping: passing results in a row before it turns passing.",
         ),
     ] = "1",
-    failures: Annotated[
+    failures_before_critical: Annotated[
         str,
         typer.Option(
             "--failures-before-critical",
@@ -164,8 +164,8 @@ def register(
             interval=interval,
             timeout=timeout,
             deregister_after=deregister_after,
-            successes_before_passing=successes,
-            failures_before_critical=failures,
+            successes_before_passing=successes_before_passing,
+            failures_before_critical=failures_before_critical,
         )
         number = _validate.port(port, "--port") if port is not None else None
         seconds = parse_duration(lease, "--lease") if lease is not None else None
@@ -178,7 +178,7 @@ def register(
                 port=number,
                 address=address,
                 instance_id=instance_id,
-                tags=tag or (),
+                tags=tags or (),
                 meta=_meta(meta),
                 check=spec,
                 environment=env,
@@ -291,7 +291,7 @@ def health(
 def ttl(
     state: Annotated[str, typer.Argument(metavar="pass|warn|fail", help="The new status.")],
     instance_id: IdArgument,
-    note_text: Annotated[str, typer.Option("--note", metavar="TEXT", help="Output to record.")] = "",
+    output: Annotated[str, typer.Option("--note", metavar="TEXT", help="Output to record.")] = "",
     env: EnvOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
@@ -307,7 +307,7 @@ def ttl(
         if state not in states:
             raise InvalidInput("state", state, "pass, warn or fail")
         with opened(store) as ctx:
-            found = _registry(ctx).ttl(instance_id, states[state], note_text, env)
+            found = _registry(ctx).ttl(instance_id, states[state], output, env)
         emit(
             as_json, found.to_dict(), f"{found.entry.id}: {found.status.value} for {found.entry.check.ttl:g}s"
         )

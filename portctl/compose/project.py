@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from portctl import _validate
-from portctl.errors import InvalidInput
+from portctl.errors import InvalidInput, Kind
 
 __all__ = ["ComposeProject", "PortMapping", "load_compose", "render_override"]
 
@@ -762,9 +762,9 @@ def load_compose(
     last top-level ``name:``, else the project folder's name, normalized.
     """
     if isinstance(files, str):
-        raise InvalidInput("files", files, "a list of Compose files, not one string")
+        raise InvalidInput(Kind("files"), files, "a list of Compose files, not one string")
     if not files:
-        raise InvalidInput("files", None, "at least one Compose file")
+        raise InvalidInput(Kind("files"), None, "at least one Compose file")
     docs = [(str(path), _parse_yaml(_read_text(str(path), "Compose file"), str(path))) for path in files]
     paths = tuple(os.path.abspath(path) for path in files)
     directory = os.path.dirname(paths[0])

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from portctl.errors import InvalidInput
+from portctl.errors import InvalidInput, Kind
 
 __all__ = [
     "Listener",
@@ -245,7 +245,7 @@ def _check_protocols(protocols: Iterable[str]) -> tuple[str, ...]:
 
 def _check_protocol(protocol: str) -> None:
     if protocol not in _STATE:
-        raise InvalidInput("protocol", protocol, "tcp or udp")
+        raise InvalidInput(Kind("protocol"), protocol, "tcp or udp")
 
 
 # --- the wildcard rules --------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def _normal(address: str) -> tuple[str, int]:
         except OSError:
             continue
         return text, 6 if ":" in text else 4
-    raise InvalidInput("address", address, "an IP address, '*' or ''")
+    raise InvalidInput(Kind("address"), address, "an IP address, '*' or ''")
 
 
 def blocks(listener: Listener, address: str) -> bool:

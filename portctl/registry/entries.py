@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from portctl import _validate
 from portctl.backends.base import Check, Create, Delete, Entry, Operation, Put, Store
 from portctl.config.settings import Settings
-from portctl.errors import InvalidInput, NotFound, ServiceNotFound, StoreCorrupt, VersionConflict
+from portctl.errors import InvalidInput, NotFound, Param, ServiceNotFound, StoreCorrupt, VersionConflict
 from portctl.ports.allocator import PortAllocator
 
 if TYPE_CHECKING:
@@ -51,10 +51,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 ID_FORM = "1-128 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 CHECK_FORM = "tcp, http://HOST:PORT/PATH (or https://), ttl:DURATION such as ttl:15s, or none"
-CHECK_HOST_FORM = (
-    "an HTTP URL on the instance's own address {address}{loopback}; give --address to register "
-    "the instance at another address"
-)
+CHECK_HOST_FORM = "an HTTP URL on the instance's own address {address}{loopback}"
+CHECK_HOST_HINT = ("; give ", Param("address"), " to register the instance at another address")
 LOOPBACK_FORMS = "localhost, 127.0.0.1 (any 127.x.x.x) or [::1]"
 
 
@@ -123,22 +121,22 @@ def parse_check(
     text = text or "tcp"
     kind, url, ttl = "tcp", None, None
     if text.startswith("ttl:"):
-        kind, ttl = "ttl", parse_duration(text.removeprefix("ttl:"), "--check ttl")
+        kind, ttl = "ttl", parse_duration(text.removeprefix("ttl:"), "check ttl")
     elif text.startswith(("http://", "https://")):
         kind, url = "http", _check_url(text)
     elif text in ("tcp", "none"):
         kind = text
     else:
-        raise InvalidInput("--check", _validate.shown(text), CHECK_FORM)
-    successes = _validate.count(successes_before_passing, "--successes-before-passing")
-    failures = _validate.count(failures_before_critical, "--failures-before-critical")
+        raise InvalidInput("check", _validate.shown(text), CHECK_FORM)
+    successes = _validate.count(successes_before_passing, "successes_before_passing")
+    failures = _validate.count(failures_before_critical, "failures_before_critical")
     return CheckSpec(
         kind=kind,
         url=url,
-        interval=parse_duration(interval, "--interval") if interval else 5.0,
-        timeout=parse_duration(timeout, "--timeout") if timeout else 2.0,
+        interval=parse_duration(interval, "interval") if interval else 5.0,
+        timeout=parse_duration(timeout, "timeout") if timeout else 2.0,
         ttl=ttl,
-        deregister_after=parse_duration(deregister_after, "--deregister-after") if deregister_after else None,
+        deregister_after=parse_duration(deregister_after, "deregister_after") if deregister_after else None,
         successes_before_passing=successes,
         failures_before_critical=failures,
     )
@@ -149,23 +147,23 @@ def _check_url(text: str) -> str:
         # urllib would silently drop a tab or newline, so the URL checked is not the one shown.
         # Not echoed: it may hold a password, refused below.
         raise InvalidInput(
-            "--check",
+            "check",
             "a URL with spaces, control characters or over 2048 characters",
             "http://HOST:PORT/PATH on one line, without spaces",
         )
     try:
         parts = urlsplit(text)
     except ValueError as e:  # an unclosed [ of an IPv6 address
-        raise InvalidInput("--check", "a URL that does not parse", f"http://HOST:PORT/PATH ({e})") from e
+        raise InvalidInput("check", "a URL that does not parse", f"http://HOST:PORT/PATH ({e})") from e
     port = _url_port(parts.netloc)
     if parts.username is not None or parts.password is not None:
         # It would sit in the store for every reader to see, and urllib would not send it.
         raise InvalidInput(
-            "--check", "a URL with credentials", "http://HOST:PORT/PATH without user or password"
+            "check", "a URL with credentials", "http://HOST:PORT/PATH without user or password"
         )
     if not parts.hostname or port is None:
-        raise InvalidInput("--check", text, "http://HOST:PORT/PATH with a host and a port from 1 to 65535")
-    _validate.host(parts.hostname, "--check host")
+        raise InvalidInput("check", text, "http://HOST:PORT/PATH with a host and a port from 1 to 65535")
+    _validate.host(parts.hostname, "check host")
     return text
 
 
@@ -233,7 +231,9 @@ def check_host(url: str, address: str) -> None:
     if _same_host(host, address) or (local and _is_loopback(host)):
         return
     loopback = f" or a loopback address ({LOOPBACK_FORMS})" if local else ""
-    raise InvalidInput("--check", url, CHECK_HOST_FORM.format(address=address, loopback=loopback))
+    raise InvalidInput(
+        "check", url, (CHECK_HOST_FORM.format(address=address, loopback=loopback), *CHECK_HOST_HINT)
+    )
 
 
 @dataclass(frozen=True)
@@ -412,17 +412,19 @@ class Registry:
         meta = _validate.meta(meta or {})
         check = check or CheckSpec("tcp")
         if lease is not None and not 1 <= lease <= 86400:
-            raise InvalidInput("--lease", lease, "a duration from 1s to 24h")
+            raise InvalidInput("lease", lease, "a duration from 1s to 24h")
         port = self._port(service, env, port)
-        address = _validate.host(address, "--address") if address is not None else "127.0.0.1"
+        address = _validate.host(address, "address") if address is not None else "127.0.0.1"
         self._check_target(check, port, env, address)
         default_id = f"{service}-{re.sub(r'[^a-z0-9._-]+', '-', self.host.lower()).strip('-.')}-{port}"
         instance = _instance_id(instance_id or default_id)
         taken = [i.entry.service for i in self.instances(environment=env) if i.entry.id == instance]
         if taken and taken[0] != service:
-            raise InvalidInput("--id", instance, f"an id no other service uses in {env} ({taken[0]} has it)")
+            raise InvalidInput(
+                "instance_id", instance, f"an id no other service uses in {env} ({taken[0]} has it)"
+            )
         for tag in tags:
-            _validate.service_name(tag, "--tag")
+            _validate.service_name(tag, "tags")
         if pid is None and _is_local(address):
             pid = _listening_pid(address, port)
         entry = ServiceEntry(
@@ -445,13 +447,15 @@ class Registry:
 
     def _port(self, service: str, env: str, port: int | None) -> int:
         if port is not None:
-            return _validate.port(port, "--port")
+            return _validate.port(port, "port")
         allocator = PortAllocator(self.store, self.settings)
         allocation = allocator.get(service, env)
         if allocation is None:
             known = [a.service for a in allocator.allocations(env)]
             hint = f"portctl allocate --service {service}"
-            raise ServiceNotFound(service, known, f"allocated in {env}; give --port N, or run: {hint}")
+            raise ServiceNotFound(
+                service, known, (f"allocated in {env}; give ", Param("port"), f" N, or run: {hint}")
+            )
         return allocation.port
 
     def _check_target(self, check: CheckSpec, port: int, env: str, address: str) -> None:
@@ -462,7 +466,7 @@ class Registry:
         allocated = {a.port for a in PortAllocator(self.store, self.settings).allocations(env)}
         if target != port and target not in allocated:
             raise InvalidInput(
-                "--check",
+                "check",
                 check.url,
                 f"an HTTP URL on the service's port {port} or another "
                 "allocated port (nobody allocated the port it names)",
@@ -641,7 +645,7 @@ def _ttl_note(text: str) -> None:
     """A TTL check's note is shown in tables, logs and Consul's UI: one printable line."""
     if len(text) > NOTE_MAX or not _validate.one_line(text):
         raise InvalidInput(
-            "--note",
+            "output",
             text,
             f"text of at most {NOTE_MAX} printable characters on one line (no newline, tab or other "
             "control character)",
