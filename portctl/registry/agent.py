@@ -51,6 +51,7 @@ from portctl.registry.entries import (
     parse_health,
 )
 from portctl.registry.health import RUNNABLE, run_check
+from portctl.registry.leases import LeaseKeeper
 
 __all__ = ["Agent", "AgentReport"]
 
@@ -88,7 +89,7 @@ class Agent:
         self.clock = clock
         self._last_run: dict[_Key, float] = {}
         self._zombie_since: dict[_Key, float] = {}
-        self._kept: dict[tuple[str, str], tuple[Instance, float]] = {}  # leased: last renewal
+        self._leases = LeaseKeeper(registry)
         self._lock = threading.Lock()
 
     # One pass ------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ class Agent:
             )
             mine = [i for i in found if i.entry.host == self.registry.host]
             self._forget_all_but({_key(i.entry) for i in mine})
-            self._keep_leases(mine, report)
+            report.rewritten += [i.entry.id for i in self._leases.renew_all(mine)]
             scan = _LazyScan()
             for instance in mine:
                 self._pass(instance, now, scan, report)
@@ -133,35 +134,6 @@ class Agent:
                 if on_report is not None:
                     on_report(report)
             stop.wait(tick)
-
-    def _keep_leases(self, mine: list[Instance], report: AgentReport) -> None:
-        now = time.monotonic()  # counts on while the process is stopped, unlike a paused clock
-        present = {(i.entry.environment, i.entry.id) for i in mine}
-        for key, (instance, renewed_at) in list(self._kept.items()):
-            if key in present:
-                continue
-            lease = instance.entry.lease or 0.0
-            if now - renewed_at >= lease:  # it expired unrenewed: ours to restore
-                self.registry.keep_alive(instance)  # if this fails, the next pass tries again
-                report.rewritten.append(instance.entry.id)
-            del self._kept[key]
-        for instance in mine:
-            if instance.entry.lease is None:
-                continue
-            key = (instance.entry.environment, instance.entry.id)
-            previous = self._kept.get(key)
-            if previous is not None and now - previous[1] < instance.entry.lease / 3:
-                self._kept[key] = (instance, previous[1])
-                continue
-            # Rewrite only what ran out unrenewed: gone since a recent renewal means deregistered.
-            unrenewed = previous is not None and now - previous[1] >= instance.entry.lease
-            outcome = self.registry.keep_alive(instance, rewrite=unrenewed)
-            if outcome is None:
-                self._kept.pop(key, None)
-                continue
-            if outcome:
-                report.rewritten.append(instance.entry.id)
-            self._kept[key] = (instance, now)
 
     def _pass(self, instance: Instance, now: float, scan: _LazyScan, report: AgentReport) -> None:
         entry = instance.entry

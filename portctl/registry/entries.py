@@ -40,6 +40,7 @@ __all__ = [
     "Registry",
     "ServiceEntry",
     "Status",
+    "Verified",
     "damp",
     "parse_check",
     "parse_duration",
@@ -580,6 +581,29 @@ class Registry:
             raise VersionConflict(key, f"gave up recording the TTL of {e.id!r}")
         return self.instance(instance_id, e.environment)
 
+    def verify(
+        self,
+        environment: str | None = None,
+        *,
+        probe: Callable[[ServiceEntry], tuple[Status, str]] | None = None,
+    ) -> list[Verified]:
+        """Check every instance registered in ``environment`` now: TCP and HTTP checks run
+        (``probe``, by default :func:`portctl.registry.health.run_check`) and their results are
+        recorded with flap damping; TTL and unchecked instances report their last status. Each
+        result is the check's own, undamped: what answers right now."""
+        if probe is None:
+            from portctl.registry.health import run_check
+
+            probe = run_check
+        out = []
+        for inst in self.instances(environment=environment):
+            status, output = inst.status, inst.output
+            if inst.entry.check.kind in ("tcp", "http"):
+                status, output = probe(inst.entry)
+                self.record_result(inst, status, output)
+            out.append(Verified(inst, status, output))
+        return out
+
     # Reading -----------------------------------------------------------------------------
 
     def instances(
@@ -601,6 +625,18 @@ class Registry:
                 f"no registered instance {instance_id!r}" + (f"; known: {', '.join(known)}" if known else "")
             )
         return candidates[0]
+
+
+@dataclass(frozen=True)
+class Verified:
+    """One instance as :meth:`Registry.verify` found it."""
+
+    instance: Instance
+    status: Status  # the check's result now (undamped), or the last status if it is not run
+    output: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.instance.to_dict(), "status": self.status.value, "output": self.output}
 
 
 def instances_from(
