@@ -26,15 +26,13 @@ grace period again. Times come from ``clock``, which must count seconds since th
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from portctl.backends.base import Delete
 from portctl.errors import StoreUnavailable, VersionConflict
 from portctl.host.listeners import ListenerScan
 from portctl.host.probe import is_local_address
@@ -44,11 +42,6 @@ from portctl.registry.entries import (
     Registry,
     ServiceEntry,
     Status,
-    entry_key,
-    expiry_text,
-    health_key,
-    parse_entry,
-    parse_health,
 )
 from portctl.registry.health import RUNNABLE, run_check
 from portctl.registry.leases import LeaseKeeper
@@ -171,31 +164,7 @@ class Agent:
     def _persist_expiry(self, entry: ServiceEntry, now: float) -> tuple[HealthRecord | None, bool]:
         """The health after writing an expired TTL as critical (None if the entry is gone), and
         whether this call wrote it."""
-        key = health_key(entry.environment, entry.service, entry.id)
-        store = self.registry.store
-        for _ in range(20):
-            current = store.get(key)
-            if current is None:
-                return None, False
-            record = parse_health(current)
-            expires_at = _expired_at(record, now)
-            if record.status == Status.CRITICAL or expires_at is None:
-                return record, False  # renewed, or marked critical, meanwhile
-            expired = replace(
-                record,
-                status=Status.CRITICAL,
-                output=expiry_text(expires_at, entry.check.ttl),
-                updated_at=time.time(),
-                pending=None,
-                streak=0,
-                critical_since=expires_at,
-            )
-            try:
-                store.compare_and_set(key, json.dumps(expired.to_dict(), sort_keys=True), current.version)
-            except VersionConflict:
-                continue
-            return expired, True
-        raise VersionConflict(key, f"gave up marking the expired TTL of {entry.id!r} critical")
+        return self.registry.mark_expired(entry, now)
 
     # Zombies -----------------------------------------------------------------------------
 
@@ -228,15 +197,7 @@ class Agent:
 
         The entry key is deleted on its version, so a service that re-registered meanwhile
         stays registered."""
-        ekey = entry_key(entry.environment, entry.service, entry.id)
-        hkey = health_key(entry.environment, entry.service, entry.id)
-        store = self.registry.store
-        current = store.get(ekey)
-        if current is None or parse_entry(current) != entry:
-            return False
-        try:
-            store.transact([Delete(ekey, current.version), Delete(hkey)])
-        except VersionConflict:
+        if not self.registry.deregister_unchanged(entry):
             return False
         self._forget(_key(entry))
         return True

@@ -333,6 +333,13 @@ def damp(record: HealthRecord, result: Status, output: str, check: CheckSpec, no
     return HealthRecord(result, output, now, None, 0, since, record.expires_at)
 
 
+def _expired_at(record: HealthRecord, now: float) -> float | None:
+    """When ``record``'s TTL expired, or None if it has none or it has not expired yet."""
+    if record.expires_at is not None and now >= record.expires_at:
+        return record.expires_at
+    return None
+
+
 def expiry_text(expires_at: float, ttl: float | None) -> str:
     """A TTL's expiry as a moment, not an age: stored once, it must stay true when read later."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))
@@ -533,6 +540,52 @@ class Registry:
             self._write(e, instance.health)
             return True
         return False
+
+    def mark_expired(self, entry: ServiceEntry, now: float) -> tuple[HealthRecord | None, bool]:
+        """Write a TTL that expired unrenewed (by ``now``) as critical, so that change feeds and
+        watchers see it: the health after, None if the entry is gone, and whether this call
+        wrote it (False when it was renewed, or marked critical, meanwhile)."""
+        key = health_key(entry.environment, entry.service, entry.id)
+        store = self.store
+        for _ in range(20):
+            current = store.get(key)
+            if current is None:
+                return None, False
+            record = parse_health(current)
+            expires_at = _expired_at(record, now)
+            if record.status == Status.CRITICAL or expires_at is None:
+                return record, False  # renewed, or marked critical, meanwhile
+            expired = replace(
+                record,
+                status=Status.CRITICAL,
+                output=expiry_text(expires_at, entry.check.ttl),
+                updated_at=time.time(),
+                pending=None,
+                streak=0,
+                critical_since=expires_at,
+            )
+            try:
+                store.compare_and_set(key, json.dumps(expired.to_dict(), sort_keys=True), current.version)
+            except VersionConflict:
+                continue
+            return expired, True
+        raise VersionConflict(key, f"gave up marking the expired TTL of {entry.id!r} critical")
+
+    def deregister_unchanged(self, entry: ServiceEntry) -> bool:
+        """Remove ``entry`` if it is still the registration judged; False if it changed or went.
+        The entry key is deleted on its version, so a service that re-registered meanwhile
+        stays registered."""
+        ekey = entry_key(entry.environment, entry.service, entry.id)
+        hkey = health_key(entry.environment, entry.service, entry.id)
+        store = self.store
+        current = store.get(ekey)
+        if current is None or parse_entry(current) != entry:
+            return False
+        try:
+            store.transact([Delete(ekey, current.version), Delete(hkey)])
+        except VersionConflict:
+            return False
+        return True
 
     # Health ------------------------------------------------------------------------------
 
