@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from portctl.errors import InvalidInput
+from portctl.errors import InvalidInput, Kind
 
 # A service name is one DNS label in lowercase, with '_' allowed because the standard names
 # use it (admin_ui, mcp_memory). Consul's DNS interface shows '_' as '-'.
@@ -24,13 +24,13 @@ _KEY_SEGMENT = re.compile(r"^[A-Za-z0-9._:@-]+$")
 PROTOCOLS = ("tcp", "udp")
 
 
-def service_name(value: str, field: str = "service") -> str:
+def service_name(value: str, field: str = Kind("service")) -> str:
     if not isinstance(value, str) or not _SERVICE_NAME.fullmatch(value):
         raise InvalidInput(field, value, SERVICE_NAME_FORM)
     return value
 
 
-def host(value: str, field: str = "host") -> str:
+def host(value: str, field: str = Kind("host")) -> str:
     """A host name, or an IPv4 or IPv6 address (``::1``, ``[::1]`` and ``fe80::1%eth0`` too)."""
     if isinstance(value, str) and _is_ip(value.removeprefix("[").removesuffix("]")):
         return value
@@ -42,7 +42,7 @@ def host(value: str, field: str = "host") -> str:
 HOST_ID_FORM = "a host name or address usable as a key: letters, digits, '.', '-', '_' or ':' (no brackets)"
 
 
-def host_identity(value: str, field: str = "host") -> str:
+def host_identity(value: str, field: str = Kind("host")) -> str:
     """This host's name in the store: a host (see :func:`host`) that is also one key segment."""
     host(value, field)
     if not _KEY_SEGMENT.fullmatch(value) or value in (".", ".."):
@@ -91,7 +91,7 @@ def integer(value: object, field: str, low: int, high: int, expected: str) -> in
     return value
 
 
-def port(value: object, field: str = "port", *, low: int = 1) -> int:
+def port(value: object, field: str = Kind("port"), *, low: int = 1) -> int:
     """A TCP/UDP port as an int in [low, 65535]; strings of ASCII digits are accepted (CLI, TOML)."""
     return integer(value, field, low, 65535, f"an integer from {low} to 65535 ({DIGITS_FORM})")
 
@@ -101,7 +101,7 @@ def count(value: object, field: str, low: int = 1, high: int = 100) -> int:
     return integer(value, field, low, high, f"a count from {low} to {high} ({DIGITS_FORM})")
 
 
-def protocol(value: str, field: str = "protocol") -> str:
+def protocol(value: str, field: str = Kind("protocol")) -> str:
     if value not in PROTOCOLS:
         raise InvalidInput(field, value, " or ".join(PROTOCOLS))
     return value
@@ -147,7 +147,7 @@ META_VALUE_MAX = 512
 META_PAIRS_MAX = 60  # Consul's 64, less the four portctl adds there
 
 
-def meta(pairs: Mapping[str, str], field: str = "--meta") -> dict[str, str]:
+def meta(pairs: Mapping[str, str], field: str = "meta") -> dict[str, str]:
     """Registration metadata: keys of Consul's form, one-line printable values."""
     if len(pairs) > META_PAIRS_MAX:
         raise InvalidInput(field, f"{len(pairs)} pairs", f"at most {META_PAIRS_MAX} pairs")

@@ -23,9 +23,17 @@ class only and maps each branch to an exit code::
 
 Stores translate their client library's exceptions into this tree at their own boundary,
 chaining the original with ``raise ... from``.
+
+Errors name the library's parameters, never a command-line flag: ``InvalidInput("lease", ...)``
+reads ``lease: 0.5 is not valid; ...``. An error keeps its message in parts, the parameters it
+names marked as :class:`Param` (an :class:`InvalidInput`'s field is one, unless it is a
+:class:`Kind`), so that a command line can show each as its own flag
+(:meth:`PortctlError.spelled`), and ``params`` lists them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 __all__ = [
     "CapabilityMissing",
@@ -48,14 +56,55 @@ __all__ = [
 ]
 
 
+class Param(str):
+    """A parameter's Python name inside an error message (``Param("port")``): shown as it is
+    by the library, and as the caller's own spelling of it (a CLI flag, ``--port``) by
+    :meth:`PortctlError.spelled`."""
+
+    __slots__ = ()
+
+
+class Kind(str):
+    """An :class:`InvalidInput` field that says what kind of value was refused (``Kind("port")``
+    for any port) rather than which parameter held it: shown as it is everywhere."""
+
+    __slots__ = ()
+
+
+Parts = str | Sequence[str]  # text, or text in pieces where a Param marks a parameter
+
+
+def _pieces(text: Parts) -> tuple[str, ...]:
+    return (text,) if isinstance(text, str) else tuple(text)
+
+
 class PortctlError(Exception):
-    """Base of every error portctl raises on purpose."""
+    """Base of every error portctl raises on purpose.
+
+    Its message may be given in parts (``PortctlError("give ", Param("port"), " too")``); the
+    message is their text, with each parameter under its Python name."""
 
     code = "error"
+
+    def __init__(self, *parts: object) -> None:
+        self.parts: tuple[str, ...] = tuple(p if isinstance(p, str) else str(p) for p in parts)
+        super().__init__("".join(self.parts))
 
     @property
     def message(self) -> str:
         return str(self)
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The parameters (Python names) the message names, in order."""
+        return tuple(str(p) for p in self.parts if isinstance(p, Param))
+
+    def spelled(self, spell: Callable[[str], str]) -> str:
+        """The message with each parameter it names written as ``spell`` writes that name (a
+        CLI: as the flag of its option), so the library need not know any flag."""
+        if not self.params:
+            return self.message
+        return "".join(spell(str(p)) if isinstance(p, Param) else p for p in self.parts)
 
 
 class InvalidInput(PortctlError, ValueError):
@@ -63,14 +112,26 @@ class InvalidInput(PortctlError, ValueError):
 
     code = "invalid_input"
 
-    def __init__(self, field: str, value: object, expected: str, *, problem: str = "") -> None:
-        """``problem`` says what is wrong in words, for a value whose repr would not (a JSON
-        document's kind); otherwise the message shows the value, clipped if long."""
+    def __init__(self, field: str, value: object, expected: Parts, *, problem: str = "") -> None:
+        """``field`` is the parameter that held ``value`` (``check``), optionally followed by
+        which part of it (``check ttl``), or a :class:`Kind`, or a place in a file. ``expected``
+        may name parameters too, as parts with :class:`Param`. ``problem`` says what is wrong
+        in words, for a value whose repr would not (a JSON document's kind); otherwise the
+        message shows the value, clipped if long."""
+        wanted = _pieces(expected)
         self.field = field
         self.value = value
-        self.expected = expected
+        self.expected = "".join(wanted)
         shown = problem or ("missing" if value is None else f"{clipped(value)} is not valid")
-        super().__init__(f"{field}: {shown}; expected {expected}")
+        super().__init__(*_field_parts(field), f": {shown}; expected ", *wanted)
+
+
+def _field_parts(field: str) -> tuple[str, ...]:
+    """A field as message parts: its leading word is a parameter when it is a Python name."""
+    name, space, rest = field.partition(" ")
+    if isinstance(field, Kind) or not name.isidentifier():
+        return (str(field),)
+    return (Param(name), space + rest) if space else (Param(name),)
 
 
 SHOWN_MAX = 200  # a long file path still shows whole
@@ -97,7 +158,7 @@ class CapabilityMissing(InvalidInput):
         expected = f"a store that supports {capability}"
         if hint:
             expected += f" ({hint})"
-        super().__init__("store", store, expected)
+        super().__init__(Kind("store"), store, expected)
         self.capability = capability
 
 
@@ -120,15 +181,16 @@ class NotFound(PortctlError, LookupError):
 
 
 class ServiceNotFound(NotFound):
-    def __init__(self, name: str, known: list[str] | None = None, where: str = "") -> None:
+    def __init__(self, name: str, known: list[str] | None = None, where: Parts = "") -> None:
+        """``where`` ends "service NAME is not ...", and may name parameters (as parts)."""
         self.name = name
         self.known = sorted(known or [])
-        text = f"service {name!r} is not {where or 'known'}"
+        text = [f"service {name!r} is not ", *(_pieces(where) if where else ("known",))]
         if self.known:
             shown = ", ".join(self.known[:20])
             more = f" and {len(self.known) - 20} more" if len(self.known) > 20 else ""
-            text += f"; known: {shown}{more}"
-        super().__init__(text)
+            text.append(f"; known: {shown}{more}")
+        super().__init__(*text)
 
 
 class PortConflict(PortctlError):
@@ -160,7 +222,7 @@ class RangeExhausted(PortctlError):
         text = f"no free port for {service!r} in {where}"
         if skipped:
             text += " (" + "; ".join(skipped[:5]) + ("; ..." if len(skipped) > 5 else "") + ")"
-        super().__init__(text + "; free one, or give --port or --type")
+        super().__init__(text, "; free one, or give ", Param("port"), " or ", Param("type"))
 
 
 class VersionConflict(PortctlError):

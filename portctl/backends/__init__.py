@@ -23,7 +23,7 @@ from portctl.backends.base import (
     Put,
     Store,
 )
-from portctl.errors import ExtraMissing, InvalidInput
+from portctl.errors import ExtraMissing, InvalidInput, Kind
 
 __all__ = [
     "Capability",
@@ -87,7 +87,7 @@ def known_schemes() -> list[str]:
 def store_class(scheme: str) -> type[Store]:
     target = _BUILTIN.get(scheme) or _entry_points().get(scheme)
     if target is None:
-        raise InvalidInput("store", f"{scheme}://", f"one of the schemes {', '.join(known_schemes())}")
+        raise InvalidInput(Kind("store"), f"{scheme}://", f"one of the schemes {', '.join(known_schemes())}")
     return _load(scheme, target)
 
 
@@ -102,7 +102,7 @@ def open_store(url: str, require: Capability = Capability.NONE) -> Store:
     # Only the scheme is read here: urlsplit would raise on a stray '[' the store refuses in words.
     scheme = _SCHEME.match(url)
     if not scheme:
-        raise InvalidInput("store", url, URL_FORM)
+        raise InvalidInput(Kind("store"), url, URL_FORM)
     cls = store_class(scheme.group(1).lower())
     missing = require & ~cls.capabilities
     if missing:

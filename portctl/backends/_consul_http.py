@@ -24,7 +24,7 @@ from consul.std import Consul  # type: ignore[import-untyped]
 
 from portctl import _validate
 from portctl.backends._retry import network_cause, retried
-from portctl.errors import InvalidInput, StoreDenied, StoreError, StoreTimeout, StoreUnavailable
+from portctl.errors import InvalidInput, Kind, StoreDenied, StoreError, StoreTimeout, StoreUnavailable
 
 DEFAULT_PREFIX = "portctl/"
 DEFAULT_TIMEOUT = 5.0
@@ -84,9 +84,9 @@ def parse_url(url: str, environ: Mapping[str, str] | None = None) -> ConsulConfi
     env = os.environ if environ is None else environ
     parts = _split(url, "store", URL_FORM)
     if parts.scheme not in ("consul", "consul+https"):
-        raise InvalidInput("store", url, URL_FORM)
+        raise InvalidInput(Kind("store"), url, URL_FORM)
     if parts.username is not None or parts.password is not None:
-        raise InvalidInput("store", "a consul URL with credentials", URL_FORM)
+        raise InvalidInput(Kind("store"), "a consul URL with credentials", URL_FORM)
     options = _options(parts.query)
     scheme = "https" if parts.scheme == "consul+https" else "http"
     host, port = parts.hostname, _written_port(parts.netloc, "store port")
@@ -110,10 +110,10 @@ def parse_url(url: str, environ: Mapping[str, str] | None = None) -> ConsulConfi
 def _options(query: str) -> dict[str, str]:
     raw = parse_qs(query, keep_blank_values=True)
     if "token" in raw:
-        raise InvalidInput("store", "a consul URL with a token", URL_FORM)
+        raise InvalidInput(Kind("store"), "a consul URL with a token", URL_FORM)
     unknown = sorted(set(raw) - set(_OPTIONS))
     if unknown:
-        raise InvalidInput("store", f"option {unknown[0]!r}", URL_FORM)
+        raise InvalidInput(Kind("store"), f"option {unknown[0]!r}", URL_FORM)
     return {k: v[-1] for k, v in raw.items()}
 
 

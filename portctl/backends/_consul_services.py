@@ -96,14 +96,14 @@ def _check_meta(key: str, meta: Mapping[str, str]) -> None:
     for name, value in meta.items():
         if not _CONSUL_META_KEY.fullmatch(name) or name.startswith(("consul-", "portctl-")):
             raise InvalidInput(
-                "--meta",
+                "meta",
                 name,
                 "a key of 1-128 letters, digits, '_' or '-' not starting with 'consul-' "
                 "(Consul's) or 'portctl-' (ours)",
             )
         if len(str(value)) > META_VALUE_MAX:
             raise InvalidInput(
-                f"--meta {name}", "a longer value", f"at most {META_VALUE_MAX} characters (Consul's limit)"
+                f"meta {name}", "a longer value", f"at most {META_VALUE_MAX} characters (Consul's limit)"
             )
 
 

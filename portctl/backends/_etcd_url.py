@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from portctl import _validate
-from portctl.errors import InvalidInput
+from portctl.errors import InvalidInput, Kind
 
 __all__ = ["DEFAULT_PREFIX", "DEFAULT_TIMEOUT", "PASSWORD_HELP", "URL_FORM", "EtcdOptions", "parse_url"]
 
@@ -60,9 +60,9 @@ def parse_url(url: str, environ: Mapping[str, str] | None = None) -> EtcdOptions
     try:
         parts = urlsplit(url)
     except ValueError:  # a stray or empty bracket
-        raise InvalidInput("store", "(not shown)" if "@" in url else url, URL_FORM) from None
+        raise InvalidInput(Kind("store"), "(not shown)" if "@" in url else url, URL_FORM) from None
     if parts.scheme not in ("etcd", "etcd+https"):
-        raise InvalidInput("store", url, URL_FORM)
+        raise InvalidInput(Kind("store"), url, URL_FORM)
     userinfo, _, hosts = parts.netloc.rpartition("@")
     if ":" in userinfo:
         raise InvalidInput("store URL", _redacted(url), f"no password in the URL; give {PASSWORD_HELP}")

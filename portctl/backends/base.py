@@ -52,6 +52,7 @@ class Capability(enum.Flag):
     WATCH = enum.auto()  # a change feed from a position
     TTL = enum.auto()  # entries that vanish unless refreshed
     MULTI_HOST = enum.auto()  # one registry shared by many hosts
+    RUNS_CHECKS = enum.auto()  # the store runs registered checks itself: health is derived from them, a health write is a check result
 
     def names(self) -> list[str]:
         return [c.name.lower().replace("_", "-") for c in Capability if c and c in self and c.name]

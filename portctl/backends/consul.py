@@ -499,7 +499,7 @@ class ConsulStore(Store):
                 if owner[0]
                 else "a service outside portctl"
             )
-            raise InvalidInput("--id", entry.id, f"an id no other Consul service uses (it is {held})")
+            raise InvalidInput("instance_id", entry.id, f"an id no other Consul service uses (it is {held})")
 
     def _commit(
         self, operations: Sequence[Operation], plan: _Plan, sending: _Sending

@@ -61,6 +61,7 @@ from portctl.backends.base import (
 from portctl.errors import (
     InvalidInput,
     KeyExists,
+    Kind,
     NotFound,
     StoreCorrupt,
     StoreTimeout,
@@ -118,7 +119,7 @@ class JsonFileStore(Store):
             )
         kind = _kind_of(self.path)
         if kind is not None:
-            raise InvalidInput("store", self.path, f"a file path, not {kind}")
+            raise InvalidInput(Kind("store"), self.path, f"a file path, not {kind}")
         self._mutex = threading.RLock()
         self._stamp: _Stamp | None = None
         self._doc: Doc = _empty_doc()
@@ -413,7 +414,9 @@ class JsonFileStore(Store):
 def path_from_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path:
-        raise InvalidInput("store", url, "file:///absolute/path/store.json (or file:relative/path.json)")
+        raise InvalidInput(
+            Kind("store"), url, "file:///absolute/path/store.json (or file:relative/path.json)"
+        )
     return unquote(parts.path)
 
 

@@ -166,17 +166,38 @@ def emit(as_json: bool, data: Any, human: str | Callable[[], str], code: ExitCod
         raise typer.Exit(int(code))
 
 
+def flag_of(name: str) -> str:
+    """The flag of the running command's option whose Python name is ``name`` (``min_healthy``:
+    ``--min-healthy``; ``type`` matches ``type_``, the name Python makes of ``--type``); ``name``
+    itself when the command has no such option. Read from click's own parameters, so every
+    command maps the library's parameter names to its flags without a table."""
+    from portctl.cli._click import current_context
+
+    ctx = current_context()
+    for param in ctx.command.params if ctx is not None else ():
+        if param.param_type_name == "option" and name in (param.name, (param.name or "").rstrip("_")):
+            flags: list[str] = list(param.opts)
+            return next((o for o in flags if o.startswith("--")), flags[0])
+    return name
+
+
+def message_of(error: PortctlError) -> str:
+    """An error's message as this command line spells it: parameters as their flags."""
+    return error.spelled(flag_of)
+
+
 def fail(as_json: bool, error: PortctlError) -> NoReturn:
     code = exit_code_for(error)
+    message = message_of(error)
     if wants_json(as_json):
         envelope = {
             "ok": False,
             "data": None,
-            "error": {"code": error.code, "message": error.message},
+            "error": {"code": error.code, "message": message},
         }
         print(json.dumps(envelope, indent=2, sort_keys=True))
     else:
-        print(f"portctl: error: {error.message}", file=sys.stderr)
+        print(f"portctl: error: {message}", file=sys.stderr)
     raise typer.Exit(int(code))
 
 

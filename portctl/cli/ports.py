@@ -20,7 +20,7 @@ from portctl.cli._common import (
     opened,
     require_project,
 )
-from portctl.cli._output import ExitCode, InputProblem, emit, exit_code_for, note, table
+from portctl.cli._output import ExitCode, InputProblem, emit, exit_code_for, message_of, note, table
 from portctl.errors import InvalidInput, PortctlError
 from portctl.host.kernel import kernel_ports
 from portctl.ports.allocator import Allocation, AllocationResult
@@ -287,7 +287,7 @@ def _allocate_all(env: str | None, store: str | None, as_json: bool) -> None:
                 if exit_code_for(e) != ExitCode.CONFLICT:
                     raise
                 failed = True
-                rows.append({"service": name, "error": {"code": e.code, "message": e.message}})
+                rows.append({"service": name, "error": {"code": e.code, "message": message_of(e)}})
 
     def human() -> str:
         body = table(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from portctl.cli._common import AddressOption, EnvOption, JsonOption, Opened, StoreOption, handled, opened
-from portctl.cli._output import ExitCode, InputProblem, emit, note, table
-from portctl.errors import InvalidInput, StoreUnavailable
+from portctl.cli._output import ExitCode, InputProblem, emit, message_of, note, table
+from portctl.errors import InvalidInput
 
 if TYPE_CHECKING:
     from portctl.registry.entries import Instance, Registry
@@ -74,7 +73,7 @@ def register(
             show_default=False,
         ),
     ] = None,
-    tag: Annotated[
+    tags: Annotated[
         list[str] | None, typer.Option("--tag", metavar="T", help="A tag (repeatable).", show_default=False)
     ] = None,
     meta: Annotated[
@@ -111,7 +110,7 @@ def register(
             show_default=False,
         ),
     ] = None,
-    successes: Annotated[
+    successes_before_passing: Annotated[
         str,
         typer.Option(
             "--successes-before-passing",
@@ -119,7 +118,7 @@ def register(
             help="Flap damping: passing results in a row before it turns passing.",
         ),
     ] = "1",
-    failures: Annotated[
+    failures_before_critical: Annotated[
         str,
         typer.Option(
             "--failures-before-critical",
@@ -164,8 +163,8 @@ def register(
             interval=interval,
             timeout=timeout,
             deregister_after=deregister_after,
-            successes_before_passing=successes,
-            failures_before_critical=failures,
+            successes_before_passing=successes_before_passing,
+            failures_before_critical=failures_before_critical,
         )
         number = _validate.port(port, "--port") if port is not None else None
         seconds = parse_duration(lease, "--lease") if lease is not None else None
@@ -178,7 +177,7 @@ def register(
                 port=number,
                 address=address,
                 instance_id=instance_id,
-                tags=tag or (),
+                tags=tags or (),
                 meta=_meta(meta),
                 check=spec,
                 environment=env,
@@ -200,28 +199,24 @@ def register(
 
 def _keep_registered(registry: Registry, instance: Instance) -> None:
     """Renew the lease every third of it until SIGTERM or Ctrl-C, then deregister."""
+    from portctl.registry.leases import LeaseKeeper
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     lease = instance.entry.lease or 1.0
     note(f"keeping {instance.entry.id} alive (lease {lease:g}s); Ctrl-C or SIGTERM deregisters")
-    renewed_at = time.monotonic()  # counts on while this process is stopped
     try:
-        while not stop.wait(lease / 3):
-            started = time.monotonic()  # the lease restarts no earlier than this
-            try:
-                # Gone although renewed within the lease: deregistered elsewhere, on purpose.
-                outcome = registry.keep_alive(instance, rewrite=started - renewed_at >= lease)
-            except StoreUnavailable as e:
-                note(f"could not renew the lease: {e}; trying again")
-                continue
-            if outcome is None:
-                note(f"{instance.entry.id} was deregistered elsewhere; stopping")
-                return
-            if outcome:
-                note(f"the lease of {instance.entry.id} had run out; registered it again")
-            renewed_at = started
+        kept = LeaseKeeper(registry).keep(
+            instance,
+            stop,
+            on_unreachable=lambda e: note(f"could not renew the lease: {message_of(e)}; trying again"),
+            on_rewritten=lambda i: note(f"the lease of {i.entry.id} had run out; registered it again"),
+        )
     except KeyboardInterrupt:
-        pass
+        kept = True
+    if not kept:
+        note(f"{instance.entry.id} was deregistered elsewhere; stopping")
+        return
     registry.deregister(instance.entry.id, instance.entry.environment)
     note(f"deregistered {instance.entry.id}")
 
@@ -291,7 +286,7 @@ def health(
 def ttl(
     state: Annotated[str, typer.Argument(metavar="pass|warn|fail", help="The new status.")],
     instance_id: IdArgument,
-    note_text: Annotated[str, typer.Option("--note", metavar="TEXT", help="Output to record.")] = "",
+    output: Annotated[str, typer.Option("--note", metavar="TEXT", help="Output to record.")] = "",
     env: EnvOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
@@ -307,7 +302,7 @@ def ttl(
         if state not in states:
             raise InvalidInput("state", state, "pass, warn or fail")
         with opened(store) as ctx:
-            found = _registry(ctx).ttl(instance_id, states[state], note_text, env)
+            found = _registry(ctx).ttl(instance_id, states[state], output, env)
         emit(
             as_json, found.to_dict(), f"{found.entry.id}: {found.status.value} for {found.entry.check.ttl:g}s"
         )
@@ -327,18 +322,9 @@ def verify(
     Example: portctl verify --env production
     """
     from portctl.registry.entries import Status
-    from portctl.registry.health import run_check
 
     with handled(as_json), opened(store) as ctx:
-        registry = _registry(ctx)
-        found = registry.instances(environment=env)
-        rows: list[dict[str, Any]] = []
-        for inst in found:
-            status, output = inst.status, inst.output
-            if inst.entry.check.kind in ("tcp", "http"):
-                status, output = run_check(inst.entry)
-                registry.record_result(inst, status, output)
-            rows.append({**inst.to_dict(), "status": status.value, "output": output})
+        rows: list[dict[str, Any]] = [v.to_dict() for v in _registry(ctx).verify(env)]
         critical = [r for r in rows if r["status"] == Status.CRITICAL.value]
         if not rows:
             note("no registered services to verify (try: portctl register NAME)")

@@ -27,7 +27,7 @@ from portctl.compose._excerpt import Excerpt, clip, excerpt
 from portctl.compose._interpolation import Interpolation, read_dotenv
 from portctl.compose._ports import SHORT_FORM, PortMapping, port_entry
 from portctl.compose._yaml import Override, Reset, parse_yaml, plain, read_text
-from portctl.errors import InvalidInput
+from portctl.errors import InvalidInput, Kind
 
 __all__ = ["ComposeProject", "PortMapping", "load_compose"]
 
@@ -158,9 +158,9 @@ def load_compose(
     last top-level ``name:``, else the project folder's name, normalized.
     """
     if isinstance(files, str):
-        raise InvalidInput("files", files, "a list of Compose files, not one string")
+        raise InvalidInput(Kind("files"), files, "a list of Compose files, not one string")
     if not files:
-        raise InvalidInput("files", None, "at least one Compose file")
+        raise InvalidInput(Kind("files"), None, "at least one Compose file")
     docs = [(str(path), parse_yaml(read_text(str(path), "Compose file"), str(path))) for path in files]
     paths = tuple(os.path.abspath(path) for path in files)
     directory = os.path.dirname(paths[0])

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from portctl import _validate
-from portctl.errors import InvalidInput
+from portctl.errors import InvalidInput, Kind
 
 __all__ = [
     "DEFAULT_ENVIRONMENT",
@@ -117,13 +117,13 @@ class Policy:
     environments: tuple[str, ...]
     default_environment: str = DEFAULT_ENVIRONMENT
 
-    def service_type(self, name: str, field_name: str = "type") -> ServiceType:
+    def service_type(self, name: str, field_name: str = Kind("type")) -> ServiceType:
         try:
             return self.types[name]
         except KeyError:
             raise InvalidInput(field_name, name, "one of " + ", ".join(self.types)) from None
 
-    def environment(self, name: str | None, field_name: str = "env") -> str:
+    def environment(self, name: str | None, field_name: str = Kind("env")) -> str:
         """``name`` if it is one of the environments; None (not given) is the default one. An
         empty name is refused, not taken for the default: ``--env ""`` is a mistake."""
         env = self.default_environment if name is None else name

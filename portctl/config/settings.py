@@ -44,7 +44,7 @@ from typing import Any
 
 from portctl import _validate
 from portctl.config.policy import Policy, ServiceSpec, ServiceType, default_policy
-from portctl.errors import InvalidInput
+from portctl.errors import InvalidInput, Param
 
 __all__ = [
     "Settings",
@@ -310,8 +310,12 @@ def _check_config_store(url: str, path: str | None) -> None:
         raise InvalidInput(
             f"{path}: store",
             url,
-            f"a path in an existing folder ({folder} does not exist: create it, change store in "
-            f"{path}, or override it with --store or {STORE_ENV})",
+            (
+                f"a path in an existing folder ({folder} does not exist: create it, change store in "
+                f"{path}, or override it with ",
+                Param("store"),
+                f" or {STORE_ENV})",
+            ),
         )
 
 

@@ -25,7 +25,7 @@ from portctl.discovery._snapshot import (
     build_view,
     override_answer,
 )
-from portctl.errors import InvalidInput, ServiceNotFound, StoreError, StoreUnavailable
+from portctl.errors import InvalidInput, Kind, ServiceNotFound, StoreError, StoreUnavailable
 from portctl.ports.allocator import PortAllocator
 from portctl.records import check_color
 
@@ -208,7 +208,7 @@ class ServiceDiscovery:
         if answer is not None and _clock() < view.deadline:
             return answer
         _validate.service_name(name)
-        check_color(color, "color")
+        check_color(color, Kind("color"))
         view = self._usable_view()
         answer = (view.colors_healthy if healthy_only else view.colors_every).get(key)
         if answer is not None:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from portctl import _validate
 from portctl.backends.base import Entry
-from portctl.errors import InvalidInput, StoreCorrupt
+from portctl.errors import InvalidInput, Kind, StoreCorrupt
 from portctl.ports.allocator import Allocation
 from portctl.records import COLORS, LivePointer
 from portctl.registry.entries import Instance, Status, instances_from
@@ -46,7 +46,7 @@ def checked_scheme(scheme: str) -> str:
     if scheme in _schemes_seen:
         return scheme
     if not isinstance(scheme, str) or not _SCHEME.fullmatch(scheme):
-        raise InvalidInput("scheme", scheme, SCHEME_FORM)
+        raise InvalidInput(Kind("scheme"), scheme, SCHEME_FORM)
     if len(_schemes_seen) < 256:
         _schemes_seen.add(scheme)
     return scheme

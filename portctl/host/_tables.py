@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable
 from functools import lru_cache
 
-from portctl.errors import InvalidInput
+from portctl.errors import InvalidInput, Kind
 
 __all__ = [
     "PROTOCOLS",
@@ -222,4 +222,4 @@ def check_protocols(protocols: Iterable[str]) -> tuple[str, ...]:
 
 def check_protocol(protocol: str) -> None:
     if protocol not in _STATE:
-        raise InvalidInput("protocol", protocol, "tcp or udp")
+        raise InvalidInput(Kind("protocol"), protocol, "tcp or udp")

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from portctl.errors import InvalidInput
+from portctl.errors import InvalidInput, Kind
 from portctl.host._tables import (
     PROTOCOLS,
     Row,
@@ -81,7 +81,7 @@ def _normal(address: str) -> tuple[str, int]:
         except OSError:
             continue
         return text, 6 if ":" in text else 4
-    raise InvalidInput("address", address, "an IP address, '*' or ''")
+    raise InvalidInput(Kind("address"), address, "an IP address, '*' or ''")
 
 
 def blocks(listener: Listener, address: str) -> bool:

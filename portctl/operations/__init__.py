@@ -1,2 +1,1 @@
-"""Operations on a whole store or host: copying a store into another.
-"""
+"""Operations on a whole store or host: copying a store into another."""

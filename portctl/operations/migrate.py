@@ -34,11 +34,11 @@ class MigrationReport:
 def migrate(source: Store, target: Store) -> MigrationReport:
     """Copy every key of ``source`` into the empty ``target``; verify; report what was copied."""
     if source.url == target.url:
-        raise InvalidInput("--to", target.url, "a store other than the one migrated from")
+        raise InvalidInput("to", target.url, "a store other than the one migrated from")
     present = target.list("")
     if present:
         raise InvalidInput(
-            "--to",
+            "to",
             target.url,
             f"an empty store (it already holds {len(present)} key(s), e.g. {present[0].key}); "
             "choose a new file, or a new key prefix such as etcd://HOST:2379/portctl2",

@@ -25,6 +25,7 @@ from portctl.config.policy import ServiceSpec
 from portctl.config.settings import Settings
 from portctl.errors import (
     InvalidInput,
+    Kind,
     PortConflict,
     RangeExhausted,
     ServiceNotFound,
@@ -399,7 +400,9 @@ class PortAllocator:
 
     def _check_privilege(self, port: int) -> None:
         if self.kernel.needs_privilege(port):
-            raise InvalidInput("port", port, f"a port this process may bind: {_privilege_text(self.kernel)}")
+            raise InvalidInput(
+                Kind("port"), port, f"a port this process may bind: {_privilege_text(self.kernel)}"
+            )
 
     def _read_view(self, protocol: str) -> _View:
         view = _View()

@@ -118,7 +118,7 @@ def _regular_destination(path: str) -> str:
         return real
     if not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "a device, pipe or socket"
-        raise InvalidInput("--output", path, f"a regular file to write ({real} is {kind})")
+        raise InvalidInput("output", path, f"a regular file to write ({real} is {kind})")
     return real
 
 

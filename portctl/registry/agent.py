@@ -26,15 +26,13 @@ grace period again. Times come from ``clock``, which must count seconds since th
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from portctl.backends.base import Delete
 from portctl.errors import StoreUnavailable, VersionConflict
 from portctl.host.listeners import ListenerScan
 from portctl.host.probe import is_local_address
@@ -44,13 +42,9 @@ from portctl.registry.entries import (
     Registry,
     ServiceEntry,
     Status,
-    entry_key,
-    expiry_text,
-    health_key,
-    parse_entry,
-    parse_health,
 )
 from portctl.registry.health import RUNNABLE, run_check
+from portctl.registry.leases import LeaseKeeper
 
 __all__ = ["Agent", "AgentReport"]
 
@@ -88,7 +82,7 @@ class Agent:
         self.clock = clock
         self._last_run: dict[_Key, float] = {}
         self._zombie_since: dict[_Key, float] = {}
-        self._kept: dict[tuple[str, str], tuple[Instance, float]] = {}  # leased: last renewal
+        self._leases = LeaseKeeper(registry)
         self._lock = threading.Lock()
 
     # One pass ------------------------------------------------------------------------------
@@ -103,7 +97,7 @@ class Agent:
             )
             mine = [i for i in found if i.entry.host == self.registry.host]
             self._forget_all_but({_key(i.entry) for i in mine})
-            self._keep_leases(mine, report)
+            report.rewritten += [i.entry.id for i in self._leases.renew_all(mine)]
             scan = _LazyScan()
             for instance in mine:
                 self._pass(instance, now, scan, report)
@@ -133,35 +127,6 @@ class Agent:
                 if on_report is not None:
                     on_report(report)
             stop.wait(tick)
-
-    def _keep_leases(self, mine: list[Instance], report: AgentReport) -> None:
-        now = time.monotonic()  # counts on while the process is stopped, unlike a paused clock
-        present = {(i.entry.environment, i.entry.id) for i in mine}
-        for key, (instance, renewed_at) in list(self._kept.items()):
-            if key in present:
-                continue
-            lease = instance.entry.lease or 0.0
-            if now - renewed_at >= lease:  # it expired unrenewed: ours to restore
-                self.registry.keep_alive(instance)  # if this fails, the next pass tries again
-                report.rewritten.append(instance.entry.id)
-            del self._kept[key]
-        for instance in mine:
-            if instance.entry.lease is None:
-                continue
-            key = (instance.entry.environment, instance.entry.id)
-            previous = self._kept.get(key)
-            if previous is not None and now - previous[1] < instance.entry.lease / 3:
-                self._kept[key] = (instance, previous[1])
-                continue
-            # Rewrite only what ran out unrenewed: gone since a recent renewal means deregistered.
-            unrenewed = previous is not None and now - previous[1] >= instance.entry.lease
-            outcome = self.registry.keep_alive(instance, rewrite=unrenewed)
-            if outcome is None:
-                self._kept.pop(key, None)
-                continue
-            if outcome:
-                report.rewritten.append(instance.entry.id)
-            self._kept[key] = (instance, now)
 
     def _pass(self, instance: Instance, now: float, scan: _LazyScan, report: AgentReport) -> None:
         entry = instance.entry
@@ -199,31 +164,7 @@ class Agent:
     def _persist_expiry(self, entry: ServiceEntry, now: float) -> tuple[HealthRecord | None, bool]:
         """The health after writing an expired TTL as critical (None if the entry is gone), and
         whether this call wrote it."""
-        key = health_key(entry.environment, entry.service, entry.id)
-        store = self.registry.store
-        for _ in range(20):
-            current = store.get(key)
-            if current is None:
-                return None, False
-            record = parse_health(current)
-            expires_at = _expired_at(record, now)
-            if record.status == Status.CRITICAL or expires_at is None:
-                return record, False  # renewed, or marked critical, meanwhile
-            expired = replace(
-                record,
-                status=Status.CRITICAL,
-                output=expiry_text(expires_at, entry.check.ttl),
-                updated_at=time.time(),
-                pending=None,
-                streak=0,
-                critical_since=expires_at,
-            )
-            try:
-                store.compare_and_set(key, json.dumps(expired.to_dict(), sort_keys=True), current.version)
-            except VersionConflict:
-                continue
-            return expired, True
-        raise VersionConflict(key, f"gave up marking the expired TTL of {entry.id!r} critical")
+        return self.registry.mark_expired(entry, now)
 
     # Zombies -----------------------------------------------------------------------------
 
@@ -256,15 +197,7 @@ class Agent:
 
         The entry key is deleted on its version, so a service that re-registered meanwhile
         stays registered."""
-        ekey = entry_key(entry.environment, entry.service, entry.id)
-        hkey = health_key(entry.environment, entry.service, entry.id)
-        store = self.registry.store
-        current = store.get(ekey)
-        if current is None or parse_entry(current) != entry:
-            return False
-        try:
-            store.transact([Delete(ekey, current.version), Delete(hkey)])
-        except VersionConflict:
+        if not self.registry.deregister_unchanged(entry):
             return False
         self._forget(_key(entry))
         return True

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from portctl import _validate
 from portctl.backends.base import Check, Create, Delete, Entry, Operation, Put, Store
 from portctl.config.settings import Settings
-from portctl.errors import InvalidInput, NotFound, ServiceNotFound, StoreCorrupt, VersionConflict
+from portctl.errors import InvalidInput, NotFound, Param, ServiceNotFound, StoreCorrupt, VersionConflict
 from portctl.ports.allocator import PortAllocator
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ __all__ = [
     "Registry",
     "ServiceEntry",
     "Status",
+    "Verified",
     "damp",
     "parse_check",
     "parse_duration",
@@ -51,10 +52,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 ID_FORM = "1-128 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 CHECK_FORM = "tcp, http://HOST:PORT/PATH (or https://), ttl:DURATION such as ttl:15s, or none"
-CHECK_HOST_FORM = (
-    "an HTTP URL on the instance's own address {address}{loopback}; give --address to register "
-    "the instance at another address"
-)
+CHECK_HOST_FORM = "an HTTP URL on the instance's own address {address}{loopback}"
+CHECK_HOST_HINT = ("; give ", Param("address"), " to register the instance at another address")
 LOOPBACK_FORMS = "localhost, 127.0.0.1 (any 127.x.x.x) or [::1]"
 
 
@@ -123,22 +122,22 @@ def parse_check(
     text = text or "tcp"
     kind, url, ttl = "tcp", None, None
     if text.startswith("ttl:"):
-        kind, ttl = "ttl", parse_duration(text.removeprefix("ttl:"), "--check ttl")
+        kind, ttl = "ttl", parse_duration(text.removeprefix("ttl:"), "check ttl")
     elif text.startswith(("http://", "https://")):
         kind, url = "http", _check_url(text)
     elif text in ("tcp", "none"):
         kind = text
     else:
-        raise InvalidInput("--check", _validate.shown(text), CHECK_FORM)
-    successes = _validate.count(successes_before_passing, "--successes-before-passing")
-    failures = _validate.count(failures_before_critical, "--failures-before-critical")
+        raise InvalidInput("check", _validate.shown(text), CHECK_FORM)
+    successes = _validate.count(successes_before_passing, "successes_before_passing")
+    failures = _validate.count(failures_before_critical, "failures_before_critical")
     return CheckSpec(
         kind=kind,
         url=url,
-        interval=parse_duration(interval, "--interval") if interval else 5.0,
-        timeout=parse_duration(timeout, "--timeout") if timeout else 2.0,
+        interval=parse_duration(interval, "interval") if interval else 5.0,
+        timeout=parse_duration(timeout, "timeout") if timeout else 2.0,
         ttl=ttl,
-        deregister_after=parse_duration(deregister_after, "--deregister-after") if deregister_after else None,
+        deregister_after=parse_duration(deregister_after, "deregister_after") if deregister_after else None,
         successes_before_passing=successes,
         failures_before_critical=failures,
     )
@@ -149,23 +148,23 @@ def _check_url(text: str) -> str:
         # urllib would silently drop a tab or newline, so the URL checked is not the one shown.
         # Not echoed: it may hold a password, refused below.
         raise InvalidInput(
-            "--check",
+            "check",
             "a URL with spaces, control characters or over 2048 characters",
             "http://HOST:PORT/PATH on one line, without spaces",
         )
     try:
         parts = urlsplit(text)
     except ValueError as e:  # an unclosed [ of an IPv6 address
-        raise InvalidInput("--check", "a URL that does not parse", f"http://HOST:PORT/PATH ({e})") from e
+        raise InvalidInput("check", "a URL that does not parse", f"http://HOST:PORT/PATH ({e})") from e
     port = _url_port(parts.netloc)
     if parts.username is not None or parts.password is not None:
         # It would sit in the store for every reader to see, and urllib would not send it.
         raise InvalidInput(
-            "--check", "a URL with credentials", "http://HOST:PORT/PATH without user or password"
+            "check", "a URL with credentials", "http://HOST:PORT/PATH without user or password"
         )
     if not parts.hostname or port is None:
-        raise InvalidInput("--check", text, "http://HOST:PORT/PATH with a host and a port from 1 to 65535")
-    _validate.host(parts.hostname, "--check host")
+        raise InvalidInput("check", text, "http://HOST:PORT/PATH with a host and a port from 1 to 65535")
+    _validate.host(parts.hostname, "check host")
     return text
 
 
@@ -233,7 +232,9 @@ def check_host(url: str, address: str) -> None:
     if _same_host(host, address) or (local and _is_loopback(host)):
         return
     loopback = f" or a loopback address ({LOOPBACK_FORMS})" if local else ""
-    raise InvalidInput("--check", url, CHECK_HOST_FORM.format(address=address, loopback=loopback))
+    raise InvalidInput(
+        "check", url, (CHECK_HOST_FORM.format(address=address, loopback=loopback), *CHECK_HOST_HINT)
+    )
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,13 @@ def damp(record: HealthRecord, result: Status, output: str, check: CheckSpec, no
     return HealthRecord(result, output, now, None, 0, since, record.expires_at)
 
 
+def _expired_at(record: HealthRecord, now: float) -> float | None:
+    """When ``record``'s TTL expired, or None if it has none or it has not expired yet."""
+    if record.expires_at is not None and now >= record.expires_at:
+        return record.expires_at
+    return None
+
+
 def expiry_text(expires_at: float, ttl: float | None) -> str:
     """A TTL's expiry as a moment, not an age: stored once, it must stay true when read later."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))
@@ -412,17 +420,19 @@ class Registry:
         meta = _validate.meta(meta or {})
         check = check or CheckSpec("tcp")
         if lease is not None and not 1 <= lease <= 86400:
-            raise InvalidInput("--lease", lease, "a duration from 1s to 24h")
+            raise InvalidInput("lease", lease, "a duration from 1s to 24h")
         port = self._port(service, env, port)
-        address = _validate.host(address, "--address") if address is not None else "127.0.0.1"
+        address = _validate.host(address, "address") if address is not None else "127.0.0.1"
         self._check_target(check, port, env, address)
         default_id = f"{service}-{re.sub(r'[^a-z0-9._-]+', '-', self.host.lower()).strip('-.')}-{port}"
         instance = _instance_id(instance_id or default_id)
         taken = [i.entry.service for i in self.instances(environment=env) if i.entry.id == instance]
         if taken and taken[0] != service:
-            raise InvalidInput("--id", instance, f"an id no other service uses in {env} ({taken[0]} has it)")
+            raise InvalidInput(
+                "instance_id", instance, f"an id no other service uses in {env} ({taken[0]} has it)"
+            )
         for tag in tags:
-            _validate.service_name(tag, "--tag")
+            _validate.service_name(tag, "tags")
         if pid is None and _is_local(address):
             pid = _listening_pid(address, port)
         entry = ServiceEntry(
@@ -445,13 +455,15 @@ class Registry:
 
     def _port(self, service: str, env: str, port: int | None) -> int:
         if port is not None:
-            return _validate.port(port, "--port")
+            return _validate.port(port, "port")
         allocator = PortAllocator(self.store, self.settings)
         allocation = allocator.get(service, env)
         if allocation is None:
             known = [a.service for a in allocator.allocations(env)]
             hint = f"portctl allocate --service {service}"
-            raise ServiceNotFound(service, known, f"allocated in {env}; give --port N, or run: {hint}")
+            raise ServiceNotFound(
+                service, known, (f"allocated in {env}; give ", Param("port"), f" N, or run: {hint}")
+            )
         return allocation.port
 
     def _check_target(self, check: CheckSpec, port: int, env: str, address: str) -> None:
@@ -462,7 +474,7 @@ class Registry:
         allocated = {a.port for a in PortAllocator(self.store, self.settings).allocations(env)}
         if target != port and target not in allocated:
             raise InvalidInput(
-                "--check",
+                "check",
                 check.url,
                 f"an HTTP URL on the service's port {port} or another "
                 "allocated port (nobody allocated the port it names)",
@@ -529,6 +541,52 @@ class Registry:
             return True
         return False
 
+    def mark_expired(self, entry: ServiceEntry, now: float) -> tuple[HealthRecord | None, bool]:
+        """Write a TTL that expired unrenewed (by ``now``) as critical, so that change feeds and
+        watchers see it: the health after, None if the entry is gone, and whether this call
+        wrote it (False when it was renewed, or marked critical, meanwhile)."""
+        key = health_key(entry.environment, entry.service, entry.id)
+        store = self.store
+        for _ in range(20):
+            current = store.get(key)
+            if current is None:
+                return None, False
+            record = parse_health(current)
+            expires_at = _expired_at(record, now)
+            if record.status == Status.CRITICAL or expires_at is None:
+                return record, False  # renewed, or marked critical, meanwhile
+            expired = replace(
+                record,
+                status=Status.CRITICAL,
+                output=expiry_text(expires_at, entry.check.ttl),
+                updated_at=time.time(),
+                pending=None,
+                streak=0,
+                critical_since=expires_at,
+            )
+            try:
+                store.compare_and_set(key, json.dumps(expired.to_dict(), sort_keys=True), current.version)
+            except VersionConflict:
+                continue
+            return expired, True
+        raise VersionConflict(key, f"gave up marking the expired TTL of {entry.id!r} critical")
+
+    def deregister_unchanged(self, entry: ServiceEntry) -> bool:
+        """Remove ``entry`` if it is still the registration judged; False if it changed or went.
+        The entry key is deleted on its version, so a service that re-registered meanwhile
+        stays registered."""
+        ekey = entry_key(entry.environment, entry.service, entry.id)
+        hkey = health_key(entry.environment, entry.service, entry.id)
+        store = self.store
+        current = store.get(ekey)
+        if current is None or parse_entry(current) != entry:
+            return False
+        try:
+            store.transact([Delete(ekey, current.version), Delete(hkey)])
+        except VersionConflict:
+            return False
+        return True
+
     # Health ------------------------------------------------------------------------------
 
     def record_result(self, instance: Instance, result: Status, output: str) -> HealthRecord | None:
@@ -576,6 +634,29 @@ class Registry:
             raise VersionConflict(key, f"gave up recording the TTL of {e.id!r}")
         return self.instance(instance_id, e.environment)
 
+    def verify(
+        self,
+        environment: str | None = None,
+        *,
+        probe: Callable[[ServiceEntry], tuple[Status, str]] | None = None,
+    ) -> list[Verified]:
+        """Check every instance registered in ``environment`` now: TCP and HTTP checks run
+        (``probe``, by default :func:`portctl.registry.health.run_check`) and their results are
+        recorded with flap damping; TTL and unchecked instances report their last status. Each
+        result is the check's own, undamped: what answers right now."""
+        if probe is None:
+            from portctl.registry.health import run_check
+
+            probe = run_check
+        out = []
+        for inst in self.instances(environment=environment):
+            status, output = inst.status, inst.output
+            if inst.entry.check.kind in ("tcp", "http"):
+                status, output = probe(inst.entry)
+                self.record_result(inst, status, output)
+            out.append(Verified(inst, status, output))
+        return out
+
     # Reading -----------------------------------------------------------------------------
 
     def instances(
@@ -597,6 +678,18 @@ class Registry:
                 f"no registered instance {instance_id!r}" + (f"; known: {', '.join(known)}" if known else "")
             )
         return candidates[0]
+
+
+@dataclass(frozen=True)
+class Verified:
+    """One instance as :meth:`Registry.verify` found it."""
+
+    instance: Instance
+    status: Status  # the check's result now (undamped), or the last status if it is not run
+    output: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.instance.to_dict(), "status": self.status.value, "output": self.output}
 
 
 def instances_from(
@@ -641,7 +734,7 @@ def _ttl_note(text: str) -> None:
     """A TTL check's note is shown in tables, logs and Consul's UI: one printable line."""
     if len(text) > NOTE_MAX or not _validate.one_line(text):
         raise InvalidInput(
-            "--note",
+            "output",
             text,
             f"text of at most {NOTE_MAX} printable characters on one line (no newline, tab or other "
             "control character)",

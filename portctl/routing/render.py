@@ -216,11 +216,11 @@ def reload_command(text: str | None) -> list[str] | None:
     try:
         argv = shlex.split(text)
     except ValueError as e:
-        raise InvalidInput("--reload", text, f"a command line with balanced quotes ({e})") from None
+        raise InvalidInput("reload", text, f"a command line with balanced quotes ({e})") from None
     if not argv:
-        raise InvalidInput("--reload", text, "a command such as 'nginx -s reload'")
+        raise InvalidInput("reload", text, "a command such as 'nginx -s reload'")
     if shutil.which(argv[0]) is None:
-        raise InvalidInput("--reload", argv[0], "a program on PATH or a path to one")
+        raise InvalidInput("reload", argv[0], "a program on PATH or a path to one")
     return argv
 
 
@@ -242,14 +242,14 @@ def install(path: str, text: str, reload: Sequence[str] | None = None) -> Instal
     except FileNotFoundError:
         previous = None
     except OSError as e:
-        raise InvalidInput("--output", path, f"a file portctl can read and write ({e.strerror})") from None
+        raise InvalidInput("output", path, f"a file portctl can read and write ({e.strerror})") from None
     if previous == text.encode():
         return Installed(path, False, False)
     mode = os.stat(path).st_mode & 0o777 if previous is not None else 0o644
     try:
         write_atomically(path, text, mode=mode)
     except OSError as e:
-        raise InvalidInput("--output", path, f"a file in a writable folder ({e.strerror})") from None
+        raise InvalidInput("output", path, f"a file in a writable folder ({e.strerror})") from None
     if not reload:
         return Installed(path, True, False)
     started = time.perf_counter()

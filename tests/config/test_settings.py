@@ -133,7 +133,7 @@ def test_config_store_in_a_missing_folder_names_what_would_change_it(clean_env, 
     text = str(err.value)
     assert f"{tmp_path}/no-such does not exist" in text
     assert f"change store in {tmp_path}/portctl.toml" in text
-    assert "--store or PORTCTL_STORE" in text
+    assert "override it with store or PORTCTL_STORE" in text
     clean_env.setenv("PORTCTL_STORE", str(tmp_path / "env.json"))  # which does change it
     assert resolve_store(None, settings).source == "PORTCTL_STORE"
 
