@@ -4,6 +4,66 @@ from __future__ import annotations
 
 import re
 
+# Allocations and port claims
+
+
+def allocation_key(host: str, environment: str, service: str) -> str:
+    """``allocations/<host>/<environment>/<service>``: one service's allocation on one host."""
+    return f"allocations/{host}/{environment}/{service}"
+
+
+def claim_key(host: str, protocol: str, port: int) -> str:
+    """``ports/<host>/<protocol>/<port>``: the claim that keeps a port to one service."""
+    return f"ports/{host}/{protocol}/{port}"
+
+
+def allocations_prefix(host: str | None = None, environment: str | None = None) -> str:
+    """Every allocation, one host's, or one host's in one environment."""
+    if host is None:
+        return "allocations/"
+    return f"allocations/{host}/" + (f"{environment}/" if environment is not None else "")
+
+
+def claims_prefix(host: str, protocol: str) -> str:
+    """The claims of one host's ports of one protocol."""
+    return f"ports/{host}/{protocol}/"
+
+
+# Service registrations
+
+REGISTRY_PREFIX = "registry/"
+_REGISTRY_KEY = re.compile(r"^registry/([^/]+)/([^/]+)/([^/]+)/(entry|health)$")
+
+
+def entry_key(environment: str, service: str, instance: str) -> str:
+    """``registry/<environment>/<service>/<id>/entry``: an instance's registration."""
+    return f"{REGISTRY_PREFIX}{environment}/{service}/{instance}/entry"
+
+
+def health_key(environment: str, service: str, instance: str) -> str:
+    """``registry/<environment>/<service>/<id>/health``: an instance's health."""
+    return f"{REGISTRY_PREFIX}{environment}/{service}/{instance}/health"
+
+
+def registry_prefix(environment: str | None = None, service: str | None = None) -> str:
+    """Every registration, one environment's, or one service's in one environment."""
+    if environment is None:
+        return REGISTRY_PREFIX
+    return f"{REGISTRY_PREFIX}{environment}/" + (f"{service}/" if service else "")
+
+
+def instance_prefix(key: str) -> str:
+    """The part of a registry key that names its instance (``registry/<env>/<svc>/<id>``), or
+    "" for a key that is not a registration."""
+    return key.rsplit("/", 1)[0] if parse_registry_key(key) else ""
+
+
+def parse_registry_key(key: str) -> tuple[str, str, str, str] | None:
+    """``(environment, service, id, "entry" or "health")`` of a registry key; None otherwise."""
+    match = _REGISTRY_KEY.match(key)
+    return (match.group(1), match.group(2), match.group(3), match.group(4)) if match else None
+
+
 # Blue-green live pointers
 
 BLUEGREEN_PREFIX = "bluegreen/"

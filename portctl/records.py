@@ -2,13 +2,186 @@
 
 from __future__ import annotations
 
+import enum
 import json
+import re
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
+from portctl import _validate
 from portctl.errors import InvalidInput, StoreCorrupt
+
+# Service registrations and their health
+#
+# Each instance is two keys (portctl.keys.entry_key and health_key): the registration
+# (ServiceEntry) and its health (HealthRecord), apart so that checks rewrite only the small
+# health key.
+
+
+class Stored(Protocol):
+    """What a record is read from: a store entry's key and value."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def value(self) -> str: ...
+
+
+ID_FORM = "1-128 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+
+
+class Status(enum.StrEnum):
+    PASSING = "passing"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    kind: str = "none"  # "tcp", "http", "ttl" or "none"
+    url: str | None = None  # http checks
+    interval: float = 5.0
+    timeout: float = 2.0
+    ttl: float | None = None  # ttl checks: how long a pass lasts
+    deregister_after: float | None = None  # critical this long: the agent removes the entry
+    successes_before_passing: int = 1
+    failures_before_critical: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> CheckSpec:
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        return cls(**known)
+
+    def describe(self) -> str:
+        if self.kind == "http":
+            return f"http {self.url} every {self.interval:g}s"
+        if self.kind == "ttl":
+            return f"ttl {self.ttl:g}s"
+        if self.kind == "tcp":
+            return f"tcp every {self.interval:g}s"
+        return "none"
+
+
+def valid_instance_id(value: str) -> str:
+    if not _ID.fullmatch(value) or ".." in value:
+        raise InvalidInput("--id", value, ID_FORM)
+    return value
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    id: str
+    service: str
+    environment: str
+    host: str
+    address: str
+    port: int
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+    check: CheckSpec = field(default_factory=CheckSpec)
+    registered_at: float = 0.0
+    pid: int | None = None  # the process that registered it, for zombie reconciliation
+    lease: float | None = None  # seconds the entry lives unless kept alive (None: until removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["tags"] = list(self.tags)
+        out["meta"] = dict(self.meta)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ServiceEntry:
+        """Validated as if typed by a user: an entry becomes router configs and URLs."""
+        return cls(
+            id=valid_instance_id(str(raw["id"])),
+            service=_validate.service_name(str(raw["service"])),
+            environment=_validate.service_name(str(raw["environment"]), "environment"),
+            host=_validate.host_identity(str(raw["host"])),
+            address=_validate.host(str(raw["address"]), "address"),
+            port=_validate.port(raw["port"]),
+            tags=tuple(raw.get("tags", ())),
+            meta=dict(raw.get("meta", {})),
+            check=CheckSpec.from_dict(raw.get("check", {})),
+            registered_at=float(raw.get("registered_at", 0.0)),
+            pid=raw.get("pid"),
+            lease=raw.get("lease"),
+        )
+
+
+@dataclass(frozen=True)
+class HealthRecord:
+    status: Status = Status.CRITICAL
+    output: str = ""
+    updated_at: float = 0.0
+    pending: Status | None = None  # a result seen but not yet often enough to change status
+    streak: int = 0  # how many times in a row ``pending`` was seen
+    critical_since: float | None = None
+    expires_at: float | None = None  # ttl checks: critical after this time without a renewal
+
+    def effective(self, now: float | None = None) -> Status:
+        return Status.CRITICAL if self.expired(now) else self.status
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether a TTL ran out without a renewal (before any agent recorded it)."""
+        return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
+
+    def output_now(self, ttl: float | None = None, now: float | None = None) -> str:
+        """The output as true when read: a TTL that ran out says so, not its last report."""
+        if self.expires_at is not None and self.expired(now):
+            return expiry_text(self.expires_at, ttl)
+        return self.output
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = self.status.value
+        out["pending"] = self.pending.value if self.pending else None
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> HealthRecord:
+        return cls(
+            status=Status(raw["status"]),
+            output=str(raw.get("output", "")),
+            updated_at=float(raw.get("updated_at", 0.0)),
+            pending=Status(raw["pending"]) if raw.get("pending") else None,
+            streak=int(raw.get("streak", 0)),
+            critical_since=raw.get("critical_since"),
+            expires_at=raw.get("expires_at"),
+        )
+
+
+def expiry_text(expires_at: float, ttl: float | None) -> str:
+    """A TTL's expiry as a moment, not an age: stored once, it must stay true when read later."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))
+    within = f" (no update within its {ttl:g}s TTL)" if ttl else ""
+    return f"TTL expired at {stamp}{within}"
+
+
+def parse_entry(item: Stored) -> ServiceEntry:
+    try:
+        return ServiceEntry.from_dict(json.loads(item.value))
+    except RecursionError as e:
+        raise StoreCorrupt(item.key, "the service entry is not valid (JSON nested too deeply)") from e
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise StoreCorrupt(item.key, f"the service entry is not valid ({e})") from e
+
+
+def parse_health(item: Stored) -> HealthRecord:
+    try:
+        return HealthRecord.from_dict(json.loads(item.value))
+    except RecursionError as e:
+        raise StoreCorrupt(item.key, "the health record is not valid (JSON nested too deeply)") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise StoreCorrupt(item.key, f"the health record is not valid ({e})") from e
+
 
 # Blue-green live pointers
 #

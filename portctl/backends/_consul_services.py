@@ -24,9 +24,9 @@ from typing import Any
 from portctl import _validate
 from portctl.backends._consul_http import go_duration
 from portctl.errors import InvalidInput
-from portctl.registry.entries import CheckSpec, HealthRecord, ServiceEntry, Status
+from portctl.keys import parse_registry_key
+from portctl.records import CheckSpec, HealthRecord, ServiceEntry, Status
 
-_REGISTRY = re.compile(r"^registry/([^/]+)/([^/]+)/([^/]+)/(entry|health)$")
 _CONSUL_META_KEY = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 META_VALUE_MAX = 512
 META_PAIRS_MAX = 64
@@ -39,14 +39,8 @@ NOT_REGISTERED = (
 )
 
 
-def registry_key(key: str) -> tuple[str, str, str, str] | None:
-    """``(environment, service, id, leaf)`` of a registry entry or health key, else None."""
-    match = _REGISTRY.fullmatch(key)
-    return None if match is None else (match[1], match[2], match[3], match[4])
-
-
 def is_health(key: str) -> bool:
-    found = registry_key(key)
+    found = parse_registry_key(key)
     return found is not None and found[3] == "health"
 
 
@@ -69,7 +63,7 @@ def lease_check_id(instance: str) -> str:
 def parse_entry(key: str, value: str) -> ServiceEntry:
     """The entry a registry key's value holds, checked against its key and Consul's rules, so
     nothing is written that Consul would refuse or that would register under another name."""
-    env, service, instance, _ = registry_key(key) or ("", "", "", "")
+    env, service, instance, _ = parse_registry_key(key) or ("", "", "", "")
     try:
         entry = ServiceEntry.from_dict(json.loads(value))
     except (ValueError, KeyError, TypeError) as e:

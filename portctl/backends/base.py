@@ -13,7 +13,14 @@ and leases - stay inside each store: the interface speaks only of
   longer serve (compacted history, an index that went backwards) comes back as ``reset=True``,
   and the reader re-reads with :meth:`Store.list`.
 
-Keys are relative, '/'-separated and validated (no '..', no empty segments), so a store that
+What a store can do is declared, as :class:`Capability` flags, and checked when it is opened.
+One of them is about meaning, not mechanics: ``RUNS_CHECKS``. A store with it (Consul) runs the
+registered health checks itself: an instance's health key is derived from the checks it runs
+(never stored), and writing a health key records a check result, so what is read back is the
+store's own verdict. The registry contract (``portctl.testing``), the agent and ``migrate``
+ask this flag; no code above the stores tests key suffixes or store classes to find out.
+
+Keys (built and parsed only in :mod:`portctl.keys`) are relative, '/'-separated and validated (no '..', no empty segments), so a store that
 lives under a key prefix can never be escaped.
 """
 

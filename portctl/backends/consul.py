@@ -93,7 +93,8 @@ from portctl.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from portctl.registry.entries import HealthRecord, ServiceEntry, Status
+from portctl.keys import parse_registry_key
+from portctl.records import HealthRecord, ServiceEntry, Status
 
 __all__ = ["ConsulStore"]
 
@@ -158,7 +159,12 @@ class _Sending:
 class ConsulStore(Store):
     scheme: ClassVar[str] = "consul"
     capabilities: ClassVar[Capability] = (
-        Capability.CAS | Capability.TXN | Capability.WATCH | Capability.TTL | Capability.MULTI_HOST
+        Capability.CAS
+        | Capability.TXN
+        | Capability.WATCH
+        | Capability.TTL
+        | Capability.MULTI_HOST
+        | Capability.RUNS_CHECKS
     )
 
     def __init__(self, config: ConsulConfig) -> None:
@@ -277,14 +283,14 @@ class ConsulStore(Store):
         service unless ``cached`` holds its answer."""
         by_service: dict[str, builtins.list[str]] = {}
         for e in entries:
-            parts = services.registry_key(e.key)
+            parts = parse_registry_key(e.key)
             if parts is not None and parts[3] == "entry":
                 by_service.setdefault(parts[1], []).append(e.key)
         out = {}
         for service, keys in by_service.items():
             results = cached[service] if service in cached else self._health_results(service)
             for key in keys:
-                instance = (services.registry_key(key) or ("", "", "", ""))[2]
+                instance = (parse_registry_key(key) or ("", "", "", ""))[2]
                 value, version = services.health_value(services.health_record(instance, results))
                 out[services.health_of(key)] = Entry(services.health_of(key), value, version)
         return out
@@ -339,7 +345,7 @@ class ConsulStore(Store):
     def _plan_kv(self, op: Operation, plan: _Plan) -> None:
         key = self.prefix + op.key
         version = self._version(op.key, op.version) if isinstance(op, Put) else None
-        if isinstance(op, (Create, Put)) and (services.registry_key(op.key) or ("",) * 4)[3] == "entry":
+        if isinstance(op, (Create, Put)) and (parse_registry_key(op.key) or ("",) * 4)[3] == "entry":
             entry = services.parse_entry(op.key, op.value)
             plan.registrations[op.key] = (entry, None, _lease(op, version))
             if op.ttl is not None:
@@ -387,7 +393,7 @@ class ConsulStore(Store):
             plan.add(op, "lock", key, Session=session, **fields)
 
     def _plan_delete(self, op: Delete, plan: _Plan, key: str) -> None:
-        parts = services.registry_key(op.key)
+        parts = parse_registry_key(op.key)
         if op.version is not None:
             version = self._version(op.key, op.version)
             plan.add(op, "delete-cas", key, Index=version.index)
@@ -626,7 +632,7 @@ class ConsulStore(Store):
             raise NotFound(f"key {key!r} does not exist or its TTL already expired")
         match = _VERSION.fullmatch(current.version)
         session = match[3] if match else None
-        parts = services.registry_key(key)
+        parts = parse_registry_key(key)
         if session:
             response = self._http.call("PUT", f"/v1/session/renew/{session}")
             if response.code == 404:
@@ -641,7 +647,7 @@ class ConsulStore(Store):
         """A registry entry whose lease ran out: deregister its agent service, which Consul
         would otherwise keep routing to until it reaps it. Left alone when it is not this
         entry's, or its lease check passes (registered anew meanwhile)."""
-        parts = services.registry_key(key)
+        parts = parse_registry_key(key)
         if parts is None or parts[3] != "entry":
             return
         instance = parts[2]
@@ -728,7 +734,7 @@ class ConsulStore(Store):
             body, health_body = feed.kv_body, feed.health_body
         items = _kv_items(200 if body else 404, body or "")
         entries = {e.key: e for e in self._entries(items)}
-        named = {k: parts[1] for k in entries if (parts := services.registry_key(k)) is not None}
+        named = {k: parts[1] for k in entries if (parts := parse_registry_key(k)) is not None}
         changed = {service for k, service in named.items() if base.entries.get(k) != entries[k]}
         digests = _check_digests(health_body)
         node = digests.get("", ())

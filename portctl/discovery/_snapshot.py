@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from portctl import _validate
 from portctl.backends.base import Entry
 from portctl.errors import InvalidInput, Kind, StoreCorrupt
+from portctl.keys import allocations_prefix, pointer_prefix, registry_prefix
 from portctl.ports.allocator import Allocation
 from portctl.records import COLORS, LivePointer
 from portctl.registry.entries import Instance, Status, instances_from
@@ -141,7 +142,7 @@ class Context:
         """The store keys a resolver keeps: its environment's registry and blue-green pointers,
         and its host's allocations."""
         env = self.environment
-        return f"registry/{env}/", f"allocations/{self.host}/{env}/", f"bluegreen/{env}/"
+        return registry_prefix(env), allocations_prefix(self.host, env), pointer_prefix(env)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from portctl.backends.base import Create, Entry, Store
+from portctl.backends.base import Capability, Create, Entry, Store
 from portctl.errors import InvalidInput, PortctlError, StoreError
+from portctl.keys import instance_prefix, parse_registry_key
 
 __all__ = ["BATCH", "MigrationReport", "migrate"]
 
@@ -50,7 +51,7 @@ def migrate(source: Store, target: Store) -> MigrationReport:
         for start in range(0, len(entries), BATCH):
             batch = entries[start : start + BATCH]
             done = target.transact(
-                [Create(e.key, e.value, e.ttl or leases.get(_instance(e.key))) for e in batch]
+                [Create(e.key, e.value, e.ttl or leases.get(instance_prefix(e.key))) for e in batch]
             )
             written.extend(done.values())
         _verify(entries, target)
@@ -60,22 +61,24 @@ def migrate(source: Store, target: Store) -> MigrationReport:
     return MigrationReport(source.url, target.url, len(entries), dict(sorted(kinds.items())))
 
 
-def _instance(key: str) -> str:
-    return key.rsplit("/", 1)[0] if key.startswith("registry/") else ""
-
-
 def _leases(entries: list[Entry]) -> dict[str, float]:
     """Registration leases by instance, for stores that do not report an entry's TTL."""
     found: dict[str, float] = {}
     for e in entries:
-        if e.key.startswith("registry/") and e.key.endswith("/entry"):
+        parsed = parse_registry_key(e.key)
+        if parsed is not None and parsed[3] == "entry":
             try:
                 lease = json.loads(e.value).get("lease")
             except (ValueError, AttributeError):
                 continue
             if isinstance(lease, (int, float)) and lease > 0:
-                found[_instance(e.key)] = float(lease)
+                found[instance_prefix(e.key)] = float(lease)
     return found
+
+
+def _is_health(key: str) -> bool:
+    parsed = parse_registry_key(key)
+    return parsed is not None and parsed[3] == "health"
 
 
 def _undo(target: Store, written: list[Entry], error: PortctlError) -> PortctlError:
@@ -104,9 +107,12 @@ def _verify(entries: list[Entry], target: Store) -> None:
     want = {e.key: e.value for e in entries}
     have = {e.key: e.value for e in target.list("")}
     missing = sorted(want.keys() - have.keys())
-    # Health is re-measured where the target runs its own checks (Consul); it must exist, but
+    # Health is re-measured where the target runs its own checks (Consul): it must exist, but
     # its value is the target's to decide.
-    differ = sorted(k for k in want.keys() & have.keys() if want[k] != have[k] and not k.endswith("/health"))
+    measured = Capability.RUNS_CHECKS in target.capabilities
+    differ = sorted(
+        k for k in want.keys() & have.keys() if want[k] != have[k] and not (measured and _is_health(k))
+    )
     if missing or differ:
         first = (missing or differ)[0]
         raise StoreError(

@@ -33,6 +33,7 @@ from portctl.errors import (
     VersionConflict,
 )
 from portctl.host.kernel import BindResult, KernelPorts, bind_test, kernel_ports
+from portctl.keys import allocation_key, allocations_prefix, claim_key, claims_prefix
 
 if TYPE_CHECKING:  # the host scan is imported only to describe a refused port's holder
     from portctl.host.holders import PortHolder
@@ -150,14 +151,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def allocation_key(host: str, environment: str, service: str) -> str:
-    return f"allocations/{host}/{environment}/{service}"
-
-
-def claim_key(host: str, protocol: str, port: int) -> str:
-    return f"ports/{host}/{protocol}/{port}"
-
-
 class PortAllocator:
     """Allocates, lists and releases ports for one host in one store.
 
@@ -205,7 +198,7 @@ class PortAllocator:
 
     def allocations(self, environment: str | None = None, *, all_hosts: bool = False) -> list[Allocation]:
         env = None if environment is None else self.policy.environment(environment)  # '' refused
-        prefix = "allocations/" if all_hosts else f"allocations/{self.host}/"
+        prefix = allocations_prefix() if all_hosts else allocations_prefix(self.host)
         found = [_record(e) for e in self.store.list(prefix)]
         found = [a for a in found if env is None or a.environment == env]
         return sorted(found, key=lambda a: (a.host, a.environment, a.service))
@@ -406,14 +399,14 @@ class PortAllocator:
 
     def _read_view(self, protocol: str) -> _View:
         view = _View()
-        claims_prefix = f"ports/{self.host}/{protocol}/"
-        found = self.store.list_many([f"allocations/{self.host}/", claims_prefix])
+        claims = claims_prefix(self.host, protocol)
+        found = self.store.list_many([allocations_prefix(self.host), claims])
         for entry in found:
-            if entry.key.startswith(claims_prefix):
+            if entry.key.startswith(claims):
                 continue
             view.entries[entry.key] = entry
             view.records[entry.key] = self._parsed(entry)
-        for entry in (e for e in found if e.key.startswith(claims_prefix)):
+        for entry in (e for e in found if e.key.startswith(claims)):
             port = int(entry.key.rsplit("/", 1)[1])
             view.claims[port] = entry
             owner = self._owner(entry)

@@ -15,12 +15,11 @@ critical (see :func:`damp`).
 
 from __future__ import annotations
 
-import enum
 import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -28,7 +27,18 @@ from portctl import _validate
 from portctl.backends.base import Check, Create, Delete, Entry, Operation, Put, Store
 from portctl.config.settings import Settings
 from portctl.errors import InvalidInput, NotFound, Param, ServiceNotFound, StoreCorrupt, VersionConflict
+from portctl.keys import entry_key, health_key, registry_prefix
 from portctl.ports.allocator import PortAllocator
+from portctl.records import (
+    CheckSpec,
+    HealthRecord,
+    ServiceEntry,
+    Status,
+    expiry_text,
+    parse_entry,
+    parse_health,
+    valid_instance_id,
+)
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
@@ -49,18 +59,10 @@ __all__ = [
 DURATION_FORM = "a duration like 500ms, 15s, 10m or 1h (a number and a unit: ms, s, m, h)"
 _DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,12})?)(ms|s|m|h)", re.ASCII)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-ID_FORM = "1-128 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
-_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 CHECK_FORM = "tcp, http://HOST:PORT/PATH (or https://), ttl:DURATION such as ttl:15s, or none"
 CHECK_HOST_FORM = "an HTTP URL on the instance's own address {address}{loopback}"
 CHECK_HOST_HINT = ("; give ", Param("address"), " to register the instance at another address")
 LOOPBACK_FORMS = "localhost, 127.0.0.1 (any 127.x.x.x) or [::1]"
-
-
-class Status(enum.StrEnum):
-    PASSING = "passing"
-    WARNING = "warning"
-    CRITICAL = "critical"
 
 
 def parse_duration(value: str | float, field_name: str = "duration") -> float:
@@ -77,35 +79,6 @@ def parse_duration(value: str | float, field_name: str = "duration") -> float:
         expected = DURATION_FORM + ", more than 0 and at most 30 days"
         raise InvalidInput(field_name, _validate.shown(value), expected)
     return seconds
-
-
-@dataclass(frozen=True)
-class CheckSpec:
-    kind: str = "none"  # "tcp", "http", "ttl" or "none"
-    url: str | None = None  # http checks
-    interval: float = 5.0
-    timeout: float = 2.0
-    ttl: float | None = None  # ttl checks: how long a pass lasts
-    deregister_after: float | None = None  # critical this long: the agent removes the entry
-    successes_before_passing: int = 1
-    failures_before_critical: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> CheckSpec:
-        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
-        return cls(**known)
-
-    def describe(self) -> str:
-        if self.kind == "http":
-            return f"http {self.url} every {self.interval:g}s"
-        if self.kind == "ttl":
-            return f"ttl {self.ttl:g}s"
-        if self.kind == "tcp":
-            return f"tcp every {self.interval:g}s"
-        return "none"
 
 
 def parse_check(
@@ -237,88 +210,6 @@ def check_host(url: str, address: str) -> None:
     )
 
 
-@dataclass(frozen=True)
-class ServiceEntry:
-    id: str
-    service: str
-    environment: str
-    host: str
-    address: str
-    port: int
-    tags: tuple[str, ...] = ()
-    meta: Mapping[str, str] = field(default_factory=dict)
-    check: CheckSpec = field(default_factory=CheckSpec)
-    registered_at: float = 0.0
-    pid: int | None = None  # the process that registered it, for zombie reconciliation
-    lease: float | None = None  # seconds the entry lives unless kept alive (None: until removed)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["tags"] = list(self.tags)
-        out["meta"] = dict(self.meta)
-        return out
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> ServiceEntry:
-        """Validated as if typed by a user: an entry becomes router configs and URLs."""
-        return cls(
-            id=_instance_id(str(raw["id"])),
-            service=_validate.service_name(str(raw["service"])),
-            environment=_validate.service_name(str(raw["environment"]), "environment"),
-            host=_validate.host_identity(str(raw["host"])),
-            address=_validate.host(str(raw["address"]), "address"),
-            port=_validate.port(raw["port"]),
-            tags=tuple(raw.get("tags", ())),
-            meta=dict(raw.get("meta", {})),
-            check=CheckSpec.from_dict(raw.get("check", {})),
-            registered_at=float(raw.get("registered_at", 0.0)),
-            pid=raw.get("pid"),
-            lease=raw.get("lease"),
-        )
-
-
-@dataclass(frozen=True)
-class HealthRecord:
-    status: Status = Status.CRITICAL
-    output: str = ""
-    updated_at: float = 0.0
-    pending: Status | None = None  # a result seen but not yet often enough to change status
-    streak: int = 0  # how many times in a row ``pending`` was seen
-    critical_since: float | None = None
-    expires_at: float | None = None  # ttl checks: critical after this time without a renewal
-
-    def effective(self, now: float | None = None) -> Status:
-        return Status.CRITICAL if self.expired(now) else self.status
-
-    def expired(self, now: float | None = None) -> bool:
-        """Whether a TTL ran out without a renewal (before any agent recorded it)."""
-        return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
-
-    def output_now(self, ttl: float | None = None, now: float | None = None) -> str:
-        """The output as true when read: a TTL that ran out says so, not its last report."""
-        if self.expires_at is not None and self.expired(now):
-            return expiry_text(self.expires_at, ttl)
-        return self.output
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["status"] = self.status.value
-        out["pending"] = self.pending.value if self.pending else None
-        return out
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> HealthRecord:
-        return cls(
-            status=Status(raw["status"]),
-            output=str(raw.get("output", "")),
-            updated_at=float(raw.get("updated_at", 0.0)),
-            pending=Status(raw["pending"]) if raw.get("pending") else None,
-            streak=int(raw.get("streak", 0)),
-            critical_since=raw.get("critical_since"),
-            expires_at=raw.get("expires_at"),
-        )
-
-
 def damp(record: HealthRecord, result: Status, output: str, check: CheckSpec, now: float) -> HealthRecord:
     """The health after one more check result, with flap damping: a change of status needs
     ``successes_before_passing`` (to passing) or ``failures_before_critical`` (to critical)
@@ -340,13 +231,6 @@ def _expired_at(record: HealthRecord, now: float) -> float | None:
     return None
 
 
-def expiry_text(expires_at: float, ttl: float | None) -> str:
-    """A TTL's expiry as a moment, not an age: stored once, it must stay true when read later."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))
-    within = f" (no update within its {ttl:g}s TTL)" if ttl else ""
-    return f"TTL expired at {stamp}{within}"
-
-
 @dataclass(frozen=True)
 class Instance:
     entry: ServiceEntry
@@ -365,20 +249,6 @@ class Instance:
             "output": self.output,
             "updated_at": self.health.updated_at,
         }
-
-
-def entry_key(environment: str, service: str, instance: str) -> str:
-    return f"registry/{environment}/{service}/{instance}/entry"
-
-
-def health_key(environment: str, service: str, instance: str) -> str:
-    return f"registry/{environment}/{service}/{instance}/health"
-
-
-def _instance_id(value: str) -> str:
-    if not _ID.fullmatch(value) or ".." in value:
-        raise InvalidInput("--id", value, ID_FORM)
-    return value
 
 
 class Registry:
@@ -425,7 +295,7 @@ class Registry:
         address = _validate.host(address, "address") if address is not None else "127.0.0.1"
         self._check_target(check, port, env, address)
         default_id = f"{service}-{re.sub(r'[^a-z0-9._-]+', '-', self.host.lower()).strip('-.')}-{port}"
-        instance = _instance_id(instance_id or default_id)
+        instance = valid_instance_id(instance_id or default_id)
         taken = [i.entry.service for i in self.instances(environment=env) if i.entry.id == instance]
         if taken and taken[0] != service:
             raise InvalidInput(
@@ -663,14 +533,14 @@ class Registry:
         self, service: str | None = None, environment: str | None = None, *, all_environments: bool = False
     ) -> list[Instance]:
         if all_environments:
-            prefix = "registry/"
+            prefix = registry_prefix()
         else:
             env = self.policy.environment(environment)
-            prefix = f"registry/{env}/" + (f"{_validate.service_name(service)}/" if service else "")
+            prefix = registry_prefix(env, _validate.service_name(service) if service else None)
         return instances_from(self.store.list(prefix))
 
     def instance(self, instance_id: str, environment: str | None = None) -> Instance:
-        _instance_id(instance_id)
+        valid_instance_id(instance_id)
         candidates = [i for i in self.instances(environment=environment) if i.entry.id == instance_id]
         if not candidates:
             known = [i.entry.id for i in self.instances(environment=environment)]
@@ -744,21 +614,3 @@ def _ttl_note(text: str) -> None:
 def _keep_ttl(key: str, value: str, current: Entry | None) -> Operation:
     """Create ``key``, or overwrite its value keeping whatever TTL it has."""
     return Create(key, value) if current is None else Put(key, value, current.version)
-
-
-def parse_entry(item: Entry) -> ServiceEntry:
-    try:
-        return ServiceEntry.from_dict(json.loads(item.value))
-    except RecursionError as e:
-        raise StoreCorrupt(item.key, "the service entry is not valid (JSON nested too deeply)") from e
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise StoreCorrupt(item.key, f"the service entry is not valid ({e})") from e
-
-
-def parse_health(item: Entry) -> HealthRecord:
-    try:
-        return HealthRecord.from_dict(json.loads(item.value))
-    except RecursionError as e:
-        raise StoreCorrupt(item.key, "the health record is not valid (JSON nested too deeply)") from e
-    except (ValueError, KeyError, TypeError) as e:
-        raise StoreCorrupt(item.key, f"the health record is not valid ({e})") from e

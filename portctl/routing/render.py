@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from portctl.backends.base import Capability, Entry, Store
 from portctl.errors import InvalidInput, PortctlError, StoreCorrupt, StoreError
+from portctl.keys import pointer_prefix, registry_prefix
 from portctl.ports.documents import write_atomically
 from portctl.registry.entries import Instance, Status, instances_from
 from portctl.routing.live import color_of, live_pointers, serving
@@ -96,7 +97,7 @@ def _server(instance: Instance, this_host: str, live: bool) -> Server:
 
 
 def _grouped(entries: Sequence[Entry], environment: str, now: float) -> dict[str, list[Instance]]:
-    prefix = f"registry/{environment}/"
+    prefix = registry_prefix(environment)
     by_service: dict[str, list[Instance]] = {}
     # A key that does not parse is left out (and a bad pointer serves nothing), so one bad
     # key never stops the routes of every other service.
@@ -194,7 +195,7 @@ def render_entries(
 
 
 def read_entries(store: Store, environment: str) -> list[Entry]:
-    return [*store.list(f"registry/{environment}/"), *store.list(f"bluegreen/{environment}/")]
+    return [*store.list(registry_prefix(environment)), *store.list(pointer_prefix(environment))]
 
 
 def render(store: Store, target: str, environment: str, this_host: str) -> str:
@@ -327,7 +328,7 @@ class Follower:
         self.stop = stop or threading.Event()
         self.reloads = 0
         self.failures = 0
-        self._prefixes = (f"registry/{environment}/", f"bluegreen/{environment}/")
+        self._prefixes = (registry_prefix(environment), pointer_prefix(environment))
         self._refused: str | None = None  # the last rendering whose reload failed
 
     def once(self, *, retry_refused: bool = True) -> Installed:

@@ -12,6 +12,7 @@ import pytest
 
 from portctl.backends import Capability, Check, Create, Delete, Put, Store, open_store
 from portctl.errors import InvalidInput, KeyExists, NotFound, VersionConflict
+from portctl.keys import allocations_prefix, claims_prefix
 from portctl.testing import _workers
 
 RACERS = 6
@@ -264,8 +265,8 @@ class StoreContract:
         flat = [p for worker in ports for p in worker]
         doubled = [p for p, n in collections.Counter(flat).items() if n > 1]
         assert doubled == []
-        records = store.list("allocations/contract-host/production/")
-        claims = store.list("ports/contract-host/tcp/")
+        records = store.list(allocations_prefix("contract-host", "production"))
+        claims = store.list(claims_prefix("contract-host", "tcp"))
         assert len(records) == len(claims) == RACERS * per_worker
 
     def test_allocators_racing_for_the_same_services_agree_on_their_ports(
@@ -275,7 +276,7 @@ class StoreContract:
         told = _race(_workers.allocate_same, lambda i: (store_url, count, "contract-host"), RACERS)
         for n in range(count):
             assert len({worker[n] for worker in told}) == 1, f"callers disagree on shared-{n}"
-        records = store.list("allocations/contract-host/production/")
-        claims = store.list("ports/contract-host/tcp/")
+        records = store.list(allocations_prefix("contract-host", "production"))
+        claims = store.list(claims_prefix("contract-host", "tcp"))
         assert sorted(c.key.rsplit("/", 1)[1] for c in claims) == sorted(str(p) for p in told[0])
         assert len(records) == count
