@@ -260,4 +260,3 @@ def check_operations(operations: Sequence[Operation]) -> None:
 
 
 # The old name, for the modules not yet renamed on this branch; remove it with the last use.
-Check = Expect

@@ -21,7 +21,7 @@ Mapping of the neutral interface (``portctl/backends/base.py``):
   by someone else: it reads as it is, and portctl refuses to overwrite or delete it, naming it;
 * a version is the key's ``ModifyIndex`` (plus the session holding it, for a key with a TTL);
 * :meth:`transact` is one ``/v1/txn`` (at most 64 Consul operations): ``Create`` is ``cas`` with
-  index 0, ``Put`` ``cas``/``check-index``, ``Check`` ``check-index`` or ``check-not-exists``,
+  index 0, ``Put`` ``cas``/``check-index``, ``Expect`` ``check-index`` or ``check-not-exists``,
   a versioned ``Delete`` ``delete-cas``; Consul's 409 names the failed operation;
 * a TTL is a session (TTL, behavior ``delete``, no lock-delay) holding the key; :meth:`refresh`
   renews it. Consul expires a session between its TTL and twice it, and refuses TTLs below its
@@ -74,10 +74,10 @@ from portctl.backends.base import (
     Capability,
     Change,
     ChangeBatch,
-    Check,
     Create,
     Delete,
     Entry,
+    Expect,
     Operation,
     Put,
     Store,
@@ -354,7 +354,7 @@ class ConsulStore(Store):
             self._plan_write(op, plan, key, op.value, op.ttl, None)
         elif isinstance(op, Put):
             self._plan_write(op, plan, key, op.value, op.ttl, version)
-        elif isinstance(op, Check):
+        elif isinstance(op, Expect):
             if op.version is None:
                 plan.add(op, "check-not-exists", key)
             else:
@@ -418,7 +418,7 @@ class ConsulStore(Store):
         writes entry and health in separate transactions (a migration) still succeeds."""
         ekey = services.entry_of(op.key)
         entry_op = by_key.get(ekey)
-        if isinstance(op, Check) and op.version is None:  # absent: its entry is absent
+        if isinstance(op, Expect) and op.version is None:  # absent: its entry is absent
             if entry_op is None:
                 plan.add(op, "check-not-exists", self.prefix + ekey)
             elif not isinstance(entry_op, Create):

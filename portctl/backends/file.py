@@ -49,10 +49,10 @@ from portctl.backends.base import (
     Capability,
     Change,
     ChangeBatch,
-    Check,
     Create,
     Delete,
     Entry,
+    Expect,
     Operation,
     Put,
     Store,
@@ -501,7 +501,7 @@ def _apply(doc: Doc, operations: Sequence[Operation], now: float) -> Doc:
     for op in operations:
         _check_condition(op, live.get(op.key))
     expired = entries.keys() - live.keys()
-    writes = [op for op in operations if not isinstance(op, Check)]
+    writes = [op for op in operations if not isinstance(op, Expect)]
     if not writes and not expired:
         return doc
     revision = doc["revision"] + 1
@@ -537,7 +537,7 @@ def _check_condition(op: Operation, current: dict[str, Any] | None) -> None:
     if isinstance(op, Create) and have is not None:
         raise KeyExists(op.key)
     expected = None if isinstance(op, Create) else op.version
-    conditional = isinstance(op, (Put, Check)) or (isinstance(op, Delete) and expected is not None)
+    conditional = isinstance(op, (Put, Expect)) or (isinstance(op, Delete) and expected is not None)
     if conditional and have != expected:
         raise VersionConflict(op.key)
 

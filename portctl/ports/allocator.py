@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from portctl import _validate
-from portctl.backends.base import Capability, Check, Create, Delete, Entry, Operation, Put, Store
+from portctl.backends.base import Capability, Create, Delete, Entry, Expect, Operation, Put, Store
 from portctl.config.policy import ServiceSpec
 from portctl.config.settings import Settings
 from portctl.errors import (
@@ -420,7 +420,7 @@ class PortAllocator:
 
         A claim is stale when its owner's record does not point at it. That judgement must still
         hold when the transaction commits, so the owner's record is read once more and the
-        transaction is made conditional on it (a Check); otherwise an allocator that read the
+        transaction is made conditional on it (an Expect); otherwise an allocator that read the
         claim just before its record was written would steal a live port.
         """
         key = claim_key(record.host, record.protocol, record.port)
@@ -434,7 +434,7 @@ class PortAllocator:
             owner = self.store.get(owner_key)
             if owner is not None and self._parsed(owner).port == record.port:
                 raise _LostRace  # the claim came alive since the view was read
-            ops.append(Check(owner_key, owner.version if owner else None))
+            ops.append(Expect(owner_key, owner.version if owner else None))
         return ops
 
     def _parsed(self, entry: Entry) -> Allocation:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from portctl import _validate
-from portctl.backends.base import Check, Create, Delete, Entry, Operation, Put, Store
+from portctl.backends.base import Create, Delete, Entry, Expect, Operation, Put, Store
 from portctl.config.settings import Settings
 from portctl.errors import InvalidInput, NotFound, Param, ServiceNotFound, StoreCorrupt, VersionConflict
 from portctl.keys import entry_key, health_key, registry_prefix
@@ -276,7 +276,7 @@ class Registry:
         pid: int | None = None,
         probe: Callable[[ServiceEntry], tuple[Status, str]] | None = None,
         lease: float | None = None,
-        guard: Sequence[Check] = (),
+        guard: Sequence[Expect] = (),
     ) -> Instance:
         """Register (or re-register) one instance. Without ``port`` the service's allocation in
         this environment gives it. ``probe`` (e.g. :func:`portctl.registry.health.run_check`) runs the
@@ -362,7 +362,7 @@ class Registry:
         status, output = initial
         return HealthRecord(status, output, now, critical_since=now if status == Status.CRITICAL else None)
 
-    def _write(self, entry: ServiceEntry, health: HealthRecord, guard: Sequence[Check] = ()) -> None:
+    def _write(self, entry: ServiceEntry, health: HealthRecord, guard: Sequence[Expect] = ()) -> None:
         ekey = entry_key(entry.environment, entry.service, entry.id)
         hkey = health_key(entry.environment, entry.service, entry.id)
         for _ in range(20):

@@ -11,9 +11,13 @@ yields the URL of a fresh, empty store::
         def store_url(self, tmp_path):
             yield "mystore://..."
 
-Every store that ships with portctl runs this same suite.
+Every store that ships with portctl runs this same suite. :class:`RegistryContract`, subclassed
+the same way, runs register / health / lease / deregister through ``portctl.Registry`` on the
+store, its expectations depending on whether the store runs checks itself
+(``Capability.RUNS_CHECKS``).
 """
 
+from portctl.testing.registry_contract import RegistryContract
 from portctl.testing.store_contract import StoreContract
 
-__all__ = ["StoreContract"]
+__all__ = ["RegistryContract", "StoreContract"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from portctl.backends import Capability, Check, Create, Delete, Put, Store, open_store
+from portctl.backends import Capability, Create, Delete, Expect, Put, Store, open_store
 from portctl.errors import InvalidInput, KeyExists, NotFound, VersionConflict
 from portctl.keys import allocations_prefix, claims_prefix
 from portctl.testing import _workers
@@ -142,12 +142,12 @@ class StoreContract:
 
     def test_check_operation_guards_a_transaction(self, store: Store) -> None:
         guard = store.create("contract/guard", "g")
-        store.transact([Check("contract/guard", guard.version), Create("contract/a", "1")])
+        store.transact([Expect("contract/guard", guard.version), Create("contract/a", "1")])
         store.compare_and_set("contract/guard", "h", guard.version)
         with pytest.raises(VersionConflict):
-            store.transact([Check("contract/guard", guard.version), Create("contract/b", "1")])
+            store.transact([Expect("contract/guard", guard.version), Create("contract/b", "1")])
         with pytest.raises(VersionConflict):
-            store.transact([Check("contract/absent-no-more", None), Check("contract/guard", None)])
+            store.transact([Expect("contract/absent-no-more", None), Expect("contract/guard", None)])
         assert store.get("contract/b") is None
 
     # TTL -------------------------------------------------------------------------------
