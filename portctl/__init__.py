@@ -1,6 +1,23 @@
 """portctl: find what holds each port, allocate conflict-free ports, keep services discoverable.
 
 The names below are the public API; every other module may change without notice.
+
+The package, one layer per line; each imports only the layers below it (an import-linter
+contract in ``pyproject.toml`` enforces it)::
+
+    cli/, testing/   the commands (parse, one library call, render); store and registry contracts
+    operations/      whole-store operations: migrate
+    discovery/       ServiceDiscovery: snapshots kept current by the change feed, the disk cache
+    routing/         blue-green (live pointer read side, cutover) | compose/: files, ports,
+                     override, stacks, deploy, check
+    registry/        service entries with health checks, probes, the lease keeper, the agent
+    ports/           the allocator, and the files it writes (.env.ports, port_config.json)
+    host/            kernel ports, listeners, containers, holders, TCP answers | config/: the
+                     port policy, the config file, the store's selection order
+    backends/        the store interface and its stores: JSON file, etcd, Consul
+    records, keys    the records layers share (JSON encoding); every store key, built and parsed
+    _validate        every name that becomes a key, a path or a port
+    errors           the one exception tree
 """
 
 from functools import cache
@@ -49,11 +66,14 @@ if TYPE_CHECKING:
     from portctl.ports.allocator import Allocation as Allocation
     from portctl.ports.allocator import AllocationResult as AllocationResult
     from portctl.ports.allocator import PortAllocator as PortAllocator
-    from portctl.registry.entries import CheckSpec as CheckSpec
+    from portctl.records import CheckSpec as CheckSpec
+    from portctl.records import ServiceEntry as ServiceEntry
+    from portctl.records import Status as Status
     from portctl.registry.entries import Instance as Instance
     from portctl.registry.entries import Registry as Registry
-    from portctl.registry.entries import ServiceEntry as ServiceEntry
-    from portctl.registry.entries import Status as Status
+    from portctl.registry.entries import Verified as Verified
+    from portctl.registry.health import run_check as run_check
+    from portctl.registry.leases import LeaseKeeper as LeaseKeeper
     from portctl.routing.bluegreen import BlueGreen as BlueGreen
     from portctl.routing.bluegreen import CutoverConflict as CutoverConflict
     from portctl.routing.bluegreen import CutoverRefused as CutoverRefused
