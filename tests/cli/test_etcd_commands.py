@@ -142,9 +142,10 @@ def test_a_keep_alive_process_lets_go_of_an_entry_deregistered_elsewhere(run, ba
 
 
 def test_the_agent_paused_past_a_lease_writes_the_entry_again(run, background, etcd_url):
-    port = free_port()
     listener = socket.socket()
-    listener.bind(("127.0.0.1", port))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))  # a port of its own: a free_port() could be taken meanwhile
+    port = listener.getsockname()[1]
     listener.listen(8)  # the agent's zombie check sees a live port
     try:
         registered = run("register", "api", "--port", port, "--lease", "2s", "--store", etcd_url)
