@@ -28,7 +28,8 @@ from portctl.compose.project import load_compose
 from portctl.config.settings import load_settings
 from portctl.errors import InvalidInput
 from portctl.ports.documents import parse_export
-from portctl.registry.entries import CheckSpec, check_host, parse_check, parse_duration
+from portctl.registry.checks import check_host, parse_check, parse_duration
+from portctl.registry.entries import CheckSpec
 
 BOUNDED = settings(
     max_examples=300,

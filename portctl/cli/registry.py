@@ -154,7 +154,7 @@ def register(
     Example: portctl register api --lease 30s --keep-alive
     """
     from portctl import _validate
-    from portctl.registry.entries import parse_check, parse_duration
+    from portctl.registry.checks import parse_check, parse_duration
     from portctl.registry.health import run_check
 
     with handled(as_json):
@@ -365,7 +365,7 @@ def agent(
     Example: portctl agent --zombie-grace 2m
     """
     from portctl.registry.agent import Agent
-    from portctl.registry.entries import parse_duration
+    from portctl.registry.checks import parse_duration
 
     with handled(as_json):
         grace = parse_duration(zombie_grace, "--zombie-grace")

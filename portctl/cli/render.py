@@ -68,7 +68,7 @@ def render(
 
     Example: portctl render nginx -o /etc/nginx/conf.d/upstreams.conf --watch --reload 'nginx -s reload'
     """
-    from portctl.registry.entries import parse_duration
+    from portctl.registry.checks import parse_duration
     from portctl.routing.render import Follower, check_target, install, reload_command
     from portctl.routing.render import render as render_text
 

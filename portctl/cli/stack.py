@@ -188,7 +188,7 @@ def deploy(
 
 
 def _wait_seconds(value: str) -> float:
-    from portctl.registry.entries import parse_duration
+    from portctl.registry.checks import parse_duration
 
     if value.strip() in ("0", "0s", "0ms"):
         return 0.0

@@ -418,7 +418,7 @@ def parse_color_check(text: str | None, **options: Any) -> CheckSpec:
     the color's port (known once it is allocated), e.g. ``http://127.0.0.1:{port}/health``."""
     from dataclasses import replace
 
-    from portctl.registry.entries import parse_check
+    from portctl.registry.checks import parse_check
 
     spec = parse_check(text.replace("{port}", "1") if text else text, **options)
     if spec.kind == "http" and text and "{port}" in text:
@@ -428,7 +428,7 @@ def parse_color_check(text: str | None, **options: Any) -> CheckSpec:
 
 def parse_window(value: str, field_name: str) -> float:
     """A duration for ``--min-healthy`` and ``--drain``; ``0`` or ``0s`` switch the wait off."""
-    from portctl.registry.entries import parse_duration
+    from portctl.registry.checks import parse_duration
 
     if value in ("0", "0s", "0ms"):
         return 0.0
