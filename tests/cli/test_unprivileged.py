@@ -15,7 +15,7 @@ import pytest
 from portctl.backends.file import JsonFileStore, default_path
 from portctl.config.settings import default_store_url, load_settings, resolve_store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MAIN = "import sys; sys.argv[0] = 'portctl'; from portctl.cli import main; main()"
 NOBODY_STORE = "/nonexistent/.local/state/portctl/store.json"
 

@@ -21,7 +21,7 @@ from portctl.errors import InvalidInput
 from portctl.host import listeners as scan
 from portctl.host.listeners import Listener, ListenerScan, ProcessInfo, blocks
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 LITTLE = pytest.mark.skipif(sys.byteorder != "little", reason="literal /proc lines of a little-endian host")
 
 
