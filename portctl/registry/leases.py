@@ -54,6 +54,10 @@ class LeaseKeeper:
         # Rewrite only what ran out unrenewed: gone since a recent renewal means deregistered.
         unrenewed = previous is not None and now - previous[1] >= lease
         outcome = self.registry.keep_alive(instance, rewrite=unrenewed)
+        if outcome is None and previous is not None and self.clock() - previous[1] >= lease:
+            # Paused between reading the clock and reaching the store: the lease may have run
+            # out meanwhile, so "gone" is no proof of a deregistration.
+            outcome = self.registry.keep_alive(instance, rewrite=True)
         if outcome is None:
             self._kept.pop(key, None)
             return Renewal.GONE

@@ -12,6 +12,7 @@ import pytest
 from portctl.backends import open_store
 from portctl.config.settings import Settings
 from portctl.errors import InvalidInput
+from portctl.keys import entry_key, health_key
 from portctl.registry.entries import CheckSpec, Registry, Status
 from portctl.registry.leases import LeaseKeeper, Renewal
 from tests.conftest import free_port
@@ -82,3 +83,17 @@ def test_a_library_error_names_the_parameter_not_a_flag(registry):
     with pytest.raises(InvalidInput, match=r"^lease: 0.5 is not valid") as refused:
         registry.register("api", port=free_port(), check=CheckSpec("none"), lease=0.5)
     assert refused.value.params == ("lease",)
+
+
+def test_a_pause_between_reading_the_clock_and_the_store_is_a_lapse_not_a_deregistration(registry):
+    """The keeper read its clock, was stopped past the lease, and then found the entry gone:
+    that is its own lease running out, so the entry is written again."""
+    instance = registry.register("api", port=free_port(), check=CheckSpec("none"), lease=2.0)
+    readings = iter([0.0, 0.5])  # the last renewal; the renewal's own reading, before the pause
+    keeper = LeaseKeeper(registry, clock=lambda: next(readings, 10.0))  # after it: long past
+    assert keeper.renew(instance) is Renewal.RENEWED
+    e = instance.entry
+    registry.store.delete(entry_key(e.environment, e.service, e.id))  # the lease ran out
+    registry.store.delete(health_key(e.environment, e.service, e.id))
+    assert keeper.renew(instance, due=True) is Renewal.REWRITTEN
+    assert [i.entry.id for i in registry.instances("api")] == [e.id]
