@@ -124,6 +124,11 @@ def network_cause(error: BaseException, timeout: float | None = None) -> str:
     for cause in chain:
         if isinstance(cause, ssl.SSLError):
             return f"TLS failure: {_tls_reason(cause)}"
+        if isinstance(cause, OSError) and _in_tls_handshake(cause):
+            # A plain-HTTP server may reset the connection before its answer to the hello
+            # arrives (it closed with the hello unread): the same mistake, so the same cause.
+            reason = _ERRNO_CAUSES.get(cause.errno or 0, "connection failed")
+            return f"TLS failure: {reason} during the handshake (is the server speaking plain HTTP?)"
     for cause in reversed(chain):  # the innermost first: the socket's error, not the pool's
         found = _cause_of(cause, timeout)
         if found:
@@ -166,6 +171,17 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
         yield current
         inner = [getattr(current, "reason", None), current.__cause__, current.__context__, *current.args]
         todo.extend(e for e in inner if isinstance(e, BaseException))
+
+
+def _in_tls_handshake(error: OSError) -> bool:
+    """Whether the error was raised inside ssl's handshake (nothing of the request was sent)."""
+    frame = error.__traceback__
+    while frame is not None:
+        code = frame.tb_frame.f_code
+        if code.co_name == "do_handshake" and code.co_filename == ssl.__file__:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _tls_reason(error: BaseException) -> str:

@@ -8,6 +8,8 @@ handshake; nothing reads), which costs a share of the budget.
 from __future__ import annotations
 
 import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 
@@ -124,6 +126,46 @@ def test_an_unresolvable_name_and_a_tls_mismatch_are_named_shortly(etcd_endpoint
     with open_store(f"etcd+https://{etcd_endpoint}?timeout=2") as store, pytest.raises(StoreUnavailable) as c:
         store.get("a")
     assert f"{etcd_endpoint} (TLS failure" in str(c.value)
+    assert not any(dump in str(c.value) for dump in RAW_DUMPS), str(c.value)
+
+
+@pytest.fixture
+def resetting_endpoint() -> Iterator[str]:
+    """A plain server that reads the TLS hello and resets the connection (as a loaded plain-HTTP
+    server does when it closes with the hello unread): the reset comes before any TLS alert."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(1)  # part of the hello stays unread
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # SO_LINGER 0: RST, not FIN
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    server.shutdown(socket.SHUT_RDWR)  # wakes the accept
+    server.close()
+    thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("scheme", ["etcd+https", "consul+https"])
+def test_a_reset_during_the_tls_handshake_is_a_tls_failure(scheme, resetting_endpoint):
+    with (
+        open_store(f"{scheme}://{resetting_endpoint}?timeout=2") as store,
+        pytest.raises(StoreUnavailable) as c,
+    ):
+        store.get("a")
+    assert f"{resetting_endpoint} (TLS failure" in str(c.value), str(c.value)
+    assert "plain HTTP" in str(c.value)
     assert not any(dump in str(c.value) for dump in RAW_DUMPS), str(c.value)
 
 
