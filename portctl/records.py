@@ -125,6 +125,7 @@ class HealthRecord:
     streak: int = 0  # how many times in a row ``pending`` was seen
     critical_since: float | None = None
     expires_at: float | None = None  # ttl checks: critical after this time without a renewal
+    duration: float | None = None  # seconds the last check took, when portctl ran it
 
     def effective(self, now: float | None = None) -> Status:
         return Status.CRITICAL if self.expired(now) else self.status
@@ -155,7 +156,15 @@ class HealthRecord:
             streak=int(raw.get("streak", 0)),
             critical_since=raw.get("critical_since"),
             expires_at=raw.get("expires_at"),
+            duration=_seconds(raw.get("duration")),
         )
+
+
+def _seconds(value: object) -> float | None:
+    """A stored duration; None when absent or not a non-negative number (older records)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
+        return None
+    return float(value)
 
 
 def expiry_text(expires_at: float, ttl: float | None) -> str:

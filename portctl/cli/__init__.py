@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from portctl._version import __version__
-from portctl.cli import bluegreen, host, migrate, ports, registry, stack
+from portctl.cli import bluegreen, host, migrate, monitoring, ports, registry, stack
 from portctl.cli import render as render_cli
 from portctl.cli._common import JsonOption, StoreOption
 from portctl.cli._output import GLOBAL
@@ -31,6 +31,7 @@ app.add_typer(registry.app)
 app.add_typer(bluegreen.app, name="bluegreen")
 app.add_typer(render_cli.app)
 app.add_typer(migrate.app)
+app.add_typer(monitoring.app)
 
 
 def _version(value: bool) -> None:

@@ -38,7 +38,7 @@ from portctl.keys import allocation_key, allocations_prefix, claim_key, claims_p
 if TYPE_CHECKING:  # the host scan is imported only to describe a refused port's holder
     from portctl.host.holders import PortHolder
 
-__all__ = ["Allocation", "AllocationResult", "PortAllocator"]
+__all__ = ["Allocation", "AllocationResult", "PortAllocator", "parse_allocation"]
 
 REQUIRED = Capability.CAS | Capability.TXN
 # Lost races before giving up. Each loss means another allocator made progress, so this
@@ -194,12 +194,12 @@ class PortAllocator:
     def get(self, service: str, environment: str | None = None) -> Allocation | None:
         env = self.policy.environment(environment)
         entry = self.store.get(allocation_key(self.host, env, _validate.service_name(service)))
-        return _record(entry) if entry else None
+        return parse_allocation(entry) if entry else None
 
     def allocations(self, environment: str | None = None, *, all_hosts: bool = False) -> list[Allocation]:
         env = None if environment is None else self.policy.environment(environment)  # '' refused
         prefix = allocations_prefix() if all_hosts else allocations_prefix(self.host)
-        found = [_record(e) for e in self.store.list(prefix)]
+        found = [parse_allocation(e) for e in self.store.list(prefix)]
         found = [a for a in found if env is None or a.environment == env]
         return sorted(found, key=lambda a: (a.host, a.environment, a.service))
 
@@ -383,12 +383,12 @@ class PortAllocator:
             ops.append(Create(key, _dump(record)))
         else:
             ops.append(Put(key, _dump(record), current.version))
-            ops.extend(_release_claim_ops(self.host, _record(current), self.store))
+            ops.extend(_release_claim_ops(self.host, parse_allocation(current), self.store))
         try:
             self.store.transact(ops)
         except VersionConflict as e:
             raise _LostRace from e
-        previous = _record(current).port if current else None
+        previous = parse_allocation(current).port if current else None
         return AllocationResult(record, True, cand.reason, skipped, previous)
 
     def _check_privilege(self, port: int) -> None:
@@ -441,7 +441,7 @@ class PortAllocator:
         """Records parsed once per version: a view is read on every attempt."""
         cached = self._records_cache.get(entry.key)
         if cached is None or cached[0] != entry.version:
-            cached = (entry.version, _record(entry))
+            cached = (entry.version, parse_allocation(entry))
             self._records_cache[entry.key] = cached
         return cached[1]
 
@@ -462,7 +462,7 @@ class PortAllocator:
             if entry is None:
                 known = [a.service for a in self.allocations(env)]
                 raise ServiceNotFound(service, known, f"allocated in {env} on {self.host}")
-            record = _record(entry)
+            record = parse_allocation(entry)
             try:
                 self.store.transact(
                     [Delete(key, entry.version), *_release_claim_ops(self.host, record, self.store)]
@@ -499,8 +499,12 @@ class PortAllocator:
     def _import_ops(self, alloc: Allocation) -> tuple[AllocationResult, list[Operation]]:
         key = allocation_key(alloc.host, alloc.environment, alloc.service)
         current = self.store.get(key)
-        if current and _record(current).port == alloc.port and _record(current).protocol == alloc.protocol:
-            return AllocationResult(_record(current), False, "already allocated"), []
+        if (
+            current
+            and parse_allocation(current).port == alloc.port
+            and parse_allocation(current).protocol == alloc.protocol
+        ):
+            return AllocationResult(parse_allocation(current), False, "already allocated"), []
         claim = self.store.get(claim_key(alloc.host, alloc.protocol, alloc.port))
         if claim is not None:
             owner = _claim_owner(claim)
@@ -508,7 +512,7 @@ class PortAllocator:
             if (
                 owner != (alloc.service, alloc.environment)
                 and owner_rec
-                and _record(owner_rec).port == alloc.port
+                and parse_allocation(owner_rec).port == alloc.port
             ):
                 raise PortConflict(
                     alloc.port,
@@ -521,8 +525,8 @@ class PortAllocator:
             ops.append(Create(key, _dump(alloc)))
         else:
             ops.append(Put(key, _dump(alloc), current.version))
-            ops.extend(_release_claim_ops(alloc.host, _record(current), self.store))
-        previous = _record(current).port if current else None
+            ops.extend(_release_claim_ops(alloc.host, parse_allocation(current), self.store))
+        previous = parse_allocation(current).port if current else None
         return AllocationResult(alloc, True, "imported", (), previous), ops
 
 
@@ -575,7 +579,8 @@ def _claim_owner(claim: Entry) -> tuple[str, str]:
         raise StoreCorrupt(claim.key, "the port claim is not the JSON portctl writes") from e
 
 
-def _record(entry: Entry) -> Allocation:
+def parse_allocation(entry: Entry) -> Allocation:
+    """The allocation a store entry holds; :class:`StoreCorrupt` if it is not one portctl wrote."""
     try:
         return Allocation.from_dict(json.loads(entry.value), entry.key)
     except ValueError as e:  # InvalidInput is a ValueError too

@@ -137,8 +137,9 @@ class Agent:
             return
         health: HealthRecord | None = instance.health
         if entry.check.kind in RUNNABLE and self._due(entry, now):
+            started = time.monotonic()
             status, output = run_check(entry)
-            health = self.registry.record_result(instance, status, output)
+            health = self.registry.record_result(instance, status, output, time.monotonic() - started)
             if health is not None:
                 report.checked.append((entry.id, health.effective(now)))
         elif entry.check.kind == "ttl" and _expired_at(instance.health, now) is not None:

@@ -61,18 +61,27 @@ __all__ = [
 ]
 
 
-def damp(record: HealthRecord, result: Status, output: str, check: CheckSpec, now: float) -> HealthRecord:
+def damp(
+    record: HealthRecord,
+    result: Status,
+    output: str,
+    check: CheckSpec,
+    now: float,
+    duration: float | None = None,
+) -> HealthRecord:
     """The health after one more check result, with flap damping: a change of status needs
     ``successes_before_passing`` (to passing) or ``failures_before_critical`` (to critical)
-    results in a row; warning applies at once."""
+    results in a row; warning applies at once. ``duration``: how long the check took."""
     if result == record.status:
-        return replace(record, output=output, updated_at=now, pending=None, streak=0)
+        return replace(record, output=output, updated_at=now, pending=None, streak=0, duration=duration)
     streak = record.streak + 1 if record.pending == result else 1
     needed = {Status.PASSING: check.successes_before_passing, Status.CRITICAL: check.failures_before_critical}
     if streak < needed.get(result, 1):
-        return replace(record, output=output, updated_at=now, pending=result, streak=streak)
+        return replace(
+            record, output=output, updated_at=now, pending=result, streak=streak, duration=duration
+        )
     since = (record.critical_since or now) if result == Status.CRITICAL else None
-    return HealthRecord(result, output, now, None, 0, since, record.expires_at)
+    return HealthRecord(result, output, now, None, 0, since, record.expires_at, duration)
 
 
 def _expired_at(record: HealthRecord, now: float) -> float | None:
@@ -310,15 +319,18 @@ class Registry:
 
     # Health ------------------------------------------------------------------------------
 
-    def record_result(self, instance: Instance, result: Status, output: str) -> HealthRecord | None:
-        """Apply one check result with damping; None if the entry was deregistered meanwhile."""
+    def record_result(
+        self, instance: Instance, result: Status, output: str, duration: float | None = None
+    ) -> HealthRecord | None:
+        """Apply one check result with damping; None if the entry was deregistered meanwhile.
+        ``duration``: the seconds the check took (shown as the instance's check latency)."""
         e = instance.entry
         key = health_key(e.environment, e.service, e.id)
         for _ in range(20):
             current = self.store.get(key)
             if current is None:
                 return None
-            record = damp(parse_health(current), result, output, e.check, time.time())
+            record = damp(parse_health(current), result, output, e.check, time.time(), duration)
             try:
                 self.store.compare_and_set(key, json.dumps(record.to_dict(), sort_keys=True), current.version)
             except VersionConflict:
@@ -373,8 +385,9 @@ class Registry:
         for inst in self.instances(environment=environment):
             status, output = inst.status, inst.output
             if inst.entry.check.kind in ("tcp", "http"):
+                started = time.monotonic()
                 status, output = probe(inst.entry)
-                self.record_result(inst, status, output)
+                self.record_result(inst, status, output, time.monotonic() - started)
             out.append(Verified(inst, status, output))
         return out
 

@@ -1,0 +1,252 @@
+"""Prometheus series of a :class:`~portctl.monitoring.snapshot.Snapshot`.
+
+Every series is built afresh from one view on each scrape (a removed service's series are
+gone with it), by a custom collector for ``prometheus-client``, which writes the exposition
+(text or OpenMetrics). Names follow Prometheus' naming guide: the ``portctl_`` prefix, base
+units, ``_info`` for metadata, one-hot state gauges, and labels that do not clash with the
+target labels a scrape adds (``job``, ``instance``) or that users commonly relabel into
+(``service``, ``environment``): ``service_name``, ``service_id``, ``deploy_env``...
+The table of every metric is in the README ("Metrics").
+"""
+
+from __future__ import annotations
+
+import platform
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from portctl._version import __version__
+from portctl.monitoring.snapshot import SOURCES, ScanView, Snapshot, StoreView
+from portctl.records import COLORS, Status
+from portctl.routing.live import color_of
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+__all__ = ["CONFLICT_KINDS", "SnapshotCollector", "exposition", "textfile"]
+
+CONFLICT_KINDS = ("process", "container")
+INSTANCE_LABELS = ["service_name", "service_id", "deploy_env", "service_type", "host"]
+
+
+class SnapshotCollector:
+    """A ``prometheus-client`` collector of one view."""
+
+    def __init__(self, snapshot: Snapshot, *, served: bool = True) -> None:
+        self.snapshot = snapshot
+        self.served = served  # False for a textfile: no portctl_up, which would outlive the writer
+
+    def describe(self) -> list[Metric]:
+        return []  # series exist only per scrape; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+
+        s = self.snapshot
+        if self.served:
+            yield _gauge("portctl_up", "1 while the portctl exporter answers.", [], [((), 1.0)])
+        store_type = s.store_type
+        info = GaugeMetricFamily(
+            "portctl_build_info",
+            "The portctl version, Python version and store type; always 1.",
+            labels=["version", "python_version", "store_type"],
+        )
+        info.add_metric([__version__, platform.python_version(), store_type], 1.0)
+        yield info
+        yield from self._sources()
+        latency = HistogramMetricFamily(
+            "portctl_store_request_duration_seconds",
+            "How long the exporter's reads of the store took.",
+            labels=["operation"],
+        )
+        latency.add_metric(["read"], s.latency.cumulative(), s.latency.total)
+        yield latency
+        if s.store is not None:
+            yield _gauge(
+                "portctl_store_corrupt_keys",
+                "Store keys skipped at the last read because they do not parse.",
+                [],
+                [((), float(len(s.store.corrupt)))],
+            )
+            yield from self._instances(s.store)
+            yield from self._allocations(s.store)
+            yield from self._bluegreen(s.store)
+        yield from self._ranges()
+        if s.scan is not None:
+            yield from self._conflicts(s.scan)
+
+    def _sources(self) -> Iterator[Metric]:
+        sources = [self.snapshot.sources[name] for name in SOURCES]
+        yield _gauge(
+            "portctl_collector_up",
+            "1 when the source's last try succeeded (the store: within the scrape's timeout).",
+            ["collector"],
+            [((x.name,), float(x.up)) for x in sources],
+        )
+        yield _gauge(
+            "portctl_collector_duration_seconds",
+            "How long the source's last try took.",
+            ["collector"],
+            [((x.name,), x.duration) for x in sources if x.tried],
+        )
+        yield _gauge(
+            "portctl_collector_last_success_timestamp_seconds",
+            "When the source last succeeded (host: the last complete port scan), as Unix time.",
+            ["collector"],
+            [((x.name,), x.last_success) for x in sources if x.last_success is not None],
+        )
+
+    @property
+    def _types(self) -> dict[tuple[str, str, str], str]:
+        store = self.snapshot.store
+        return {(a.host, a.environment, a.service): a.type for a in store.allocations} if store else {}
+
+    def _instances(self, store: StoreView) -> Iterator[Metric]:
+        types = self._types
+        policy = self.snapshot.settings.policy
+        info: list[tuple[tuple[str, ...], float]] = []
+        healthy: list[tuple[tuple[str, ...], float]] = []
+        status: list[tuple[tuple[str, ...], float]] = []
+        checked: list[tuple[tuple[str, ...], float]] = []
+        duration: list[tuple[tuple[str, ...], float]] = []
+        for instance in store.instances:
+            e = instance.entry
+            kind = types.get((e.host, e.environment, e.service)) or policy.spec(e.service).type
+            labels = (e.service, e.id, e.environment, kind, e.host)
+            color = color_of(e) or ""
+            info.append(((*labels, e.address, str(e.port), e.check.kind, color), 1.0))
+            healthy.append((labels, float(instance.status == Status.PASSING)))
+            status.extend(((*labels, st.value), float(instance.status == st)) for st in Status)
+            if instance.health.updated_at:
+                checked.append((labels, instance.health.updated_at))
+            if instance.health.duration is not None:
+                duration.append((labels, instance.health.duration))
+        yield _gauge(
+            "portctl_service_instance_info",
+            "One registered service instance: where it answers, its check and its color; always 1.",
+            [*INSTANCE_LABELS, "address", "port", "check", "color"],
+            info,
+        )
+        yield _gauge(
+            "portctl_service_instance_healthy",
+            "1 when the instance's health is passing, 0 when warning or critical.",
+            INSTANCE_LABELS,
+            healthy,
+        )
+        yield _gauge(
+            "portctl_service_instance_status",
+            "The instance's health, one-hot: 1 on its status (passing, warning or critical).",
+            [*INSTANCE_LABELS, "status"],
+            status,
+        )
+        yield _gauge(
+            "portctl_service_instance_last_check_timestamp_seconds",
+            "When the instance's health was last recorded, as Unix time.",
+            INSTANCE_LABELS,
+            checked,
+        )
+        yield _gauge(
+            "portctl_service_check_duration_seconds",
+            "How long the instance's last health check took (checks portctl runs).",
+            INSTANCE_LABELS,
+            duration,
+        )
+
+    def _allocations(self, store: StoreView) -> Iterator[Metric]:
+        allocations = store.allocations
+        yield _gauge(
+            "portctl_allocation_info",
+            "One allocated port; always 1.",
+            ["service_name", "deploy_env", "service_type", "host", "port", "protocol"],
+            [((a.service, a.environment, a.type, a.host, str(a.port), a.protocol), 1.0) for a in allocations],
+        )
+
+    def _ranges(self) -> Iterator[Metric]:
+        types = self.snapshot.settings.policy.types.values()
+        yield _gauge(
+            "portctl_range_size_ports",
+            "Ports in a service type's range.",
+            ["service_type", "range"],
+            [((t.name, t.range_text), float(t.high - t.low + 1)) for t in types],
+        )
+        if self.snapshot.store is None:
+            return
+        policy = self.snapshot.settings.policy
+        counts = Counter(
+            (a.type, a.environment, a.host)
+            for a in self.snapshot.store.allocations
+            if a.type in policy.types and a.port in policy.types[a.type]
+        )
+        yield _gauge(
+            "portctl_range_allocated_ports",
+            "Allocated ports within a service type's range, by environment and host.",
+            ["service_type", "deploy_env", "host"],
+            [(key, float(n)) for key, n in sorted(counts.items())],
+        )
+
+    def _conflicts(self, scan: ScanView) -> Iterator[Metric]:
+        host = self.snapshot.settings.host
+        counts = Counter({(f.target.environment, kind): 0 for f in scan.findings for kind in CONFLICT_KINDS})
+        details = []
+        for finding in scan.conflicts:
+            t = finding.target
+            for holder in finding.conflicts:
+                kind = holder.kind if holder.kind in CONFLICT_KINDS else "process"
+                counts[(t.environment, kind)] += 1
+                labels = (t.service, t.environment, host, str(t.port), t.protocol, kind, holder.describe())
+                details.append((labels, 1.0))
+        yield _gauge(
+            "portctl_port_conflicts",
+            "Allocated ports on this host held by something other than their service, at the last scan.",
+            ["deploy_env", "host", "kind"],
+            [((env, host, kind), float(n)) for (env, kind), n in sorted(counts.items())],
+        )
+        yield _gauge(
+            "portctl_port_conflict_info",
+            "One conflict at the last scan: the allocated port and what holds it; always 1.",
+            ["service_name", "deploy_env", "host", "port", "protocol", "kind", "holder"],
+            details,
+        )
+
+    def _bluegreen(self, store: StoreView) -> Iterator[Metric]:
+        samples: list[tuple[tuple[str, ...], float]] = []
+        for (env, service), pointer in sorted(store.pointers.items()):
+            samples.extend(((service, env, c), float(pointer.live == c)) for c in COLORS)
+        yield _gauge(
+            "portctl_bluegreen_live_color",
+            "A blue-green service's live color, one-hot (both 0 while no color is live).",
+            ["service_name", "deploy_env", "color"],
+            samples,
+        )
+
+
+Samples = Sequence[tuple[Sequence[str], float]]
+
+
+def _gauge(name: str, documentation: str, labels: list[str], samples: Samples) -> Metric:
+    from prometheus_client.core import GaugeMetricFamily
+
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for values, value in samples:
+        family.add_metric(list(values), value)
+    return family
+
+
+def exposition(snapshot: Snapshot, accept: str | None = None, *, served: bool = True) -> tuple[bytes, str]:
+    """The exposition of ``snapshot`` in the format ``accept`` asks for (OpenMetrics or the
+    text format), and its content type."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import choose_encoder
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot, served=served))
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
+
+
+def textfile(snapshot: Snapshot) -> str:
+    """The text exposition, for node_exporter's textfile collector (no ``portctl_up``: there
+    the file's freshness is node_exporter's ``node_textfile_mtime_seconds``)."""
+    data, _ = exposition(snapshot, served=False)
+    return data.decode()

@@ -1,0 +1,349 @@
+"""The status page of ``portctl serve`` and its JSON (``/api/status``), from one view.
+
+The page is one HTML document with its style inline and no script or asset from anywhere
+else (it works on a host without internet, and shows nothing to a third party); it reloads
+itself every ``refresh`` seconds. Every value is escaped. Each instance's row carries
+``data-status`` (passing, warning, critical) and each service ``data-service``, so scripts and
+tests can read the page as a person sees it.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from typing import Any
+
+from portctl.monitoring.snapshot import SOURCES, Snapshot, Source
+from portctl.records import Status, iso_utc
+from portctl.routing.live import color_of
+
+__all__ = ["status_html", "status_json"]
+
+
+def status_json(snapshot: Snapshot) -> dict[str, Any]:
+    """Everything the page shows, as data (times as Unix seconds, and ISO 8601 in UTC)."""
+    s = snapshot
+    store_view = s.store
+    instances = store_view.instances if store_view else ()
+    counts = Counter(i.status.value for i in instances)
+    pointers = store_view.pointers if store_view else {}
+    policy = s.settings.policy
+    types = {(a.host, a.environment, a.service): a.type for a in store_view.allocations} if store_view else {}
+    environments = []
+    for env in policy.environments:
+        services: dict[str, dict[str, Any]] = {}
+        for i in instances:
+            e = i.entry
+            if e.environment != env:
+                continue
+            pointer = pointers.get((env, e.service))
+            service = services.setdefault(
+                e.service,
+                {
+                    "name": e.service,
+                    "type": types.get((e.host, env, e.service)) or policy.spec(e.service).type,
+                    "live_color": pointer.live if pointer else None,
+                    "instances": [],
+                },
+            )
+            service["instances"].append(
+                {
+                    "id": e.id,
+                    "host": e.host,
+                    "address": e.address,
+                    "port": e.port,
+                    "check": e.check.describe(),
+                    "color": color_of(e),
+                    "status": i.status.value,
+                    "output": i.output,
+                    "updated_at": i.health.updated_at or None,
+                }
+            )
+        for service in services.values():
+            statuses = [x["status"] for x in service["instances"]]
+            service["status"] = _worst(statuses)
+        environments.append({"name": env, "services": list(services.values())})
+    conflicts = []
+    if s.scan is not None:
+        for finding in s.scan.conflicts:
+            t = finding.target
+            conflicts.append(
+                {
+                    "service": t.service,
+                    "environment": t.environment,
+                    "port": t.port,
+                    "protocol": t.protocol,
+                    "holders": [h.describe() for h in finding.conflicts],
+                }
+            )
+    return {
+        "generated_at": s.taken_at,
+        "host": s.settings.host,
+        "ready": s.ready,
+        "store": {
+            "type": s.store_type,
+            "url": s.store_url,
+            "read_at": store_view.read_at if store_view else None,
+            "corrupt_keys": list(store_view.corrupt) if store_view else [],
+            **_source_dict(s.sources["store"]),
+        },
+        "sources": {name: _source_dict(s.sources[name]) for name in SOURCES},
+        "scanned_at": s.scan.scanned_at if s.scan else None,
+        "summary": {
+            "instances": len(instances),
+            **{st.value: counts.get(st.value, 0) for st in Status},
+            "conflicts": len(conflicts),
+        },
+        "environments": environments,
+        "ranges": _ranges(snapshot),
+        "conflicts": conflicts,
+        "notices": list(s.scan.notices) if s.scan else [],
+    }
+
+
+def _source_dict(source: Source) -> dict[str, Any]:
+    return {
+        "up": source.up,
+        "error": source.error,
+        "down_since": source.down_since,
+        "last_success": source.last_success,
+        "duration_seconds": round(source.duration, 6),
+    }
+
+
+def _worst(statuses: list[str]) -> str:
+    for status in (Status.CRITICAL, Status.WARNING):
+        if status.value in statuses:
+            return status.value
+    return Status.PASSING.value
+
+
+def _ranges(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Each host's ports per range: this host's every range, other hosts' where they allocate."""
+    policy = snapshot.settings.policy
+    allocations = snapshot.store.allocations if snapshot.store else ()
+    used: dict[tuple[str, str], Counter[str]] = {}
+    for a in allocations:
+        if a.type in policy.types and a.port in policy.types[a.type]:
+            used.setdefault((a.host, a.type), Counter())[a.environment] += 1
+    here = snapshot.settings.host
+    hosts = sorted({here, *(h for h, _ in used)}, key=lambda h: (h != here, h))
+    out = []
+    for host in hosts:
+        for t in policy.types.values():
+            by_env = used.get((host, t.name))
+            if host != here and not by_env:
+                continue
+            size = t.high - t.low + 1
+            total = sum(by_env.values()) if by_env else 0
+            out.append(
+                {
+                    "host": host,
+                    "type": t.name,
+                    "range": t.range_text,
+                    "size": size,
+                    "allocated": total,
+                    "by_environment": dict(sorted(by_env.items())) if by_env else {},
+                    "utilisation": total / size,
+                }
+            )
+    return out
+
+
+# The page ------------------------------------------------------------------------------------
+
+_STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
+  background:#f6f8fa;color:#1f2328}
+header{background:#24292f;color:#fff;padding:14px 24px;display:flex;gap:24px;
+  align-items:baseline;flex-wrap:wrap}
+header h1{font-size:18px;margin:0}header .meta{color:#c9d1d9;font-size:13px}
+main{padding:16px 24px;max-width:1200px}
+section{background:#fff;border:1px solid #d0d7de;border-radius:6px;margin:0 0 16px;
+  padding:12px 16px}
+h2{font-size:15px;margin:4px 0 10px}h3{font-size:14px;margin:12px 0 6px}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:5px 8px;border-top:1px solid #eaeef2;vertical-align:top}
+th{font-weight:600;color:#57606a;border-top:0}
+.pill{display:inline-block;min-width:64px;text-align:center;border-radius:10px;padding:1px 8px;
+  color:#fff;font-weight:600;font-size:12px}
+.passing{background:#1a7f37}.warning{background:#bf8700}.critical{background:#cf222e}
+.banner{border-radius:6px;padding:10px 14px;margin:0 0 16px;font-weight:600}
+.banner.down{background:#ffebe9;border:1px solid #cf222e;color:#82071e}
+.banner.ok{background:#dafbe1;border:1px solid #1a7f37;color:#116329}
+.bar{background:#eaeef2;border-radius:4px;height:10px;width:160px;display:inline-block;
+  vertical-align:middle}
+.bar span{display:block;height:10px;border-radius:4px;background:#0969da}
+.bar span.full{background:#cf222e}
+.muted{color:#57606a}.blue{color:#0969da;font-weight:600}.green{color:#1a7f37;font-weight:600}
+code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
+"""
+
+
+def status_html(snapshot: Snapshot, refresh: float = 10.0) -> str:
+    """The status page of ``snapshot``; it reloads itself every ``refresh`` seconds."""
+    data = status_json(snapshot)
+    now = snapshot.taken_at
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f'<meta http-equiv="refresh" content="{max(1, round(refresh))}">',
+        '<meta name="viewport" content="width=device-width,initial-scale=1">',
+        f"<title>portctl: {_e(data['host'])}</title><style>{_STYLE}</style></head><body>",
+        _header(data, now),
+        "<main>",
+        _banner(data, now),
+        _services(data),
+        _conflicts(data),
+        _ranges_html(data),
+        _sources(data, now),
+        "</main></body></html>",
+    ]
+    return "".join(parts)
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _ago(then: float | None, now: float) -> str:
+    if then is None:
+        return "never"
+    seconds = max(0.0, now - then)
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _when(then: float | None, now: float) -> str:
+    return "never" if then is None else f"{iso_utc(then)} ({_ago(then, now)})"
+
+
+def _header(data: dict[str, Any], now: float) -> str:
+    summary = data["summary"]
+    store = data["store"]
+    return (
+        f"<header><h1>portctl on {_e(data['host'])}</h1>"
+        f'<span class="meta">{summary["instances"]} instance(s): {summary["passing"]} passing, '
+        f"{summary['warning']} warning, {summary['critical']} critical; "
+        f"{summary['conflicts']} conflict(s)</span>"
+        f'<span class="meta">store {_e(store["url"])}, read {_ago(store["read_at"], now)}</span></header>'
+    )
+
+
+def _banner(data: dict[str, Any], now: float) -> str:
+    store = data["store"]
+    if not data["ready"]:
+        why = store["error"] or "the first read is under way"
+        return f'<div class="banner down" id="store-state" data-up="false">No data yet: {_e(why)}</div>'
+    if not store["up"]:
+        return (
+            f'<div class="banner down" id="store-state" data-up="false">Store unreachable since '
+            f"{_e(_when(store['down_since'], now))}: {_e(store['error'])}. Showing what it held at "
+            f"{_e(_when(store['read_at'], now))}.</div>"
+        )
+    summary = data["summary"]
+    if summary["instances"] and summary["passing"] == summary["instances"] and not summary["conflicts"]:
+        return (
+            '<div class="banner ok" id="store-state" data-up="true">All services healthy, no conflicts.</div>'
+        )
+    return '<div id="store-state" data-up="true" hidden></div>'
+
+
+def _services(data: dict[str, Any]) -> str:
+    out = ['<section id="services"><h2>Services</h2>']
+    for env in data["environments"]:
+        out.append(f'<h3 data-environment="{_e(env["name"])}">{_e(env["name"])}</h3>')
+        if not env["services"]:
+            out.append('<p class="muted">No service registered.</p>')
+            continue
+        out.append(
+            "<table><tr><th>Service</th><th>Instance</th><th>Where</th><th>Check</th>"
+            "<th>Health</th><th>Output</th></tr>"
+        )
+        for service in env["services"]:
+            live = service["live_color"]
+            live_text = f' <span class="{_e(live)}">live: {_e(live)}</span>' if live else ""
+            first = True
+            for i in service["instances"]:
+                name_cell = (
+                    f'<td rowspan="{len(service["instances"])}" data-service="{_e(service["name"])}" '
+                    f'data-status="{_e(service["status"])}"><b>{_e(service["name"])}</b> '
+                    f'<span class="muted">{_e(service["type"])}</span>{live_text}</td>'
+                    if first
+                    else ""
+                )
+                first = False
+                color = f' <span class="{_e(i["color"])}">{_e(i["color"])}</span>' if i["color"] else ""
+                out.append(
+                    f'<tr class="instance" data-instance="{_e(i["id"])}" data-status="{_e(i["status"])}">'
+                    f"{name_cell}<td><code>{_e(i['id'])}</code>{color}</td>"
+                    f"<td>{_e(i['host'])} <code>{_e(i['address'])}:{i['port']}</code></td>"
+                    f"<td>{_e(i['check'])}</td>"
+                    f'<td><span class="pill {_e(i["status"])}">{_e(i["status"])}</span></td>'
+                    f'<td class="muted">{_e(i["output"])}</td></tr>'
+                )
+        out.append("</table>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _conflicts(data: dict[str, Any]) -> str:
+    out = ['<section id="conflicts"><h2>Conflicts</h2>']
+    if data["scanned_at"] is None:
+        out.append('<p class="muted">The port scan has not finished yet.</p>')
+    elif not data["conflicts"]:
+        out.append('<p class="muted">No allocated port is held by anything else.</p>')
+    else:
+        out.append("<table><tr><th>Service</th><th>Environment</th><th>Port</th><th>Held by</th></tr>")
+        for c in data["conflicts"]:
+            holders = "<br>".join(_e(h) for h in c["holders"])
+            out.append(
+                f'<tr class="conflict" data-service="{_e(c["service"])}"><td>{_e(c["service"])}</td>'
+                f"<td>{_e(c['environment'])}</td><td>{c['port']}/{_e(c['protocol'])}</td><td>{holders}</td></tr>"
+            )
+        out.append("</table>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _ranges_html(data: dict[str, Any]) -> str:
+    out = [
+        '<section id="ranges"><h2>Port ranges</h2><table><tr><th>Host</th><th>Type</th><th>Range</th>'
+        "<th>Allocated</th><th></th><th>By environment</th></tr>"
+    ]
+    for r in data["ranges"]:
+        share = r["utilisation"]
+        width = 0 if not r["allocated"] else max(2, min(100, round(share * 100)))
+        full = " full" if share >= 0.9 else ""
+        envs = ", ".join(f"{_e(env)} {n}" for env, n in r["by_environment"].items()) or "-"
+        out.append(
+            f'<tr data-range="{_e(r["type"])}"><td>{_e(r["host"])}</td><td>{_e(r["type"])}</td>'
+            f"<td>{_e(r['range'])}</td><td>{r['allocated']} of {r['size']}</td>"
+            f'<td><span class="bar"><span class="{full.strip()}" style="width:{width}%"></span></span></td>'
+            f"<td>{envs}</td></tr>"
+        )
+    out.append("</table></section>")
+    return "".join(out)
+
+
+def _sources(data: dict[str, Any], now: float) -> str:
+    out = [
+        '<section id="sources"><h2>Sources</h2><table><tr><th>Source</th><th>State</th>'
+        "<th>Last success</th><th>Detail</th></tr>"
+    ]
+    for name, source in data["sources"].items():
+        state = "passing" if source["up"] else "critical"
+        label = "up" if source["up"] else "down"
+        detail = source["error"] or (data["store"]["url"] if name == "store" else "")
+        out.append(
+            f'<tr data-source="{_e(name)}" data-up="{str(source["up"]).lower()}"><td>{_e(name)}</td>'
+            f'<td><span class="pill {state}">{label}</span></td>'
+            f"<td>{_e(_when(source['last_success'], now))}</td>"
+            f'<td class="muted">{_e(detail)}</td></tr>'
+        )
+    for notice in data["notices"]:
+        out.append(f'<tr><td></td><td></td><td></td><td class="muted">{_e(notice)}</td></tr>')
+    out.append(f'</table><p class="muted">Page made {_e(iso_utc(now))}; it reloads itself.</p></section>')
+    return "".join(out)
