@@ -15,10 +15,15 @@ from portctl.errors import InvalidInput
 
 app = typer.Typer(rich_markup_mode=None)
 
+MONITORING = ("prometheus-rules", "grafana")
+
 
 @app.command()
 def render(
-    target: Annotated[str, typer.Argument(metavar="TARGET", help="nginx, haproxy or prometheus.")],
+    target: Annotated[
+        str,
+        typer.Argument(metavar="TARGET", help="nginx, haproxy, prometheus, prometheus-rules or grafana."),
+    ],
     output: Annotated[
         str | None,
         typer.Option(
@@ -59,22 +64,51 @@ def render(
             help="With --watch: render at least this often while changes keep coming.",
         ),
     ] = "10s",
+    critical_for: Annotated[
+        str,
+        typer.Option(
+            "--critical-for",
+            metavar="5m",
+            help="prometheus-rules: how long an instance is critical before its alert fires.",
+        ),
+    ] = "5m",
+    job: Annotated[
+        str,
+        typer.Option("--job", metavar="NAME", help="prometheus-rules: the scrape job of portctl serve."),
+    ] = "portctl",
+    provisioning: Annotated[
+        str | None,
+        typer.Option(
+            "--provisioning",
+            metavar="DIR",
+            help="grafana: also write DIR/portctl.yaml, the provider that loads the dashboard "
+            "(and the dashboard to DIR/portctl-dashboard.json unless -o says where).",
+            show_default=False,
+        ),
+    ] = None,
     env: EnvOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Render nginx upstreams, HAProxy backends or Prometheus file_sd targets from the registry:
-    each service's healthy instances, of its live color for blue-green services.
+    """Render nginx upstreams, HAProxy backends or Prometheus file_sd targets from the registry
+    (each service's healthy instances, of its live color for blue-green services), or the
+    Prometheus alert rules and the Grafana dashboard of portctl's metrics.
 
     Example: portctl render nginx -o /etc/nginx/conf.d/upstreams.conf --watch --reload 'nginx -s reload'
     """
     from portctl.registry.checks import parse_duration
-    from portctl.routing.render import Follower, check_target, install, reload_command
+    from portctl.routing.render import TARGETS, Follower, install, reload_command
     from portctl.routing.render import render as render_text
 
     with handled(as_json):
-        check_target(target)
+        if target not in (*TARGETS, *MONITORING):
+            raise InvalidInput("TARGET", target, "nginx, haproxy, prometheus, prometheus-rules or grafana")
         argv = reload_command(reload)
+        if target in MONITORING:
+            if watch:
+                raise InvalidInput("watch", None, f"no --watch: {target} does not follow the registry")
+            _render_monitoring(target, output, argv, critical_for, job, provisioning, as_json)
+            return
         quiet = parse_duration(quiet_period, "--quiet-period")
         longest = parse_duration(max_wait, "--max-wait")
         if (watch or argv) and not output:
@@ -115,3 +149,45 @@ def render(
         data = {"path": output, "changed": done.changed, "reloaded": done.reloaded}
         emit(as_json, data, f"{output}: {said}")
         sys.stdout.flush()
+
+
+def _render_monitoring(
+    target: str,
+    output: str | None,
+    argv: list[str] | None,
+    critical_for: str,
+    job: str,
+    provisioning: str | None,
+    as_json: bool,
+) -> None:
+    """The alert rules or the dashboard: printed, or installed like any rendered file."""
+    import os
+
+    from portctl.routing.render import install
+
+    if target == "prometheus-rules":
+        from portctl.monitoring.rules import prometheus_rules
+
+        text = prometheus_rules(critical_for=critical_for, job=job)
+    else:
+        from portctl.monitoring.dashboard import grafana_dashboard
+
+        text = grafana_dashboard()
+    if provisioning is not None and target != "grafana":
+        raise InvalidInput("provisioning", provisioning, "only with grafana (the dashboard's provider)")
+    if provisioning is not None:
+        from portctl.monitoring.dashboard import grafana_provider
+
+        output = output or os.path.join(provisioning, "portctl-dashboard.json")
+        folder = os.path.dirname(os.path.abspath(output))
+        provider = os.path.join(provisioning, "portctl.yaml")
+        install(provider, grafana_provider(folder))
+        note(f"{provider}: written (loads dashboards from {folder})")
+    if output is None:
+        if argv:
+            raise InvalidInput("output", None, "a file to write (--reload needs --output FILE)")
+        emit(as_json, {"target": target, "text": text}, text.rstrip("\n"))
+        return
+    done = install(output, text, argv)
+    said = "unchanged" if not done.changed else "written" + (", reloaded" if done.reloaded else "")
+    emit(as_json, {"path": output, "changed": done.changed, "reloaded": done.reloaded}, f"{output}: {said}")

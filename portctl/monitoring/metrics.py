@@ -82,7 +82,7 @@ class SnapshotCollector:
             "portctl_collector_up",
             "1 when the source's last try succeeded (the store: within the scrape's timeout).",
             ["collector"],
-            [((x.name,), float(x.up)) for x in sources],
+            [((x.name,), float(x.up)) for x in sources if x.tried],  # not scanned (yet): no claim
         )
         yield _gauge(
             "portctl_collector_duration_seconds",

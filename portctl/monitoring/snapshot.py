@@ -173,7 +173,7 @@ class Monitor:
             return Snapshot(
                 self.settings,
                 _store_type(self.store),
-                self.store.describe(),
+                self.store.url,
                 self._store_view,
                 self._scan_view,
                 dict(self._sources),
