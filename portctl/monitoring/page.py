@@ -193,7 +193,7 @@ def status_html(snapshot: Snapshot, refresh: float = 10.0) -> str:
         "<main>",
         _banner(data, now),
         _services(data),
-        _conflicts(data),
+        _conflicts(data, now),
         _ranges_html(data),
         _sources(data, now),
         "</main></body></html>",
@@ -244,9 +244,21 @@ def _banner(data: dict[str, Any], now: float) -> str:
             f"{_e(_when(store['read_at'], now))}.</div>"
         )
     summary = data["summary"]
-    if summary["instances"] and summary["passing"] == summary["instances"] and not summary["conflicts"]:
+    unhealthy = [
+        f"{service['name']} ({env['name']}, {service['status']})"
+        for env in data["environments"]
+        for service in env["services"]
+        if service["status"] != Status.PASSING.value
+    ]
+    if unhealthy or summary["conflicts"]:
+        said = [f"Not healthy: {', '.join(unhealthy)}."] if unhealthy else []
+        if summary["conflicts"]:
+            said.append(f"{summary['conflicts']} port conflict(s), below.")
+        return f'<div class="banner down" id="store-state" data-up="true">{_e(" ".join(said))}</div>'
+    if summary["instances"]:
+        scanned = "no conflicts" if data["scanned_at"] is not None else "the port scan has not finished yet"
         return (
-            '<div class="banner ok" id="store-state" data-up="true">All services healthy, no conflicts.</div>'
+            f'<div class="banner ok" id="store-state" data-up="true">All services healthy; {scanned}.</div>'
         )
     return '<div id="store-state" data-up="true" hidden></div>'
 
@@ -289,8 +301,12 @@ def _services(data: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _conflicts(data: dict[str, Any]) -> str:
+def _conflicts(data: dict[str, Any], now: float) -> str:
     out = ['<section id="conflicts"><h2>Conflicts</h2>']
+    if data["scanned_at"] is not None:
+        out.append(
+            f'<p class="muted">This host\'s allocated ports, scanned {_ago(data["scanned_at"], now)}.</p>'
+        )
     if data["scanned_at"] is None:
         out.append('<p class="muted">The port scan has not finished yet.</p>')
     elif not data["conflicts"]:

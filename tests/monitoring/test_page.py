@@ -1,0 +1,146 @@
+"""The status page and its JSON, from a real store: what a person (or a script) reads there."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from portctl.backends.file import JsonFileStore
+from portctl.config.settings import Settings
+from portctl.monitoring.page import status_html, status_json
+from portctl.monitoring.snapshot import Monitor
+from portctl.ports.allocator import PortAllocator
+from portctl.records import CheckSpec, Status
+from portctl.registry.entries import Registry
+from tests.conftest import free_port
+
+HOST = "test-host"
+
+
+class Tags(HTMLParser):
+    """Every start tag with its attributes, and the page's visible text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parsed(page: str) -> Tags:
+    tags = Tags()
+    tags.feed(page)
+    return tags
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[JsonFileStore]:
+    with JsonFileStore(str(tmp_path / "store.json")) as s:
+        yield s
+
+
+@pytest.fixture
+def registry(store) -> Registry:
+    return Registry(store, Settings(host=HOST))
+
+
+def view(store, *, scan: bool = False):
+    monitor = Monitor(store, Settings(host=HOST), scan_ports=scan)
+    if scan:
+        monitor.scan()
+    return monitor.snapshot(5)
+
+
+def test_every_instance_shows_its_health_as_a_colour(registry, store):
+    registry.register("api", port=18201, instance_id="api-1", check=CheckSpec("ttl", ttl=60))
+    registry.register("api", port=18202, instance_id="api-2", check=CheckSpec("ttl", ttl=60))
+    registry.ttl("api-1", Status.PASSING, "ok")
+    registry.ttl("api-2", Status.WARNING, "slow")
+    tags = parsed(status_html(view(store)))
+    rows = {a["data-instance"]: a["data-status"] for t, a in tags.tags if t == "tr" and "data-instance" in a}
+    assert rows == {"api-1": "passing", "api-2": "warning"}
+    pills = [a["class"] for t, a in tags.tags if t == "span" and "pill" in (a.get("class") or "")]
+    assert "pill passing" in pills
+    assert "pill warning" in pills
+    assert "Not healthy: api (production, warning)." in "".join(tags.text)
+
+
+def test_what_a_check_said_is_shown_as_text_never_run(registry, store):
+    registry.register("web", port=18203, instance_id="web-1", check=CheckSpec("ttl", ttl=60))
+    registry.ttl("web-1", Status.CRITICAL, "<script>alert(1)</script><img src=x onerror=alert(2)>")
+    page = status_html(view(store))
+    tags = parsed(page)
+    assert not [t for t, _ in tags.tags if t in ("script", "img")]
+    assert "<script>alert(1)</script>" in "".join(tags.text)  # shown, as text
+
+
+def test_the_page_is_self_contained_and_reloads_itself(registry, store):
+    registry.register("api", port=18204, instance_id="api-1")
+    page = status_html(view(store), refresh=3)
+    tags = parsed(page)
+    assert ("meta", {"http-equiv": "refresh", "content": "3"}) in tags.tags
+    fetched = [a for _, a in tags.tags for k in ("src", "href") if a.get(k)]
+    assert fetched == []  # no script, style sheet, image or font from anywhere
+    assert not [t for t, _ in tags.tags if t in ("script", "link", "iframe")]
+    assert "@import" not in page
+    assert not re.search(r"url\(", page)
+
+
+def test_each_environment_is_listed_and_an_empty_one_says_so(registry, store):
+    registry.register("api", port=18205, instance_id="api-1", environment="staging")
+    data = status_json(view(store))
+    envs = {e["name"]: [s["name"] for s in e["services"]] for e in data["environments"]}
+    assert envs == {"production": [], "development": [], "staging": ["api"]}
+    text = "".join(parsed(status_html(view(store))).text)
+    assert "No service registered." in text
+
+
+def test_ranges_count_this_hosts_allocations_against_their_size(store):
+    allocator = PortAllocator(store, Settings(host=HOST))
+    allocator.allocate("api", port=8101)
+    allocator.allocate("api", port=8102, environment="staging")
+    PortAllocator(store, Settings(host="other-host")).allocate("api", port=8103)
+    data = status_json(view(store))
+    ranges = {(r["host"], r["type"]): r for r in data["ranges"]}
+    here = ranges[(HOST, "api")]
+    assert (here["allocated"], here["size"], here["by_environment"]) == (
+        2,
+        1000,
+        {"production": 1, "staging": 1},
+    )
+    assert ranges[("other-host", "api")]["allocated"] == 1
+    assert ("other-host", "cache") not in ranges  # other hosts: only where they allocate
+    assert (HOST, "cache") in ranges
+
+
+def test_conflicts_name_their_holder(store, listener, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    port = free_port(start=21000)
+    PortAllocator(store, Settings(host=HOST)).allocate("cache_b", port=port, type="dynamic")
+    listener(port)  # then something else takes it
+    snapshot = view(store, scan=True)
+    data = status_json(snapshot)
+    assert [(c["service"], c["port"]) for c in data["conflicts"]] == [("cache_b", port)]
+    assert "pid" in data["conflicts"][0]["holders"][0]
+    assert data["sources"]["docker"]["up"] is False
+    assert "Docker" in (data["sources"]["docker"]["error"] or "") or "docker" in (
+        data["sources"]["docker"]["error"] or ""
+    )
+    tags = parsed(status_html(snapshot))
+    assert ("tr", {"class": "conflict", "data-service": "cache_b"}) in tags.tags
+
+
+def test_before_the_first_scan_no_conflict_is_claimed(registry, store):
+    registry.register("api", port=18206, instance_id="api-1", check=CheckSpec("none"))
+    text = "".join(parsed(status_html(view(store))).text)
+    assert "no conflicts" not in text
+    assert "The port scan has not finished yet." in text
