@@ -163,9 +163,10 @@ class Monitor:
         """A view with the store read afresh within ``budget`` seconds (else its last values,
         the store marked down) and the latest port scan."""
         started = time.monotonic()
-        finished = self._read_store(budget)
+        done = self._read_store()
+        done.wait(max(0.0, budget))
         with self._lock:
-            if not finished:
+            if not done.is_set():  # checked under the lock: a read that just landed is no failure
                 waited = time.monotonic() - started
                 self._sources["store"] = self._sources["store"].failed(
                     self.clock(), waited, f"no answer within {budget:g}s (the scrape's time budget)"
@@ -181,8 +182,8 @@ class Monitor:
                 self.clock(),
             )
 
-    def _read_store(self, budget: float) -> bool:
-        """Start a store read unless one is under way; whether it ended within ``budget``."""
+    def _read_store(self) -> threading.Event:
+        """Start a store read unless one is under way; the event set when it ends."""
         with self._lock:
             if self._reading is None:
                 self._read_done = threading.Event()
@@ -190,8 +191,7 @@ class Monitor:
                     target=self._store_read, name="portctl-store-read", daemon=True
                 )
                 self._reading.start()
-            done = self._read_done
-        return done.wait(max(0.0, budget))
+            return self._read_done
 
     def _store_read(self) -> None:
         started = time.monotonic()
@@ -204,7 +204,7 @@ class Monitor:
         else:
             self._finish("store", started, store_view=view)
         finally:
-            with self._lock:
+            with self._lock:  # already so, unless recording the result failed
                 self._reading = None
                 self._read_done.set()
 
@@ -226,6 +226,8 @@ class Monitor:
             if name == "store":
                 self._latency.observe(duration)
                 self._store_view = store_view or self._store_view
+                self._reading = None  # with the result, under one lock: a view sees both or neither
+                self._read_done.set()
             if scan_view is not None:
                 self._scan_view = scan_view
 
