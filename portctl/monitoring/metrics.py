@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from portctl._version import __version__
-from portctl.monitoring.snapshot import SOURCES, ScanView, Snapshot, StoreView
+from portctl.monitoring.snapshot import SOURCES, ScanView, Snapshot, StoreView, stale
 from portctl.records import COLORS, Status
 from portctl.routing.live import color_of
 
@@ -110,13 +110,17 @@ class SnapshotCollector:
         status: list[tuple[tuple[str, ...], float]] = []
         checked: list[tuple[tuple[str, ...], float]] = []
         duration: list[tuple[tuple[str, ...], float]] = []
+        stale_flags: list[tuple[tuple[str, ...], float]] = []
+        now = self.snapshot.taken_at
         for instance in store.instances:
             e = instance.entry
             kind = types.get((e.host, e.environment, e.service)) or policy.spec(e.service).type
             labels = (e.service, e.id, e.environment, kind, e.host)
             color = color_of(e) or ""
             info.append(((*labels, e.address, str(e.port), e.check.kind, color), 1.0))
-            healthy.append((labels, float(instance.status == Status.PASSING)))
+            old = stale(instance, now)
+            healthy.append((labels, float(instance.status == Status.PASSING and not old)))
+            stale_flags.append((labels, float(old)))
             status.extend(((*labels, st.value), float(instance.status == st)) for st in Status)
             if instance.health.updated_at:
                 checked.append((labels, instance.health.updated_at))
@@ -130,9 +134,16 @@ class SnapshotCollector:
         )
         yield _gauge(
             "portctl_service_instance_healthy",
-            "1 when the instance's health is passing, 0 when warning or critical.",
+            "1 when the instance's health is passing and current, 0 when warning, critical or stale.",
             INSTANCE_LABELS,
             healthy,
+        )
+        yield _gauge(
+            "portctl_service_instance_check_stale",
+            "1 when the instance's TCP or HTTP check has not been recorded for three intervals "
+            "(at least 30s): nothing is checking it, so its last status is not believed.",
+            INSTANCE_LABELS,
+            stale_flags,
         )
         yield _gauge(
             "portctl_service_instance_status",

@@ -13,8 +13,9 @@ import html
 from collections import Counter
 from typing import Any
 
-from portctl.monitoring.snapshot import SOURCES, Snapshot, Source
+from portctl.monitoring.snapshot import SOURCES, Snapshot, Source, stale
 from portctl.records import Status, iso_utc
+from portctl.registry.entries import Instance
 from portctl.routing.live import color_of
 
 __all__ = ["status_html", "status_json"]
@@ -25,7 +26,6 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
     s = snapshot
     store_view = s.store
     instances = store_view.instances if store_view else ()
-    counts = Counter(i.status.value for i in instances)
     pointers = store_view.pointers if store_view else {}
     policy = s.settings.policy
     types = {(a.host, a.environment, a.service): a.type for a in store_view.allocations} if store_view else {}
@@ -46,8 +46,10 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
                     "instances": [],
                 },
             )
+            old = stale(i, s.taken_at)
             service["instances"].append(
                 {
+                    "stale": old,
                     "id": e.id,
                     "host": e.host,
                     "address": e.address,
@@ -55,14 +57,16 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
                     "check": e.check.describe(),
                     "color": color_of(e),
                     "status": i.status.value,
-                    "output": i.output,
+                    "shown": "stale" if old else i.status.value,
+                    "output": _stale_output(i, s.taken_at) if old else i.output,
                     "updated_at": i.health.updated_at or None,
                 }
             )
         for service in services.values():
-            statuses = [x["status"] for x in service["instances"]]
+            statuses = [x["shown"] for x in service["instances"]]
             service["status"] = _worst(statuses)
         environments.append({"name": env, "services": list(services.values())})
+    counts = Counter(i["shown"] for env in environments for svc in env["services"] for i in svc["instances"])
     conflicts = []
     if s.scan is not None:
         for finding in s.scan.conflicts:
@@ -91,7 +95,7 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
         "scanned_at": s.scan.scanned_at if s.scan else None,
         "summary": {
             "instances": len(instances),
-            **{st.value: counts.get(st.value, 0) for st in Status},
+            **{shown: counts.get(shown, 0) for shown in (*(st.value for st in Status), "stale")},
             "conflicts": len(conflicts),
         },
         "environments": environments,
@@ -112,10 +116,18 @@ def _source_dict(source: Source) -> dict[str, Any]:
 
 
 def _worst(statuses: list[str]) -> str:
-    for status in (Status.CRITICAL, Status.WARNING):
-        if status.value in statuses:
-            return status.value
+    for status in (Status.CRITICAL.value, "stale", Status.WARNING.value):
+        if status in statuses:
+            return status
     return Status.PASSING.value
+
+
+def _stale_output(instance: Instance, now: float) -> str:
+    e = instance.entry
+    return (
+        f"{instance.status.value} when last checked, {_ago(instance.health.updated_at, now)}; nothing has "
+        f"checked it since: is portctl agent running on {e.host}? (last output: {instance.output})"
+    )
 
 
 def _ranges(snapshot: Snapshot) -> list[dict[str, Any]]:
@@ -168,6 +180,7 @@ th{font-weight:600;color:#57606a;border-top:0}
 .pill{display:inline-block;min-width:64px;text-align:center;border-radius:10px;padding:1px 8px;
   color:#fff;font-weight:600;font-size:12px}
 .passing{background:#1a7f37}.warning{background:#bf8700}.critical{background:#cf222e}
+.stale{background:#6e7781}
 .banner{border-radius:6px;padding:10px 14px;margin:0 0 16px;font-weight:600}
 .banner.down{background:#ffebe9;border:1px solid #cf222e;color:#82071e}
 .banner.ok{background:#dafbe1;border:1px solid #1a7f37;color:#116329}
@@ -226,7 +239,9 @@ def _header(data: dict[str, Any], now: float) -> str:
     return (
         f"<header><h1>portctl on {_e(data['host'])}</h1>"
         f'<span class="meta">{summary["instances"]} instance(s): {summary["passing"]} passing, '
-        f"{summary['warning']} warning, {summary['critical']} critical; "
+        f"{summary['warning']} warning, {summary['critical']} critical"
+        + (f", {summary['stale']} not checked lately" if summary["stale"] else "")
+        + "; "
         f"{summary['conflicts']} conflict(s)</span>"
         f'<span class="meta">store {_e(store["url"])}, read {_ago(store["read_at"], now)}</span></header>'
     )
@@ -289,11 +304,11 @@ def _services(data: dict[str, Any]) -> str:
                 first = False
                 color = f' <span class="{_e(i["color"])}">{_e(i["color"])}</span>' if i["color"] else ""
                 out.append(
-                    f'<tr class="instance" data-instance="{_e(i["id"])}" data-status="{_e(i["status"])}">'
+                    f'<tr class="instance" data-instance="{_e(i["id"])}" data-status="{_e(i["shown"])}">'
                     f"{name_cell}<td><code>{_e(i['id'])}</code>{color}</td>"
                     f"<td>{_e(i['host'])} <code>{_e(i['address'])}:{i['port']}</code></td>"
                     f"<td>{_e(i['check'])}</td>"
-                    f'<td><span class="pill {_e(i["status"])}">{_e(i["status"])}</span></td>'
+                    f'<td><span class="pill {_e(i["shown"])}">{_e(i["shown"])}</span></td>'
                     f'<td class="muted">{_e(i["output"])}</td></tr>'
                 )
         out.append("</table>")

@@ -73,6 +73,7 @@ def _alerts(critical_for: str, job: str) -> list[dict[str, Any]]:
     return [
         _port_conflict(),
         _instance_critical(critical_for),
+        _instance_not_checked(),
         _range_nearly_full(),
         _store_unreachable(),
         _exporter_down(job),
@@ -114,6 +115,20 @@ def _instance_critical(critical_for: str) -> dict[str, Any]:
         "The health check of {{ $labels.service_id }} ({{ $labels.service_name }},"
         " {{ $labels.deploy_env }}) on {{ $labels.host }} has been critical for more than "
         f"{critical_for}.",
+    )
+
+
+def _instance_not_checked() -> dict[str, Any]:
+    return _alert(
+        "PortctlInstanceNotChecked",
+        "max without (instance, job) (portctl_service_instance_check_stale) == 1",
+        "5m",
+        "warning",
+        "Nothing is checking {{ $labels.service_name }} instance {{ $labels.service_id }}"
+        " on {{ $labels.host }}",
+        "The health of {{ $labels.service_id }} ({{ $labels.service_name }}, {{ $labels.deploy_env }}) has"
+        " not been recorded for three check intervals: its last status is not believed (healthy is 0)."
+        " Is portctl agent running on {{ $labels.host }}?",
     )
 
 

@@ -33,7 +33,7 @@ from portctl.routing.live import pointer_of
 if TYPE_CHECKING:
     from portctl.backends import Entry
 
-__all__ = ["SOURCES", "Latency", "Monitor", "ScanView", "Snapshot", "Source", "StoreView"]
+__all__ = ["SOURCES", "Latency", "Monitor", "ScanView", "Snapshot", "Source", "StoreView", "stale"]
 
 SOURCES = ("store", "host", "docker")
 T = TypeVar("T")
@@ -272,6 +272,23 @@ class Monitor:
         thread = threading.Thread(target=loop, name="portctl-port-scan", daemon=True)
         thread.start()
         return thread
+
+
+# Checks portctl runs (the agent) record a result every interval; missing this many in a row
+# means nothing is checking (no agent runs on its host), and the last result is no longer news.
+STALE_INTERVALS = 3
+STALE_MINIMUM = 30.0  # seconds: short intervals get this much slack
+
+
+def stale(instance: Instance, now: float) -> bool:
+    """Whether the instance's recorded health is too old to be believed: a TCP or HTTP check
+    that portctl runs, last recorded more than three intervals (at least 30 s) ago. Health a
+    store measures itself (Consul's checks) has no recording time and is never stale here."""
+    check = instance.entry.check
+    recorded = instance.health.updated_at
+    if check.kind not in ("tcp", "http") or not recorded:
+        return False
+    return now - recorded > max(STALE_MINIMUM, STALE_INTERVALS * check.interval + check.timeout)
 
 
 def read_store(store: Store, clock: Callable[[], float] = time.time) -> StoreView:

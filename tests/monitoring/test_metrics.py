@@ -238,3 +238,20 @@ def test_a_corrupt_key_is_counted_and_hides_nothing_else(json_store, settings):
     text = scrape(Monitor(json_store, settings, scan_ports=False))
     assert value(text, "portctl_store_corrupt_keys") == 1
     assert value(text, "portctl_service_instance_healthy", service_id="api-1") is not None
+
+
+def test_health_nothing_has_checked_lately_is_not_called_healthy(json_store, settings, server):
+    registry = Registry(json_store, settings)
+    registry.register(
+        "api", port=server.getsockname()[1], instance_id="api-1", check=CheckSpec("tcp", interval=5)
+    )
+    Agent(registry).run_once()
+    fresh = scrape(Monitor(json_store, settings, scan_ports=False))
+    assert value(fresh, "portctl_service_instance_healthy", service_id="api-1") == 1
+    assert value(fresh, "portctl_service_instance_check_stale", service_id="api-1") == 0
+    # A minute on, no agent has recorded anything: three 5 s intervals (at least 30 s) missed.
+    later = Monitor(json_store, settings, scan_ports=False, clock=lambda: time.time() + 60)
+    text = scrape(later)
+    assert value(text, "portctl_service_instance_healthy", service_id="api-1") == 0
+    assert value(text, "portctl_service_instance_check_stale", service_id="api-1") == 1
+    assert value(text, "portctl_service_instance_status", service_id="api-1", status="passing") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -144,3 +145,20 @@ def test_before_the_first_scan_no_conflict_is_claimed(registry, store):
     text = "".join(parsed(status_html(view(store))).text)
     assert "no conflicts" not in text
     assert "The port scan has not finished yet." in text
+
+
+def test_health_nothing_has_checked_lately_is_shown_stale_not_green(registry, store, tmp_path):
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        registry.register("api", port=server.getsockname()[1], instance_id="api-1", check=CheckSpec("tcp"))
+    monitor = Monitor(store, Settings(host=HOST), scan_ports=False, clock=lambda: time.time() + 120)
+    snapshot = monitor.snapshot(5)
+    tags = parsed(status_html(snapshot))
+    rows = {a["data-instance"]: a["data-status"] for t, a in tags.tags if t == "tr" and "data-instance" in a}
+    assert rows == {"api-1": "stale"}
+    text = "".join(tags.text)
+    assert "is portctl agent running on test-host?" in text
+    assert status_json(snapshot)["summary"]["passing"] == 0
