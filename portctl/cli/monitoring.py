@@ -120,9 +120,13 @@ def _read_token(path: str) -> str:
 
 def _allocated(ctx: Opened, env: str | None) -> Listen:
     """127.0.0.1 on the port allocated to ``portctl`` (allocating it the first time)."""
+    from portctl.errors import StoreUnavailable
     from portctl.monitoring.server import Listen
 
-    result = ctx.allocator().allocate("portctl", environment=env)
+    try:
+        result = ctx.allocator().allocate("portctl", environment=env)
+    except StoreUnavailable as e:
+        raise type(e)(f"{e.message}; or give --listen ADDR to serve without allocating a port") from e
     if result.changed:
         note(f"portctl serve: allocated port {result.allocation.port} to portctl ({result.reason})")
     return Listen("127.0.0.1", result.allocation.port)

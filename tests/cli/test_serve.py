@@ -225,3 +225,21 @@ def test_metrics_prints_the_exposition_without_textfile(run):
     result = run("metrics", "--no-scan")
     assert result.returncode == 0
     assert "# TYPE portctl_collector_up gauge" in result.stdout
+
+
+def test_with_the_store_down_at_start_it_serves_only_where_told(run, cli_env, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        store = f"etcd://127.0.0.1:{s.getsockname()[1]}?timeout=1"  # nothing listens there
+    result = run("serve", "--store", store)
+    assert result.returncode == 3
+    assert "--listen" in error_line(result)  # it could not allocate its port: say how to go on
+    with served(cli_env, tmp_path, "--store", store, "--listen", "127.0.0.1:0") as (url, proc):
+        assert get(url + "/-/healthy")[0] == 200
+        status, body, _ = get(url + "/metrics")
+        assert status == 200
+        assert 'portctl_collector_up{collector="store"} 0.0' in body
+        assert get(url + "/-/ready")[0] == 503  # never read: not ready
+        assert "No data yet" in get(url + "/")[1]
+        code, _ = stop(proc)
+    assert code == 0
