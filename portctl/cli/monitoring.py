@@ -121,15 +121,17 @@ def _read_token(path: str) -> str:
 def _allocated(ctx: Opened, env: str | None) -> Listen:
     """127.0.0.1 on the port allocated to ``portctl`` (allocating it the first time)."""
     from portctl.errors import StoreUnavailable
-    from portctl.monitoring.server import Listen
+    from portctl.monitoring.server import SERVICE, STANDARD_PORTS, Listen
 
     try:
-        result = ctx.allocator().allocate("portctl", environment=env)
+        result = ctx.allocator().allocate(SERVICE, type="monitoring", environment=env, prefer=STANDARD_PORTS)
     except StoreUnavailable as e:
         raise type(e)(f"{e.message}; or give --listen ADDR to serve without allocating a port") from e
+    port = result.allocation.port
     if result.changed:
-        note(f"portctl serve: allocated port {result.allocation.port} to portctl ({result.reason})")
-    return Listen("127.0.0.1", result.allocation.port)
+        why = "its standard port" if port == STANDARD_PORTS[0] else f"{STANDARD_PORTS[0]} was not free"
+        note(f"portctl serve: allocated port {port} to portctl ({why})")
+    return Listen("127.0.0.1", port)
 
 
 @app.command()

@@ -101,9 +101,6 @@ _SERVICES = (
     _svc("admin_ui", "user", 3000, alternatives=(3002,)),
     _svc("grafana", "monitoring", 3001, alternatives=(3003,)),
     _svc("prometheus", "monitoring", 9090, alternatives=(9091,)),
-    # portctl serve: below the exporters' block (9100-9999), clear of Prometheus (9090),
-    # Pushgateway (9091), Alertmanager (9093-9094), Loki's gRPC (9095) and Calico (9099).
-    _svc("portctl", "monitoring", 9098, alternatives=(9097, 9096)),
     _svc("nginx_http", "system", 80),
     _svc("nginx_https", "system", 443),
     _svc("mcp_weaviate", "api", 8001),

@@ -26,8 +26,21 @@ from portctl import _validate
 from portctl.errors import InvalidInput, PortConflict
 from portctl.monitoring.snapshot import Monitor
 
-__all__ = ["DEFAULT_BUDGET", "Listen", "StatusServer", "parse_listen", "scrape_budget"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "SERVICE",
+    "STANDARD_PORTS",
+    "Listen",
+    "StatusServer",
+    "parse_listen",
+    "scrape_budget",
+]
 
+# portctl serve's own port, in the monitoring range: below the exporters' block of Prometheus'
+# port list (9100-9999), clear of Prometheus (9090), Pushgateway (9091), Alertmanager
+# (9093-9094), Loki's gRPC (9095) and Calico (9099). Then the alternatives, then the range.
+STANDARD_PORTS = (9098, 9097, 9096)
+SERVICE = "portctl"
 DEFAULT_BUDGET = 10.0  # seconds a scrape may spend without a timeout header (Prometheus' default)
 _MARGIN = 0.25  # seconds kept for writing the answer
 _LISTEN_FORM = "HOST:PORT, [IPv6]:PORT or PORT (loopback), e.g. 127.0.0.1:9098"
