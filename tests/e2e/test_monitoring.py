@@ -248,6 +248,13 @@ def test_prometheus_and_the_page_see_every_service_and_the_one_that_dies(browser
         lambda: _healthy(prometheus) == {**dict.fromkeys(others, 1), victim.id: 0},
         seconds=20,
     )
+    wait_until(
+        f"{victim.name}'s own target down",
+        lambda: (
+            prometheus.series('up{job!="portctl"}', "service")
+            == {**dict.fromkeys(names - {victim.name}, 1), victim.name: 0}
+        ),
+    )
     firing = wait_until(f"{ALERT} firing", lambda: prometheus.firing(ALERT), seconds=20)
     assert [a["service_id"] for a in firing] == [victim.id]
     assert firing[0]["service_name"] == victim.name
