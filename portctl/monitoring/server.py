@@ -157,7 +157,8 @@ class StatusServer:
             ) from e
 
     def start(self) -> None:
-        """Serve in a thread (return at once)."""
+        """Serve in a thread (return at once), the first store read under way."""
+        self.monitor.prime()
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="portctl-serve", daemon=True)
         self._thread.start()
 
@@ -176,6 +177,8 @@ class StatusServer:
         if route == "/-/healthy":
             return 200, "text/plain; charset=utf-8", b"portctl is healthy.\n", {}
         if route == "/-/ready":
+            if not self.monitor.ready:
+                self.monitor.prime()  # a read after a failed one, so ready comes back by itself
             if self.monitor.ready:
                 return 200, "text/plain; charset=utf-8", b"portctl is ready.\n", {}
             return 503, "text/plain; charset=utf-8", b"portctl is not ready: the store was never read.\n", {}

@@ -151,6 +151,11 @@ class Monitor:
         self._reading: threading.Thread | None = None
         self._read_done = threading.Event()
 
+    def prime(self) -> None:
+        """Start a store read (unless one is under way) and return at once: a server primes at
+        start, so it turns ready without waiting for a first scrape."""
+        self._read_store()
+
     @property
     def ready(self) -> bool:
         """Whether the store has been read at least once."""
