@@ -176,6 +176,10 @@ section{background:#fff;border:1px solid #d0d7de;border-radius:6px;margin:0 0 16
 h2{font-size:15px;margin:4px 0 10px}h3{font-size:14px;margin:12px 0 6px}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:5px 8px;border-top:1px solid #eaeef2;vertical-align:top}
+td.wrap{overflow-wrap:anywhere}
+table.services{table-layout:fixed}table.services th:nth-child(1){width:17%}
+table.services th:nth-child(2){width:19%}table.services th:nth-child(3){width:17%}
+table.services th:nth-child(4){width:17%}table.services th:nth-child(5){width:9%}
 th{font-weight:600;color:#57606a;border-top:0}
 .pill{display:inline-block;min-width:64px;text-align:center;border-radius:10px;padding:1px 8px;
   color:#fff;font-weight:600;font-size:12px}
@@ -286,7 +290,7 @@ def _services(data: dict[str, Any]) -> str:
             out.append('<p class="muted">No service registered.</p>')
             continue
         out.append(
-            "<table><tr><th>Service</th><th>Instance</th><th>Where</th><th>Check</th>"
+            '<table class="services"><tr><th>Service</th><th>Instance</th><th>Where</th><th>Check</th>'
             "<th>Health</th><th>Output</th></tr>"
         )
         for service in env["services"]:
@@ -309,7 +313,7 @@ def _services(data: dict[str, Any]) -> str:
                     f"<td>{_e(i['host'])} <code>{_e(i['address'])}:{i['port']}</code></td>"
                     f"<td>{_e(i['check'])}</td>"
                     f'<td><span class="pill {_e(i["shown"])}">{_e(i["shown"])}</span></td>'
-                    f'<td class="muted">{_e(i["output"])}</td></tr>'
+                    f'<td class="muted wrap">{_e(i["output"])}</td></tr>'
                 )
         out.append("</table>")
     out.append("</section>")
@@ -332,7 +336,8 @@ def _conflicts(data: dict[str, Any], now: float) -> str:
             holders = "<br>".join(_e(h) for h in c["holders"])
             out.append(
                 f'<tr class="conflict" data-service="{_e(c["service"])}"><td>{_e(c["service"])}</td>'
-                f"<td>{_e(c['environment'])}</td><td>{c['port']}/{_e(c['protocol'])}</td><td>{holders}</td></tr>"
+                f"<td>{_e(c['environment'])}</td><td>{c['port']}/{_e(c['protocol'])}</td>"
+                f'<td class="wrap">{holders}</td></tr>'
             )
         out.append("</table>")
     out.append("</section>")
