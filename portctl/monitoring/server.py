@@ -163,7 +163,7 @@ class StatusServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop answering, finish the requests under way, close the socket."""
+        """Stop accepting and close the socket (a request under way is not waited for)."""
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
