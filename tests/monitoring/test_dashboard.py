@@ -10,6 +10,12 @@ import json
 import re
 import shutil
 import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +29,7 @@ from portctl.monitoring.dashboard import (
     grafana_provider,
     panel_queries,
 )
+from tests.conftest import free_port
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
@@ -369,3 +376,157 @@ def test_the_provider_keeps_an_awkward_path_intact():
     directory = "/srv/grafana dashboards/port: ctl #1"
     provider = yaml.safe_load(grafana_provider(directory))
     assert provider["providers"][0]["options"]["path"] == directory
+
+
+# --- the queries against a real Prometheus --------------------------------------------------------
+
+# An exposition shaped as the contract says: two instances (one failing), two types' ranges, one
+# blue-green service live on green, a store that answers.
+EXPOSITION = """\
+portctl_up 1
+portctl_collector_up{collector="store"} 1
+portctl_collector_up{collector="host"} 1
+portctl_collector_up{collector="docker"} 0
+portctl_service_instance_healthy{service_name="api",service_id="api-1",deploy_env="prod",service_type="backend",host="h1"} 1
+portctl_service_instance_healthy{service_name="api",service_id="api-2",deploy_env="prod",service_type="backend",host="h1"} 0
+portctl_service_check_duration_seconds{service_name="api",service_id="api-1",deploy_env="prod",service_type="backend",host="h1"} 0.012
+portctl_allocation_info{service_name="api",deploy_env="prod",service_type="backend",host="h1",port="8001",protocol="tcp"} 1
+portctl_allocation_info{service_name="api",deploy_env="prod",service_type="backend",host="h1",port="8002",protocol="tcp"} 1
+portctl_allocation_info{service_name="db",deploy_env="staging",service_type="database",host="h1",port="5433",protocol="tcp"} 1
+portctl_range_size_ports{service_type="backend",range="8000-8099"} 100
+portctl_range_size_ports{service_type="database",range="5432-5441"} 10
+portctl_range_allocated_ports{service_type="backend",deploy_env="prod",host="h1"} 2
+portctl_range_allocated_ports{service_type="database",deploy_env="staging",host="h1"} 1
+portctl_port_conflicts{deploy_env="prod",host="h1",kind="process"} 1
+portctl_port_conflicts{deploy_env="prod",host="h1",kind="container"} 0
+portctl_port_conflicts{deploy_env="staging",host="h1",kind="process"} 0
+portctl_port_conflicts{deploy_env="staging",host="h1",kind="container"} 0
+portctl_bluegreen_live_color{service_name="api",deploy_env="prod",color="blue"} 0
+portctl_bluegreen_live_color{service_name="api",deploy_env="prod",color="green"} 1
+portctl_store_request_duration_seconds_bucket{operation="read",le="0.01"} 3
+portctl_store_request_duration_seconds_bucket{operation="read",le="0.1"} 5
+portctl_store_request_duration_seconds_bucket{operation="read",le="+Inf"} 5
+portctl_store_request_duration_seconds_sum{operation="read"} 0.2
+portctl_store_request_duration_seconds_count{operation="read"} 5
+"""
+PROMETHEUS = shutil.which("prometheus")
+
+
+class _Exposition(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = EXPOSITION.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _query(base: str, expr: str) -> list[dict]:
+    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - a fixed http:// URL to our own Prometheus
+        body = json.load(answer)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def _wait_for(predicate, what: str, timeout: float = 60.0):
+    """Poll ``predicate`` until it returns something truthy (Prometheus offers no event to await)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = predicate()
+        except OSError:
+            found = None
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory) -> Iterator[str]:
+    if PROMETHEUS is None:
+        pytest.skip("prometheus not on PATH (install the Debian package `prometheus`)")
+    exporter = ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
+    threading.Thread(target=exporter.serve_forever, args=(0.05,), daemon=True).start()
+    work = tmp_path_factory.mktemp("prometheus")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": "portctl", "static_configs": [{"targets": [f"127.0.0.1:{exporter.server_port}"]}]}
+        ],
+    }
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port(start=29000)
+    process = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        # Two scrapes, so rate() over the histogram has two samples.
+        _wait_for(lambda: _query(base, "count_over_time(portctl_up[1m]) >= 2"), "two scrapes")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        exporter.shutdown()
+        exporter.server_close()
+
+
+def _panel_results(prometheus: str, dashboard: dict, title: str) -> list[dict]:
+    panel = panel_titled(dashboard, title)
+    (expr,) = panel_queries({"templating": dashboard["templating"], "panels": [panel]})
+    return _query(prometheus, expr)
+
+
+def _by(results: list[dict], label: str) -> dict[str, float]:
+    return {r["metric"][label]: float(r["value"][1]) for r in results}
+
+
+def test_prometheus_shows_each_instance_healthy_or_not(prometheus, dashboard):
+    results = _panel_results(prometheus, dashboard, PanelTitle.HEALTH)
+    assert _by(results, "service_id") == {"api-1": 1.0, "api-2": 0.0}
+
+
+def test_prometheus_shows_range_utilisation_as_a_share(prometheus, dashboard):
+    results = _panel_results(prometheus, dashboard, PanelTitle.RANGE_UTILISATION)
+    assert _by(results, "service_type") == {"backend": 0.02, "database": 0.1}
+
+
+def test_prometheus_shows_conflicts_by_kind(prometheus, dashboard):
+    results = _panel_results(prometheus, dashboard, PanelTitle.CONFLICTS)
+    assert _by(results, "kind") == {"process": 1.0, "container": 0.0}
+
+
+def test_prometheus_shows_only_the_live_colour(prometheus, dashboard):
+    results = _panel_results(prometheus, dashboard, PanelTitle.BLUEGREEN)
+    assert [(r["metric"]["service_name"], r["metric"]["color"]) for r in results] == [("api", "green")]
+
+
+def test_prometheus_shows_allocations_per_environment(prometheus, dashboard):
+    results = _panel_results(prometheus, dashboard, PanelTitle.ALLOCATIONS)
+    assert _by(results, "deploy_env") == {"prod": 2.0, "staging": 1.0}
+
+
+def test_prometheus_shows_sources_and_latencies(prometheus, dashboard):
+    assert _by(_panel_results(prometheus, dashboard, PanelTitle.COLLECTORS), "collector") == {
+        "store": 1.0,
+        "host": 1.0,
+        "docker": 0.0,
+    }
+    (check,) = _panel_results(prometheus, dashboard, PanelTitle.CHECK_LATENCY)
+    assert float(check["value"][1]) == 0.012
+    # The exposition never changes, so the rate is 0 and the quantile has no value: a series, NaN.
+    (store,) = _panel_results(prometheus, dashboard, PanelTitle.STORE_LATENCY)
+    assert store["value"][1] == "NaN"
