@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from portctl.cli._common import EnvOption, JsonOption, StoreOption, handled, opened
-from portctl.cli._output import emit, note
+from portctl.cli._output import InputProblem, emit, note
 from portctl.errors import InvalidInput
 
 app = typer.Typer(rich_markup_mode=None)
@@ -65,17 +65,23 @@ def render(
         ),
     ] = "10s",
     critical_for: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--critical-for",
             metavar="5m",
-            help="prometheus-rules: how long an instance is critical before its alert fires.",
+            help="prometheus-rules: how long an instance is critical before its alert fires (default 5m).",
+            show_default=False,
         ),
-    ] = "5m",
+    ] = None,
     job: Annotated[
-        str,
-        typer.Option("--job", metavar="NAME", help="prometheus-rules: the scrape job of portctl serve."),
-    ] = "portctl",
+        str | None,
+        typer.Option(
+            "--job",
+            metavar="NAME",
+            help="prometheus-rules: the scrape job of portctl serve (default portctl).",
+            show_default=False,
+        ),
+    ] = None,
     provisioning: Annotated[
         str | None,
         typer.Option(
@@ -104,9 +110,18 @@ def render(
         if target not in (*TARGETS, *MONITORING):
             raise InvalidInput("TARGET", target, "nginx, haproxy, prometheus, prometheus-rules or grafana")
         argv = reload_command(reload)
+        for flag, given, owner in (
+            ("--critical-for", critical_for, "prometheus-rules"),
+            ("--job", job, "prometheus-rules"),
+            ("--provisioning", provisioning, "grafana"),
+        ):
+            if given is not None and target != owner:
+                raise InputProblem(
+                    flag.lstrip("-").replace("-", "_"), given, f"{flag} goes with {owner} only"
+                )
         if target in MONITORING:
             if watch:
-                raise InvalidInput("watch", None, f"no --watch: {target} does not follow the registry")
+                raise InputProblem("watch", True, f"--watch follows the registry; {target} does not read it")
             _render_monitoring(target, output, argv, critical_for, job, provisioning, as_json)
             return
         quiet = parse_duration(quiet_period, "--quiet-period")
@@ -155,8 +170,8 @@ def _render_monitoring(
     target: str,
     output: str | None,
     argv: list[str] | None,
-    critical_for: str,
-    job: str,
+    critical_for: str | None,
+    job: str | None,
     provisioning: str | None,
     as_json: bool,
 ) -> None:
@@ -168,14 +183,16 @@ def _render_monitoring(
     if target == "prometheus-rules":
         from portctl.monitoring.rules import prometheus_rules
 
-        text = prometheus_rules(critical_for=critical_for, job=job)
+        text = prometheus_rules(critical_for=critical_for or "5m", job="portctl" if job is None else job)
     else:
         from portctl.monitoring.dashboard import grafana_dashboard
 
         text = grafana_dashboard()
-    if provisioning is not None and target != "grafana":
-        raise InvalidInput("provisioning", provisioning, "only with grafana (the dashboard's provider)")
     if provisioning is not None:
+        if not os.path.isdir(provisioning):
+            raise InvalidInput(
+                "provisioning", provisioning, "an existing folder: Grafana's provisioning/dashboards"
+            )
         from portctl.monitoring.dashboard import grafana_provider
 
         output = output or os.path.join(provisioning, "portctl-dashboard.json")

@@ -199,7 +199,10 @@ def _store_latency_panel() -> JSON:
 
 def _range_utilisation_panel() -> JSON:
     expr = (
-        f"sum by (service_type) (portctl_range_allocated_ports{{{ENV_HOST}}})"
+        # Per host (each host allocates from its own ports); max first, so exporters that
+        # share one store and serve the same series do not count them twice.
+        "sum by (service_type, host) (max by (service_type, deploy_env, host)"
+        f" (portctl_range_allocated_ports{{{ENV_HOST}}}))"
         " / on (service_type) group_left () max by (service_type) (portctl_range_size_ports)"
     )
     return _panel(
@@ -207,7 +210,7 @@ def _range_utilisation_panel() -> JSON:
         "bargauge",
         PanelTitle.RANGE_UTILISATION,
         (0, 8, 12, 8),
-        [_target(expr, "{{service_type}}")],
+        [_target(expr, "{{host}} {{service_type}}")],
         description="Allocated ports (selected environments and hosts) as a share of each service "
         "type's port range.",
         defaults={

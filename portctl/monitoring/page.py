@@ -29,7 +29,7 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
     pointers = store_view.pointers if store_view else {}
     policy = s.settings.policy
     types = {(a.host, a.environment, a.service): a.type for a in store_view.allocations} if store_view else {}
-    environments = []
+    environments: list[dict[str, Any]] = []
     for env in policy.environments:
         services: dict[str, dict[str, Any]] = {}
         for i in instances:

@@ -332,13 +332,24 @@ def test_every_query_uses_only_contract_metrics(dashboard):
         assert names <= ALLOWED_METRICS, f"{query}: not in the contract: {names - ALLOWED_METRICS}"
 
 
-def test_the_contract_list_matches_metrics_md():
-    candidates = [Path(__file__).resolve().parents[n] / "METRICS.md" for n in (2, 3)]
-    found = [p for p in candidates if p.is_file()]
-    if not found:
-        pytest.skip("METRICS.md (the metrics contract) is not beside this checkout")
-    listed = set(re.findall(r"^\| (portctl_[a-z_]+) \|", found[0].read_text(), flags=re.MULTILINE))
-    assert listed == CONTRACT_METRICS
+def test_the_metrics_queried_are_those_the_exporter_serves_and_the_readme_lists(tmp_path, monkeypatch):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from portctl.backends.file import JsonFileStore
+    from portctl.config.settings import Settings
+    from portctl.monitoring.metrics import exposition
+    from portctl.monitoring.snapshot import Monitor
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with JsonFileStore(str(tmp_path / "store.json")) as store:
+        monitor = Monitor(store, Settings(host="h1"))
+        monitor.scan()
+        body, _ = exposition(monitor.snapshot(5))
+    served = {family.name for family in text_string_to_metric_families(body.decode())}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(portctl_[a-z_]+)` \|", readme, flags=re.MULTILINE))
+    assert served == CONTRACT_METRICS
+    assert documented == CONTRACT_METRICS
 
 
 @needs_promtool
@@ -397,6 +408,7 @@ portctl_range_size_ports{service_type="backend",range="8000-8099"} 100
 portctl_range_size_ports{service_type="database",range="5432-5441"} 10
 portctl_range_allocated_ports{service_type="backend",deploy_env="prod",host="h1"} 2
 portctl_range_allocated_ports{service_type="database",deploy_env="staging",host="h1"} 1
+portctl_range_allocated_ports{service_type="database",deploy_env="prod",host="h2"} 5
 portctl_port_conflicts{deploy_env="prod",host="h1",kind="process"} 1
 portctl_port_conflicts{deploy_env="prod",host="h1",kind="container"} 0
 portctl_port_conflicts{deploy_env="staging",host="h1",kind="process"} 0
@@ -501,7 +513,8 @@ def test_prometheus_shows_each_instance_healthy_or_not(prometheus, dashboard):
 
 def test_prometheus_shows_range_utilisation_as_a_share(prometheus, dashboard):
     results = _panel_results(prometheus, dashboard, PanelTitle.RANGE_UTILISATION)
-    assert _by(results, "service_type") == {"backend": 0.02, "database": 0.1}
+    found = {(r["metric"]["service_type"], r["metric"]["host"]): float(r["value"][1]) for r in results}
+    assert found == {("backend", "h1"): 0.02, ("database", "h1"): 0.1, ("database", "h2"): 0.5}
 
 
 def test_prometheus_shows_conflicts_by_kind(prometheus, dashboard):
