@@ -27,6 +27,7 @@ from .conftest import PORTCTL
 from .test_store_failures import BLOCKER  # the store clients' libraries made unimportable
 
 RUNUSER = shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin") or "runuser"
+TIMEOUT = shutil.which("timeout", path="/usr/bin:/bin") or "timeout"
 
 # One working example per command: what a user would type first.
 EXAMPLES: dict[str, list[str]] = {
@@ -54,7 +55,10 @@ EXAMPLES: dict[str, list[str]] = {
     "bluegreen status": ["sweep"],
     "render": ["nginx"],
     "migrate": ["--to", "other.json"],
+    "metrics": [],
+    "serve": ["--listen", "127.0.0.1:0"],  # stopped by SIGTERM after a while (see _run)
 }
+LONG_RUNNING = {"serve": 3}  # seconds it runs before SIGTERM; it must then exit 0, cleanly
 
 COMPOSE = """\
 services:
@@ -189,10 +193,13 @@ def nobody_portctl(workdir: Path) -> str:
 def _run(
     root: Path, argv: list[str], env: dict[str, str], as_nobody: str | None
 ) -> subprocess.CompletedProcess[str]:
-    command = [PORTCTL, *argv]
+    seconds = LONG_RUNNING.get(argv[0])
+    # timeout sends SIGTERM and, with --preserve-status, exits as the command did.
+    stopper = [TIMEOUT, "--preserve-status", "-s", "TERM", str(seconds)] if seconds else []
+    command = [*stopper, PORTCTL, *argv]
     if as_nobody:
         assignments = (f"{k}={v}" for k, v in env.items())
-        command = [RUNUSER, "-u", "nobody", "--", "env", "-i", *assignments, as_nobody, *argv]
+        command = [RUNUSER, "-u", "nobody", "--", "env", "-i", *assignments, *stopper, as_nobody, *argv]
     return subprocess.run(
         command,
         cwd=root,

@@ -201,7 +201,10 @@ def test_a_failing_reload_while_watching_is_reported_and_the_watch_goes_on(popul
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("apache",), "TARGET: 'apache' is not valid; expected nginx, haproxy or prometheus"),
+        (
+            ("apache",),
+            "TARGET: 'apache' is not valid; expected nginx, haproxy, prometheus, prometheus-rules or grafana",
+        ),
         (("nginx", "--watch"), "--output: missing; expected a file to write"),
         (
             ("nginx", "-o", "x.conf", "--reload", "no-such-reloader -s reload"),
