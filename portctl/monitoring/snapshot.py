@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
@@ -26,8 +26,8 @@ from portctl.config.settings import Settings
 from portctl.errors import PortctlError, StoreCorrupt
 from portctl.keys import BLUEGREEN_PREFIX, allocations_prefix, parse_pointer_key, registry_prefix
 from portctl.ports.allocator import Allocation, PortAllocator, parse_allocation
-from portctl.records import LivePointer
-from portctl.registry.entries import Instance, instances_from
+from portctl.records import HealthRecord, LivePointer, ServiceEntry, Status, parse_entry, parse_health
+from portctl.registry.entries import Instance
 from portctl.routing.live import pointer_of
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ class Monitor:
         self._scan_view: ScanView | None = None
         self._latency = Latency()
         self._reading: threading.Thread | None = None
+        self._cache = ParseCache()  # used by one read at a time
         self._read_done = threading.Event()
 
     def prime(self) -> None:
@@ -201,7 +202,7 @@ class Monitor:
     def _store_read(self) -> None:
         started = time.monotonic()
         try:
-            view = read_store(self.store, self.clock)
+            view = read_store(self.store, self.clock, self._cache)
         except PortctlError as e:
             self._finish("store", started, error=e.message)
         except Exception as e:  # noqa: BLE001 - a bug in one read must not stop the exporter
@@ -296,34 +297,77 @@ def stale(instance: Instance, now: float) -> bool:
     return now - recorded > max(STALE_MINIMUM, STALE_INTERVALS * check.interval + check.timeout)
 
 
-def read_store(store: Store, clock: Callable[[], float] = time.time) -> StoreView:
+class ParseCache:
+    """Each key's last parsed record, kept while its value and version stay the same: a
+    registration is validated like user input, and at a scrape every 15 s nearly all of them
+    are unchanged since the last one. A key that went away leaves the cache at the next read."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, tuple[str, str, object]] = {}
+        self._next: dict[str, tuple[str, str, object]] = {}
+
+    def parsed(self, entry: Entry, parse: Callable[[Entry], T]) -> T:
+        """``parse(entry)``, or its result for the same value and version (a :class:`StoreCorrupt`
+        is kept and raised again, so a bad key costs one parse too)."""
+        hit = self._records.get(entry.key)
+        if hit is not None and hit[0] == entry.value and hit[1] == entry.version:
+            result = hit[2]
+        else:
+            try:
+                result = parse(entry)
+            except StoreCorrupt as e:
+                result = e
+        self._next[entry.key] = (entry.value, entry.version, result)
+        if isinstance(result, StoreCorrupt):
+            raise result
+        return result  # type: ignore[return-value]
+
+    def done(self) -> None:
+        """End one read: only the keys it saw stay."""
+        self._records, self._next = self._next, {}
+
+
+def read_store(
+    store: Store, clock: Callable[[], float] = time.time, cache: ParseCache | None = None
+) -> StoreView:
     """Registrations, allocations and live pointers, in one read of the store. A key that does
     not parse is skipped and named, so one bad key hides nothing else."""
     entries = store.list_many([registry_prefix(), allocations_prefix(), BLUEGREEN_PREFIX])
     now = clock()
+    cache = cache or ParseCache()
     corrupt: list[StoreCorrupt] = []
-    registry = [e for e in entries if e.key.startswith(registry_prefix())]
-    instances = instances_from(registry, now, corrupt)
-    allocations = _parsed(parse_allocation, (e for e in entries if e.key.startswith("allocations/")), corrupt)
+    registered: dict[str, ServiceEntry] = {}
+    health: dict[str, HealthRecord] = {}
+    allocations: list[Allocation] = []
     pointers: dict[tuple[str, str], LivePointer] = {}
     for entry in entries:
-        where = parse_pointer_key(entry.key)
-        if where is not None:
-            pointer = _parsed(pointer_of, [entry], corrupt)
-            if pointer:
-                pointers[where] = pointer[0]
+        key = entry.key
+        try:
+            if key.startswith(REGISTRY_PREFIX):
+                base, _, leaf = key.rpartition("/")
+                if leaf == "entry":
+                    registered[base] = cache.parsed(entry, parse_entry)
+                elif leaf == "health":
+                    health[base] = cache.parsed(entry, parse_health)
+            elif key.startswith(ALLOCATIONS):
+                allocations.append(cache.parsed(entry, parse_allocation))
+            elif (where := parse_pointer_key(key)) is not None:
+                pointers[where] = cache.parsed(entry, pointer_of)
+        except StoreCorrupt as bad:
+            corrupt.append(bad)
+    cache.done()
+    instances = []
+    for base, e in registered.items():
+        record = health.get(base, NO_HEALTH)
+        instances.append(Instance(e, record, record.effective(now)))
+    instances.sort(key=lambda i: (i.entry.environment, i.entry.service, i.entry.id))
     allocations.sort(key=lambda a: (a.host, a.environment, a.service))
     return StoreView(tuple(instances), tuple(allocations), pointers, tuple(str(c) for c in corrupt), now)
 
 
-def _parsed(parse: Callable[[Entry], T], entries: Iterable[Entry], corrupt: list[StoreCorrupt]) -> list[T]:
-    out = []
-    for entry in entries:
-        try:
-            out.append(parse(entry))
-        except StoreCorrupt as e:
-            corrupt.append(e)
-    return out
+REGISTRY_PREFIX = registry_prefix()
+ALLOCATIONS = allocations_prefix()
+NO_HEALTH = HealthRecord(Status.CRITICAL, "no health recorded")  # as the registry reads it
 
 
 def _store_type(store: Store) -> str:

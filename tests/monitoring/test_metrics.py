@@ -10,13 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from portctl.backends import open_store
 from portctl.backends.file import JsonFileStore
 from portctl.config.settings import Settings
 from portctl.keys import pointer_key
-from portctl.monitoring.metrics import exposition, textfile
+from portctl.monitoring.metrics import Families, SnapshotCollector, exposition, textfile
 from portctl.monitoring.snapshot import Monitor
 from portctl.ports.allocator import PortAllocator
 from portctl.records import CheckSpec, LivePointer, Status
@@ -183,6 +185,11 @@ def test_promtool_accepts_the_exposition(json_store, settings, server, listener,
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert checked.stdout + checked.stderr == ""  # no lint finding either
     assert value(textfile(monitor.snapshot()), "portctl_up") is None  # a file outlives its writer
+    # The whole exposition of a real view, as prometheus-client itself would write it.
+    snapshot = monitor.snapshot()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(Families(snapshot)))
+    assert exposition(snapshot)[0] == generate_latest(registry)
 
 
 def test_openmetrics_is_served_when_asked(json_store, settings):
