@@ -15,6 +15,7 @@ BENCHMARKS = [
     "etcd.py",
     "consul_store.py",
     "bluegreen.py",
+    "scrape.py",
 ]
 
 
