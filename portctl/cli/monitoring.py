@@ -177,7 +177,13 @@ def metrics(
         if textfile is None:
             sys.stdout.write(text)
         else:
-            write_atomically(textfile, text)
+            try:
+                write_atomically(textfile, text)
+            except InvalidInput as e:  # a folder, device or pipe where the file goes
+                raise InvalidInput("textfile", textfile, e.expected) from None
+            except OSError as e:  # no such folder, permission denied (a full disk is exit 3)
+                why = e.strerror or str(e)
+                raise InvalidInput("textfile", textfile, f"a file in a writable folder ({why})") from None
         failed = snapshot.sources["store"]
         if not failed.up:
             written = textfile or "the output"

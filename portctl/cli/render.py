@@ -188,23 +188,41 @@ def _render_monitoring(
         from portctl.monitoring.dashboard import grafana_dashboard
 
         text = grafana_dashboard()
+    provider: str | None = None
     if provisioning is not None:
         if not os.path.isdir(provisioning):
             raise InvalidInput(
                 "provisioning", provisioning, "an existing folder: Grafana's provisioning/dashboards"
             )
-        from portctl.monitoring.dashboard import grafana_provider
-
         output = output or os.path.join(provisioning, "portctl-dashboard.json")
-        folder = os.path.dirname(os.path.abspath(output))
         provider = os.path.join(provisioning, "portctl.yaml")
-        install(provider, grafana_provider(folder))
-        note(f"{provider}: written (loads dashboards from {folder})")
+        if os.path.realpath(output) == os.path.realpath(provider):
+            raise InvalidInput("output", output, f"a file other than the provider, {provider}")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+            raise InvalidInput(
+                "output", output, "a file in an existing folder (Grafana reads the dashboard there)"
+            )
     if output is None:
         if argv:
             raise InvalidInput("output", None, "a file to write (--reload needs --output FILE)")
         emit(as_json, {"target": target, "text": text}, text.rstrip("\n"))
         return
+    # The dashboard first: a provider is written only once what it points at is there.
     done = install(output, text, argv)
     said = "unchanged" if not done.changed else "written" + (", reloaded" if done.reloaded else "")
-    emit(as_json, {"path": output, "changed": done.changed, "reloaded": done.reloaded}, f"{output}: {said}")
+    data: dict[str, object] = {"path": output, "changed": done.changed, "reloaded": done.reloaded}
+    lines = [f"{output}: {said}"]
+    if provisioning is not None and provider is not None:
+        from portctl.monitoring.dashboard import grafana_provider
+
+        folder = os.path.dirname(os.path.abspath(output))
+        try:
+            wrote = install(provider, grafana_provider(folder))
+        except InvalidInput as e:
+            raise InvalidInput(
+                "provisioning", provisioning, f"a folder portctl can write ({e.expected})"
+            ) from None
+        state = "written" if wrote.changed else "unchanged"
+        lines.append(f"{provider}: {state} (loads dashboards from {folder})")
+        data["provider"] = {"path": provider, "changed": wrote.changed, "dashboards": folder}
+    emit(as_json, data, "\n".join(lines))

@@ -72,3 +72,29 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path, args, says):
     assert result.returncode == 2
     assert says in error_line(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_provisioning_writes_nothing_when_the_dashboard_cannot_be_written(run, tmp_path):
+    folder = tmp_path / "prov"
+    folder.mkdir()
+    for target in ("elsewhere/d.json", "prov", "prov/portctl.yaml"):
+        result = run("render", "grafana", "--provisioning", folder, "-o", target)
+        assert result.returncode == 2, target
+        assert "--output" in error_line(result)
+        assert list(folder.iterdir()) == [], target  # no provider pointing at nothing
+
+
+def test_provisioning_twice_says_unchanged_and_names_both_files(run, tmp_path):
+    folder = tmp_path / "prov"
+    folder.mkdir()
+    assert run("render", "grafana", "--provisioning", folder).returncode == 0
+    again = run("--json", "render", "grafana", "--provisioning", folder)
+    data = json.loads(again.stdout)["data"]
+    assert data["changed"] is False
+    assert data["provider"] == {
+        "path": str(folder / "portctl.yaml"),
+        "changed": False,
+        "dashboards": str(folder),
+    }
+    human = run("render", "grafana", "--provisioning", folder).stdout
+    assert "portctl.yaml: unchanged" in human

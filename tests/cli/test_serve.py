@@ -243,3 +243,13 @@ def test_with_the_store_down_at_start_it_serves_only_where_told(run, cli_env, tm
         assert "No data yet" in get(url + "/")[1]
         code, _ = stop(proc)
     assert code == 0
+
+
+@pytest.mark.parametrize("where", ["missing/portctl.prom", "folder", "/proc/portctl.prom"])
+def test_a_textfile_that_cannot_be_written_is_named_in_one_line(run, tmp_path, where):
+    (tmp_path / "folder").mkdir()
+    result = run("metrics", "--textfile", where, "--no-scan")
+    assert result.returncode == 2
+    line = error_line(result)
+    assert line.startswith(f"portctl: error: --textfile: '{where}' is not valid")
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
