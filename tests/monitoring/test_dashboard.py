@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -391,50 +391,72 @@ def test_the_provider_keeps_an_awkward_path_intact():
 
 # --- the queries against a real Prometheus --------------------------------------------------------
 
-# An exposition shaped as the contract says: two instances (one failing), two types' ranges, one
-# blue-green service live on green, a store that answers.
-EXPOSITION = """\
-portctl_up 1
-portctl_collector_up{collector="store"} 1
-portctl_collector_up{collector="host"} 1
-portctl_collector_up{collector="docker"} 0
-portctl_service_instance_healthy{service_name="api",service_id="api-1",deploy_env="prod",service_type="backend",host="h1"} 1
-portctl_service_instance_healthy{service_name="api",service_id="api-2",deploy_env="prod",service_type="backend",host="h1"} 0
-portctl_service_check_duration_seconds{service_name="api",service_id="api-1",deploy_env="prod",service_type="backend",host="h1"} 0.012
-portctl_allocation_info{service_name="api",deploy_env="prod",service_type="backend",host="h1",port="8001",protocol="tcp"} 1
-portctl_allocation_info{service_name="api",deploy_env="prod",service_type="backend",host="h1",port="8002",protocol="tcp"} 1
-portctl_allocation_info{service_name="db",deploy_env="staging",service_type="database",host="h1",port="5433",protocol="tcp"} 1
-portctl_range_size_ports{service_type="backend",range="8000-8099"} 100
-portctl_range_size_ports{service_type="database",range="5432-5441"} 10
-portctl_range_allocated_ports{service_type="backend",deploy_env="prod",host="h1"} 2
-portctl_range_allocated_ports{service_type="database",deploy_env="staging",host="h1"} 1
-portctl_range_allocated_ports{service_type="database",deploy_env="prod",host="h2"} 5
-portctl_port_conflicts{deploy_env="prod",host="h1",kind="process"} 1
-portctl_port_conflicts{deploy_env="prod",host="h1",kind="container"} 0
-portctl_port_conflicts{deploy_env="staging",host="h1",kind="process"} 0
-portctl_port_conflicts{deploy_env="staging",host="h1",kind="container"} 0
-portctl_bluegreen_live_color{service_name="api",deploy_env="prod",color="blue"} 0
-portctl_bluegreen_live_color{service_name="api",deploy_env="prod",color="green"} 1
-portctl_store_request_duration_seconds_bucket{operation="read",le="0.01"} 3
-portctl_store_request_duration_seconds_bucket{operation="read",le="0.1"} 5
-portctl_store_request_duration_seconds_bucket{operation="read",le="+Inf"} 5
-portctl_store_request_duration_seconds_sum{operation="read"} 0.2
-portctl_store_request_duration_seconds_count{operation="read"} 5
-"""
 PROMETHEUS = shutil.which("prometheus")
+HOST = "h1"
 
 
-class _Exposition(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = EXPOSITION.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+@pytest.fixture(scope="module")
+def exporter(tmp_path_factory) -> Iterator[str]:
+    """A real ``portctl serve`` (in process) of a real store: two api instances (one failing,
+    checked by the agent), allocations in two environments, one port held by a stranger, and a
+    blue-green service live on green. Docker is made absent, so its source is down."""
+    from portctl.backends.file import JsonFileStore
+    from portctl.config.settings import Settings
+    from portctl.keys import pointer_key
+    from portctl.monitoring.server import StatusServer, parse_listen
+    from portctl.monitoring.snapshot import Monitor
+    from portctl.ports.allocator import PortAllocator
+    from portctl.records import CheckSpec, LivePointer
+    from portctl.registry.agent import Agent
+    from portctl.registry.entries import Registry
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    docker_host = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"
+    opened: list[socket.socket] = []
+
+    def listening(port: int = 0) -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(8)
+        opened.append(s)
+        return s
+
+    work = tmp_path_factory.mktemp("exporter")
+    store = JsonFileStore(str(work / "store.json"))
+    settings = Settings(host=HOST)
+    registry = Registry(store, settings)
+    up = listening()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down_port = closed.getsockname()[1]
+    registry.register("api", port=up.getsockname()[1], instance_id="api-1", check=CheckSpec("tcp"))
+    registry.register("api", port=down_port, instance_id="api-2", check=CheckSpec("tcp"))
+    Agent(registry).run_once()
+    allocator = PortAllocator(store, settings)
+    allocator.allocate("api")
+    allocator.allocate("worker", type="api")
+    allocator.allocate("postgres", environment="staging")
+    taken = allocator.allocate("cache_b", type="dynamic").allocation.port
+    listening(taken)  # a stranger on cache_b's port
+    store.create(
+        pointer_key("production", "api"), LivePointer("api", "production", "green", "blue").to_json()
+    )
+    monitor = Monitor(store, settings)
+    monitor.scan()
+    server = StatusServer(monitor, parse_listen("127.0.0.1:0"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        store.close()
+        for s in opened:
+            s.close()
+        if docker_host is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = docker_host
 
 
 def _query(base: str, expr: str) -> list[dict]:
@@ -460,16 +482,14 @@ def _wait_for(predicate, what: str, timeout: float = 60.0):
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory) -> Iterator[str]:
+def prometheus(tmp_path_factory, exporter) -> Iterator[str]:
     if PROMETHEUS is None:
         pytest.skip("prometheus not on PATH (install the Debian package `prometheus`)")
-    exporter = ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
-    threading.Thread(target=exporter.serve_forever, args=(0.05,), daemon=True).start()
     work = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
-            {"job_name": "portctl", "static_configs": [{"targets": [f"127.0.0.1:{exporter.server_port}"]}]}
+            {"job_name": "portctl", "static_configs": [{"targets": [exporter.removeprefix("http://")]}]}
         ],
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -486,14 +506,12 @@ def prometheus(tmp_path_factory) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        # Two scrapes, so rate() over the histogram has two samples.
-        _wait_for(lambda: _query(base, "count_over_time(portctl_up[1m]) >= 2"), "two scrapes")
+        # Three scrapes, so rate() over the store's read latency has reads to show.
+        _wait_for(lambda: _query(base, "count_over_time(portctl_up[1m]) >= 3"), "three scrapes")
         yield base
     finally:
         process.terminate()
         process.wait(timeout=30)
-        exporter.shutdown()
-        exporter.server_close()
 
 
 def _panel_results(prometheus: str, dashboard: dict, title: str) -> list[dict]:
@@ -514,7 +532,7 @@ def test_prometheus_shows_each_instance_healthy_or_not(prometheus, dashboard):
 def test_prometheus_shows_range_utilisation_as_a_share(prometheus, dashboard):
     results = _panel_results(prometheus, dashboard, PanelTitle.RANGE_UTILISATION)
     found = {(r["metric"]["service_type"], r["metric"]["host"]): float(r["value"][1]) for r in results}
-    assert found == {("backend", "h1"): 0.02, ("database", "h1"): 0.1, ("database", "h2"): 0.5}
+    assert found == {("api", HOST): 2 / 1000, ("database", HOST): 1 / 1000, ("dynamic", HOST): 1 / 55536}
 
 
 def test_prometheus_shows_conflicts_by_kind(prometheus, dashboard):
@@ -529,7 +547,7 @@ def test_prometheus_shows_only_the_live_colour(prometheus, dashboard):
 
 def test_prometheus_shows_allocations_per_environment(prometheus, dashboard):
     results = _panel_results(prometheus, dashboard, PanelTitle.ALLOCATIONS)
-    assert _by(results, "deploy_env") == {"prod": 2.0, "staging": 1.0}
+    assert _by(results, "deploy_env") == {"production": 3.0, "staging": 1.0}
 
 
 def test_prometheus_shows_sources_and_latencies(prometheus, dashboard):
@@ -538,8 +556,8 @@ def test_prometheus_shows_sources_and_latencies(prometheus, dashboard):
         "host": 1.0,
         "docker": 0.0,
     }
-    (check,) = _panel_results(prometheus, dashboard, PanelTitle.CHECK_LATENCY)
-    assert float(check["value"][1]) == 0.012
-    # The exposition never changes, so the rate is 0 and the quantile has no value: a series, NaN.
+    checks = _by(_panel_results(prometheus, dashboard, PanelTitle.CHECK_LATENCY), "service_id")
+    assert set(checks) == {"api-1", "api-2"}
+    assert all(0 < seconds < 5 for seconds in checks.values())  # the agent timed its checks
     (store,) = _panel_results(prometheus, dashboard, PanelTitle.STORE_LATENCY)
-    assert store["value"][1] == "NaN"
+    assert 0 < float(store["value"][1]) <= 10  # every scrape read the store
