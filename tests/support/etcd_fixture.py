@@ -26,10 +26,19 @@ ETCD = shutil.which("etcd")
 SKIP_REASON = "etcd is not installed (Debian package etcd-server; scripts/test installs it as root)"
 
 
+_handed_out: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and never handed out before in this run: the kernel may give the same
+    free port to two binds in a row, and a member's client and peer ports must differ."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass
@@ -138,11 +147,15 @@ class EtcdCluster:
         return f"etcd://{self.endpoints}/{prefix or 't-' + uuid.uuid4().hex[:12]}"
 
     def start(self) -> None:
-        for member in self.members:
-            member.start(self.initial_cluster)
-        deadline = time.monotonic() + 60
-        for member in self.members:
-            wait_ready(member, deadline)
+        try:
+            for member in self.members:
+                member.start(self.initial_cluster)
+            deadline = time.monotonic() + 60
+            for member in self.members:
+                wait_ready(member, deadline)
+        except BaseException:
+            self.stop()  # a cluster that did not come up leaves no member running
+            raise
 
     def leader(self) -> EtcdMember:
         for _ in range(200):
@@ -235,5 +248,7 @@ def etcd_cluster(tmp_path: Path):
     if ETCD is None:
         pytest.skip(SKIP_REASON)
     cluster = start_cluster(tmp_path / "cluster")
-    yield cluster
-    cluster.stop()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
