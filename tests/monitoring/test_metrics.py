@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -262,3 +263,34 @@ def test_health_nothing_has_checked_lately_is_not_called_healthy(json_store, set
     assert value(text, "portctl_service_instance_healthy", service_id="api-1") == 0
     assert value(text, "portctl_service_instance_check_stale", service_id="api-1") == 1
     assert value(text, "portctl_service_instance_status", service_id="api-1", status="passing") == 1
+
+
+def test_ten_thousand_instances_are_all_served(json_store, settings):
+    from portctl.backends import Create
+    from portctl.keys import entry_key, health_key
+    from portctl.monitoring.page import status_json
+    from portctl.records import HealthRecord, ServiceEntry
+
+    now = time.time()
+    operations = []
+    for i in range(10_000):
+        entry = ServiceEntry(
+            f"svc{i % 100}-{i}", f"svc{i % 100}", "production", HOST, "127.0.0.1", 20000 + i % 40000
+        )
+        status = Status.CRITICAL if i % 10 == 0 else Status.PASSING
+        operations.append(
+            Create(entry_key("production", entry.service, entry.id), json.dumps(entry.to_dict()))
+        )
+        operations.append(
+            Create(
+                health_key("production", entry.service, entry.id),
+                json.dumps(HealthRecord(status, "", now).to_dict()),
+            )
+        )
+    json_store.transact(operations)
+    monitor = Monitor(json_store, settings, scan_ports=False)
+    healthy = samples(scrape(monitor, budget=60), "portctl_service_instance_healthy")
+    assert len(healthy) == 10_000
+    assert sum(v for _, v in healthy) == 9_000
+    summary = status_json(monitor.snapshot(60))["summary"]
+    assert (summary["instances"], summary["passing"], summary["critical"]) == (10_000, 9_000, 1_000)
