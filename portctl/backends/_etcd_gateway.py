@@ -11,6 +11,7 @@ the port) refused rather than read as empty. Keys and values travel base64-encod
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import json
 import os
@@ -53,7 +54,9 @@ def b64(text: str) -> str:
 
 
 def unb64(text: str) -> str:
-    return base64.b64decode(text).decode()
+    # base64.b64decode without its argument conversion: the same decoding, twice as fast
+    # (a range of thousands of keys decodes two strings per key).
+    return binascii.a2b_base64(text).decode()
 
 
 def range_end(prefix: str) -> str:
