@@ -17,6 +17,7 @@ The table of every metric is in the README ("Metrics").
 
 from __future__ import annotations
 
+import math
 import platform
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,7 +37,17 @@ if TYPE_CHECKING:
 __all__ = ["CONFLICT_KINDS", "Families", "Family", "SnapshotCollector", "exposition", "text", "textfile"]
 
 # A value as prometheus-client spells it (``1.0``, ``+Inf``, ``1.5e+09``).
-_go_float: Callable[[float], str] = floatToGoString
+_library_float: Callable[[float], str] = floatToGoString
+
+
+def _go_float(value: float) -> str:
+    """:func:`floatToGoString`, with the values most samples have (1 and 0) spelled at once."""
+    if value == 1.0:
+        return "1.0"
+    if value == 0.0 and math.copysign(1.0, value) > 0:
+        return "0.0"
+    return _library_float(value)
+
 
 CONFLICT_KINDS = ("process", "container")
 INSTANCE_LABELS = ["service_name", "service_id", "deploy_env", "service_type", "host"]
@@ -265,7 +276,7 @@ def text(families: Iterable[Family]) -> str:
     """The Prometheus text format (0.0.4) of ``families``: what prometheus-client's
     ``generate_latest`` writes for them (labels sorted by name, its float spelling)."""
     out: list[str] = []
-    rendered: dict[tuple[tuple[str, ...], Sequence[str]], str] = {}
+    rendered: dict[tuple[tuple[str, ...], Sequence[str]], str] = {}  # (labels, values): "{...}"
     for f in families:
         help_text = f.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {f.name} {help_text}\n# TYPE {f.name} {f.type}\n")
@@ -285,13 +296,23 @@ def text(families: Iterable[Family]) -> str:
         if not names:
             out.extend(f"{f.name} {_go_float(value)}\n" for _, value in f.samples)
             continue
-        # Families of one instance share its label values: each set is written once.
-        key = tuple(names)
+        # The families of one instance share its label values: each set is written once, and a
+        # family with one more label that sorts last (status) extends the set written before.
+        key, base = f.labels, f.labels[:-1]
+        last = f.labels[-1]
+        extends = bool(base) and all(last > n for n in base)
         for values, value in f.samples:
             found = rendered.get((key, values))
             if found is None:
-                inner = ",".join(f'{n}="{_escaped(values[i])}"' for n, i in zip(names, order, strict=True))
-                found = rendered[(key, values)] = "{" + inner + "}"
+                head = rendered.get((base, tuple(values[:-1]))) if extends else None
+                if head is not None:
+                    found = f'{head[:-1]},{last}="{_escaped(values[-1])}"}}'
+                else:
+                    inner = ",".join(
+                        f'{n}="{_escaped(values[i])}"' for n, i in zip(names, order, strict=True)
+                    )
+                    found = "{" + inner + "}"
+                rendered[(key, values)] = found
             out.append(f"{f.name}{found} {_go_float(value)}\n")
     return "".join(out)
 

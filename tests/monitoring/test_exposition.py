@@ -70,3 +70,38 @@ def test_the_awkward_values_are_escaped_alike():
     assert written == reference([family])
     assert '\\"' in written
     assert "\\n" in written
+
+
+@st.composite
+def instance_families(draw) -> list[Family]:
+    """Families sharing label values, as an instance's do: the same labels, the same labels in
+    another order, and one more label that sorts last (like ``status``)."""
+    labels = tuple(draw(st.lists(LABEL, unique=True, min_size=1, max_size=4)))
+    rows = draw(st.lists(st.tuples(*[st.text(max_size=8) for _ in labels]), min_size=1, max_size=4))
+    extra = draw(st.lists(st.text(max_size=6), min_size=1, max_size=3))
+    value = draw(VALUE)
+    reordered = labels[::-1]
+    return [
+        Family("portctl_a", "a", "gauge", labels, [(row, value) for row in rows]),
+        Family("portctl_b", "b", "gauge", reordered, [(row[::-1], value) for row in rows]),
+        Family(
+            "portctl_c",
+            "c",
+            "gauge",
+            (*labels, "zzz_state"),
+            [((*row, x), value) for row in rows for x in extra],
+        ),
+        Family(
+            "portctl_d",
+            "d",
+            "gauge",
+            ("zzz_state", *labels),
+            [((x, *row), value) for row in rows for x in extra],
+        ),
+    ]
+
+
+@settings(max_examples=300, deadline=2000)
+@given(instance_families())
+def test_label_sets_shared_between_families_are_written_as_prometheus_client_writes_them(families):
+    assert text(families) == reference(families)
