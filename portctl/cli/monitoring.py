@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from portctl.cli._common import EnvOption, JsonOption, StoreOption, handled, opened
-from portctl.cli._output import emit, note
+from portctl.cli._output import emit, note, wants_json
 from portctl.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ def serve(
         page_refresh = parse_duration(refresh, "--refresh")
         interval = parse_duration(scan_interval, "--scan-interval")
         token = _read_token(token_file) if token_file is not None else None
+        stop = threading.Event()  # set by SIGTERM or Ctrl-C, even during start-up
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         with opened(store) as ctx:
             where = where or _allocated(ctx, env)
             monitor = Monitor(ctx.store, ctx.settings)
@@ -88,13 +92,15 @@ def serve(
                     f"warning: serving on {server.url}, beyond loopback: whoever reaches it sees every "
                     f"service, port and holder; {guard}"
                 )
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
             scanner = monitor.scan_every(interval, stop)
             server.start()
-            # The first line on stdout is the address, for scripts that start it with port 0.
-            emit(as_json, {"url": server.url, "store": ctx.choice.url}, f"serving {server.url}")
+            # The first line on stdout is the address, for scripts that start it with port 0
+            # (with --json, the envelope on that one line).
+            if wants_json(as_json):
+                envelope = {"ok": True, "data": {"url": server.url, "store": ctx.choice.url}, "error": None}
+                print(json.dumps(envelope, sort_keys=True))
+            else:
+                print(f"serving {server.url}")
             sys.stdout.flush()
             note(
                 f"portctl serve: {ctx.choice.url}, ports scanned every {interval:g}s; Ctrl-C or SIGTERM stops"
@@ -151,6 +157,7 @@ def metrics(
         typer.Option("--scan/--no-scan", help="Scan this host's allocated ports for conflicts first."),
     ] = True,
     store: StoreOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the Prometheus metrics once, or write them for node_exporter's textfile collector.
 
@@ -166,7 +173,7 @@ def metrics(
     from portctl.monitoring.snapshot import Monitor
     from portctl.ports.documents import write_atomically
 
-    with handled(False):
+    with handled(as_json):
         if textfile == "":
             raise InvalidInput("textfile", textfile, "a file to write (e.g. portctl.prom)")
         with opened(store) as ctx:
@@ -174,9 +181,9 @@ def metrics(
             monitor.scan()
             snapshot = monitor.snapshot(budget=30.0)  # the store's own timeouts end a read sooner
         text = exposition_text(snapshot)
-        if textfile is None:
+        if textfile is None and not wants_json(as_json):
             sys.stdout.write(text)
-        else:
+        elif textfile is not None:
             try:
                 write_atomically(textfile, text)
             except InvalidInput as e:  # a folder, device or pipe where the file goes
@@ -191,5 +198,5 @@ def metrics(
                 f"the store could not be read: {failed.error}; {written} says so "
                 '(portctl_collector_up{collector="store"} 0)'
             )
-        if textfile is not None:
-            note(f"{textfile}: written")
+        data = {"path": textfile, "text": None if textfile else text, "store_up": True}
+        emit(as_json, data, f"{textfile}: written" if textfile else "")

@@ -36,6 +36,11 @@ JSON = dict[str, Any]
 
 DATASOURCE: JSON = {"type": "prometheus", "uid": "${datasource}"}
 # Label filters for the series that carry them (the contract's label sets differ per metric).
+# Exporters that read one store serve the same store series: each is shown once, whichever
+# exporter (scrape instance) it came from.
+ONCE = "max without (instance, job)"
+# Environments and hosts are offered where something is allocated or registered.
+EITHER = '__name__=~"portctl_allocation_info|portctl_service_instance_info"'
 ENV_HOST = 'deploy_env=~"$deploy_env", host=~"$host"'
 ENV = 'deploy_env=~"$deploy_env"'
 
@@ -147,7 +152,11 @@ def _health_panel() -> JSON:
         "stat",
         PanelTitle.HEALTH,
         (0, 0, 16, 8),
-        [_target(f"portctl_service_instance_healthy{{{ENV_HOST}}}", "{{service_name}}/{{service_id}}")],
+        [
+            _target(
+                f"{ONCE} (portctl_service_instance_healthy{{{ENV_HOST}}})", "{{service_name}}/{{service_id}}"
+            )
+        ],
         description="Every registered instance: healthy while its check passes; a stale tcp/http check "
         "counts as unhealthy.",
         defaults={
@@ -166,7 +175,7 @@ def _collectors_panel() -> JSON:
         "stat",
         PanelTitle.COLLECTORS,
         (16, 0, 8, 4),
-        [_target("portctl_collector_up", "{{collector}}")],
+        [_target("portctl_collector_up", "{{collector}} ({{instance}})")],
         description="Whether each source (store, host port scan, Docker) answered on its last try. "
         "While the store is down its series keep their last known values.",
         defaults={
@@ -230,7 +239,11 @@ def _allocations_panel() -> JSON:
         "bargauge",
         PanelTitle.ALLOCATIONS,
         (12, 8, 12, 8),
-        [_target(f"count by (deploy_env) (portctl_allocation_info{{{ENV_HOST}}})", "{{deploy_env}}")],
+        [
+            _target(
+                f"count by (deploy_env) ({ONCE} (portctl_allocation_info{{{ENV_HOST}}}))", "{{deploy_env}}"
+            )
+        ],
         description="Port allocations per deployment environment.",
         defaults={
             "color": {"mode": "palette-classic"},
@@ -248,7 +261,7 @@ def _conflicts_panel() -> JSON:
         "timeseries",
         PanelTitle.CONFLICTS,
         (0, 16, 12, 8),
-        [_target(f"sum by (kind) (portctl_port_conflicts{{{ENV_HOST}}})", "{{kind}}")],
+        [_target(f"sum by (kind) ({ONCE} (portctl_port_conflicts{{{ENV_HOST}}}))", "{{kind}}")],
         description="Allocated ports held by something else right now: a process or a container.",
         defaults={
             "color": {"mode": "palette-classic"},
@@ -268,7 +281,7 @@ def _bluegreen_panel() -> JSON:
         "table",
         PanelTitle.BLUEGREEN,
         (12, 16, 12, 8),
-        [_target(f"portctl_bluegreen_live_color{{{ENV}}} == 1", "", table=True)],
+        [_target(f"{ONCE} (portctl_bluegreen_live_color{{{ENV}}}) == 1", "", table=True)],
         description="The live colour of each blue-green service. A service with no live colour is "
         "not listed.",
         defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
@@ -309,7 +322,7 @@ def _check_latency_panel() -> JSON:
         (0, 24, 24, 8),
         [
             _target(
-                f"portctl_service_check_duration_seconds{{{ENV_HOST}}}",
+                f"{ONCE} (portctl_service_check_duration_seconds{{{ENV_HOST}}})",
                 "{{service_name}}/{{service_id}} on {{host}}",
             )
         ],
@@ -362,9 +375,9 @@ def _templating() -> JSON:
         "type": "datasource",
     }
     deploy_env = _query_variable(
-        "deploy_env", "Environment", "label_values(portctl_service_instance_healthy, deploy_env)"
+        "deploy_env", "Environment", f"label_values({{{EITHER}}}, deploy_env)"
     )
-    host = _query_variable("host", "Host", f"label_values(portctl_service_instance_healthy{{{ENV}}}, host)")
+    host = _query_variable("host", "Host", f"label_values({{{EITHER}, {ENV}}}, host)")
     return {"list": [datasource, deploy_env, host]}
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.utils import floatToGoString
 
 from portctl._version import __version__
-from portctl.monitoring.snapshot import SOURCES, ScanView, Snapshot, StoreView, stale
+from portctl.monitoring.snapshot import SOURCES, Snapshot, StoreView, stale
 from portctl.records import COLORS, Status
 from portctl.routing.live import color_of
 
@@ -104,7 +104,7 @@ class Families:
             yield from self._bluegreen(s.store)
         yield from self._ranges()
         if s.scan is not None:
-            yield from self._conflicts(s.scan)
+            yield from self._conflicts()
 
     def _sources(self) -> Iterator[Family]:
         sources = [self.snapshot.sources[name] for name in SOURCES]
@@ -226,11 +226,12 @@ class Families:
             [(key, float(n)) for key, n in sorted(counts.items())],
         )
 
-    def _conflicts(self, scan: ScanView) -> Iterator[Family]:
+    def _conflicts(self) -> Iterator[Family]:
         host = self.snapshot.settings.host
-        counts = Counter({(f.target.environment, kind): 0 for f in scan.findings for kind in CONFLICT_KINDS})
+        findings = self.snapshot.findings
+        counts = Counter({(f.target.environment, kind): 0 for f in findings for kind in CONFLICT_KINDS})
         details = []
-        for finding in scan.conflicts:
+        for finding in (f for f in findings if f.conflicts):
             t = finding.target
             for holder in finding.conflicts:
                 kind = holder.kind if holder.kind in CONFLICT_KINDS else "process"

@@ -46,7 +46,7 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
                     "instances": [],
                 },
             )
-            old = stale(i, s.taken_at)
+            old = stale(i, s.taken_at) and i.status != Status.CRITICAL  # critical stays critical
             service["instances"].append(
                 {
                     "stale": old,
@@ -69,7 +69,7 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
     counts = Counter(i["shown"] for env in environments for svc in env["services"] for i in svc["instances"])
     conflicts = []
     if s.scan is not None:
-        for finding in s.scan.conflicts:
+        for finding in s.conflicts:
             t = finding.target
             conflicts.append(
                 {
@@ -269,13 +269,27 @@ def _banner(data: dict[str, Any], now: float) -> str:
         for service in env["services"]
         if service["status"] != Status.PASSING.value
     ]
-    if unhealthy or summary["conflicts"]:
+    corrupt = store["corrupt_keys"]
+    if unhealthy or summary["conflicts"] or corrupt:
         said = [f"Not healthy: {', '.join(unhealthy)}."] if unhealthy else []
         if summary["conflicts"]:
             said.append(f"{summary['conflicts']} port conflict(s), below.")
+        if corrupt:
+            said.append(
+                f"{len(corrupt)} store key(s) could not be read, so what they hold is not shown: "
+                + "; ".join(corrupt[:3])
+                + (" ..." if len(corrupt) > 3 else "")
+            )
         return f'<div class="banner down" id="store-state" data-up="true">{_e(" ".join(said))}</div>'
     if summary["instances"]:
-        scanned = "no conflicts" if data["scanned_at"] is not None else "the port scan has not finished yet"
+        scan = data["sources"]["host"]
+        if data["scanned_at"] is None:
+            scanned = "the port scan has not finished yet"
+        elif not scan["up"]:
+            last = _ago(data["scanned_at"], now)
+            scanned = f"the port scan is failing ({scan['error']}); the last one, {last}, found no conflicts"
+        else:
+            scanned = "no conflicts"
         return (
             f'<div class="banner ok" id="store-state" data-up="true">All services healthy; {scanned}.</div>'
         )

@@ -78,6 +78,8 @@ def _alerts(critical_for: str, job: str) -> list[dict[str, Any]]:
         _store_unreachable(),
         _exporter_down(job),
         _host_scan_stale(),
+        _host_scan_failing(),
+        _store_corrupt_keys(),
     ]
 
 
@@ -189,4 +191,28 @@ def _host_scan_stale() -> dict[str, Any]:
         "The exporter {{ $labels.instance }} last scanned its host's ports"
         " {{ $value | humanizeDuration }} ago: port conflicts on that host go unseen until a scan"
         " succeeds.",
+    )
+
+
+def _host_scan_failing() -> dict[str, Any]:
+    return _alert(
+        "PortctlHostScanFailing",
+        'portctl_collector_up{collector="host"} == 0',
+        "10m",
+        "warning",
+        "The port scan of {{ $labels.instance }} has been failing for 10m",
+        "The exporter {{ $labels.instance }} cannot scan its host's allocated ports (it may never"
+        " have): port conflicts on that host go unseen. Its page says why.",
+    )
+
+
+def _store_corrupt_keys() -> dict[str, Any]:
+    return _alert(
+        "PortctlStoreCorruptKeys",
+        "max without (instance, job) (portctl_store_corrupt_keys) > 0",
+        "5m",
+        "warning",
+        "{{ $value }} portctl store key(s) cannot be read",
+        "{{ $value }} key(s) of the portctl store do not parse, so the services, allocations or"
+        " colours they hold are missing from every portctl answer. The status page names them.",
     )

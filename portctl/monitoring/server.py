@@ -56,9 +56,11 @@ class Listen:
         if self.host == "localhost":
             return True
         try:
-            return ipaddress.ip_address(self.host).is_loopback
+            ip = ipaddress.ip_address(self.host)
         except ValueError:
             return False
+        mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
+        return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
     @property
     def family(self) -> socket.AddressFamily:
@@ -208,6 +210,12 @@ def _handler(server: StatusServer) -> type[BaseHTTPRequestHandler]:
         sys_version = ""
 
         def do_GET(self) -> None:
+            self._answer(with_body=True)
+
+        def do_HEAD(self) -> None:
+            self._answer(with_body=False)
+
+        def _answer(self, *, with_body: bool) -> None:
             try:
                 status, content_type, body, extra = server.answer(self.path, self.headers)
             except Exception as e:  # noqa: BLE001 - one bad request must not stop the server
@@ -220,7 +228,8 @@ def _handler(server: StatusServer) -> type[BaseHTTPRequestHandler]:
             for name, value in extra.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
+            if with_body:
+                self.wfile.write(body)
 
         def do_POST(self) -> None:
             self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, "only GET is served")
@@ -234,9 +243,10 @@ def _handler(server: StatusServer) -> type[BaseHTTPRequestHandler]:
 
 
 def _authorized(header: str | None, token: str) -> bool:
-    if header is None or not header.startswith("Bearer "):
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110)
         return False
-    return hmac.compare_digest(header.removeprefix("Bearer ").strip().encode(), token.encode())
+    return hmac.compare_digest(credentials.strip().encode(), token.encode())
 
 
 def _holder_of(listen: Listen) -> str:

@@ -58,10 +58,6 @@ class ScanView:
     notices: tuple[str, ...]
     scanned_at: float
 
-    @property
-    def conflicts(self) -> list[Finding]:
-        return [f for f in self.findings if f.conflicts]
-
 
 @dataclass(frozen=True)
 class Source:
@@ -126,6 +122,28 @@ class Snapshot:
     def ready(self) -> bool:
         """Whether the store has been read at least once (``/-/ready``)."""
         return self.store is not None
+
+    @property
+    def findings(self) -> list[Finding]:
+        """The last scan's findings for the ports still allocated as the store now says: a
+        port released (or moved) since the scan is no conflict of its service any more."""
+        if self.scan is None:
+            return []
+        if self.store is None:
+            return list(self.scan.findings)
+        host = self.settings.host
+        allocated = {
+            (a.environment, a.service, a.port, a.protocol) for a in self.store.allocations if a.host == host
+        }
+        return [
+            f
+            for f in self.scan.findings
+            if (f.target.environment, f.target.service, f.target.port, f.target.protocol) in allocated
+        ]
+
+    @property
+    def conflicts(self) -> list[Finding]:
+        return [f for f in self.findings if f.conflicts]
 
 
 class Monitor:

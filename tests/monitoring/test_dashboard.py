@@ -170,7 +170,7 @@ def test_environment_and_host_are_multi_value_variables(dashboard):
         assert variable["type"] == "query"
         assert variable["includeAll"] is True
         assert variable["multi"] is True
-        assert "label_values(portctl_service_instance_healthy" in variable["definition"]
+        assert "portctl_allocation_info|portctl_service_instance_info" in variable["definition"]
         assert variable["definition"].endswith(f", {name})")
 
 
@@ -258,7 +258,7 @@ def test_the_collector_panel_shows_up_green_and_down_red(dashboard):
     panel = panel_titled(dashboard, PanelTitle.COLLECTORS)
     assert (mapped(panel, "1")["text"], mapped(panel, "1")["color"]) == ("up", "green")
     assert (mapped(panel, "0")["text"], mapped(panel, "0")["color"]) == ("down", "red")
-    assert [t["legendFormat"] for t in panel["targets"]] == ["{{collector}}"]
+    assert [t["legendFormat"] for t in panel["targets"]] == ["{{collector}} ({{instance}})"]
 
 
 def test_range_utilisation_is_a_share_of_the_range(dashboard):
@@ -303,7 +303,10 @@ def test_panel_queries_lists_every_target_with_variables_replaced(dashboard):
     queries = panel_queries(dashboard)
     assert len(queries) == sum(len(p["targets"]) for p in panels(dashboard))
     assert not any("$" in q for q in queries)
-    assert 'portctl_service_instance_healthy{deploy_env=~".*", host=~".*"}' in queries
+    assert (
+        'max without (instance, job) (portctl_service_instance_healthy{deploy_env=~".*", host=~".*"})'
+        in queries
+    )
 
 
 def test_panel_queries_replaces_each_spelling_of_a_variable():
@@ -489,7 +492,9 @@ def prometheus(tmp_path_factory, exporter) -> Iterator[str]:
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
-            {"job_name": "portctl", "static_configs": [{"targets": [exporter.removeprefix("http://")]}]}
+            # Two exporters of one store, as two jobs: every panel must show each series once.
+            {"job_name": "portctl", "static_configs": [{"targets": [exporter.removeprefix("http://")]}]},
+            {"job_name": "portctl-2", "static_configs": [{"targets": [exporter.removeprefix("http://")]}]},
         ],
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -561,3 +566,19 @@ def test_prometheus_shows_sources_and_latencies(prometheus, dashboard):
     assert all(0 < seconds < 5 for seconds in checks.values())  # the agent timed its checks
     (store,) = _panel_results(prometheus, dashboard, PanelTitle.STORE_LATENCY)
     assert 0 < float(store["value"][1]) <= 10  # every scrape read the store
+
+
+def test_prometheus_offers_every_environment_and_host_allocated_or_registered(prometheus, dashboard):
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    offered = {}
+    for name in ("deploy_env", "host"):
+        found = re.fullmatch(r"label_values\((\{.*\}), (\w+)\)", variables[name]["definition"])
+        assert found, variables[name]["definition"]
+        selector = found.group(1).replace("$deploy_env", ".*")
+        url = f"{prometheus}/api/v1/label/{found.group(2)}/values?" + urllib.parse.urlencode(
+            {"match[]": selector}
+        )
+        with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - our own Prometheus
+            offered[name] = set(json.load(answer)["data"])
+    # staging has an allocation and no registration; production has both
+    assert offered == {"deploy_env": {"production", "staging"}, "host": {HOST}}

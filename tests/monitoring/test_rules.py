@@ -21,6 +21,8 @@ ALERTS = {
     "PortctlStoreUnreachable",
     "PortctlExporterDown",
     "PortctlHostScanStale",
+    "PortctlHostScanFailing",
+    "PortctlStoreCorruptKeys",
 }
 
 
@@ -99,6 +101,8 @@ def test_every_alert_has_its_wait_severity_and_annotations():
         "PortctlStoreUnreachable": "2m",
         "PortctlExporterDown": "5m",
         "PortctlHostScanStale": "0s",
+        "PortctlHostScanFailing": "10m",
+        "PortctlStoreCorruptKeys": "5m",
     }
     critical = {name for name, rule in rules.items() if rule["labels"] == {"severity": "critical"}}
     warning = {name for name, rule in rules.items() if rule["labels"] == {"severity": "warning"}}
