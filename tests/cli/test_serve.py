@@ -253,3 +253,56 @@ def test_a_textfile_that_cannot_be_written_is_named_in_one_line(run, tmp_path, w
     line = error_line(result)
     assert line.startswith(f"portctl: error: --textfile: '{where}' is not valid")
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_probes_answer_head_and_the_bearer_scheme_is_any_case(run, cli_env, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("t0k3n\n")
+    with served(cli_env, tmp_path, "--listen", "127.0.0.1:0", "--token-file", str(token_file)) as (url, proc):
+        head = urllib.request.Request(url + "/-/healthy", method="HEAD")  # noqa: S310 - our own server
+        with urllib.request.urlopen(head, timeout=TIMEOUT) as answer:  # noqa: S310 - our own server
+            assert answer.status == 200
+            assert answer.read() == b""
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            headers = {"Authorization": f"{scheme} t0k3n"}
+            request = urllib.request.Request(url + "/api/status", headers=headers)  # noqa: S310
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:  # noqa: S310
+                assert answer.status == 200, scheme
+        stop(proc)
+
+
+def test_json_puts_the_address_on_the_first_line(run, cli_env, tmp_path):
+    proc = subprocess.Popen(
+        [PORTCTL, "serve", "--json", "--listen", "127.0.0.1:0"],
+        cwd=tmp_path,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
+        envelope = json.loads(proc.stdout.readline()) if ready else None
+        assert envelope is not None
+        assert envelope["ok"] is True
+        assert envelope["data"]["url"].startswith("http://127.0.0.1:")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0
+
+
+def test_metrics_json_says_where_it_wrote(run, tmp_path):
+    target = tmp_path / "portctl.prom"
+    data = json.loads(run("--json", "metrics", "--no-scan", "--textfile", target).stdout)["data"]
+    assert data == {"path": str(target), "store_up": True, "text": None}
+    printed = json.loads(run("metrics", "--json", "--no-scan").stdout)["data"]
+    assert "# TYPE portctl_collector_up gauge" in printed["text"]
+
+
+def test_a_mapped_ipv4_loopback_address_is_loopback():
+    from portctl.monitoring.server import parse_listen
+
+    assert parse_listen("[::ffff:127.0.0.1]:0").loopback
+    assert not parse_listen("[::ffff:192.0.2.1]:0").loopback
+    assert not parse_listen("0.0.0.0:0").loopback

@@ -294,3 +294,20 @@ def test_ten_thousand_instances_are_all_served(json_store, settings):
     assert sum(v for _, v in healthy) == 9_000
     summary = status_json(monitor.snapshot(60))["summary"]
     assert (summary["instances"], summary["passing"], summary["critical"]) == (10_000, 9_000, 1_000)
+
+
+def test_a_released_port_is_no_conflict_even_before_the_next_scan(
+    json_store, settings, listener, monkeypatch
+):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    port = closed_port()
+    allocator = PortAllocator(json_store, settings)
+    allocator.allocate("cache_b", port=port, type="dynamic")
+    listener(port)
+    monitor = Monitor(json_store, settings)
+    monitor.scan()
+    assert value(scrape(monitor), "portctl_port_conflicts", kind="process", deploy_env="production") == 1
+    allocator.release("cache_b")
+    text = scrape(monitor)  # the same scan, a new read of the store
+    assert samples(text, "portctl_port_conflict_info") == []
+    assert value(text, "portctl_port_conflicts", kind="process", deploy_env="production") is None

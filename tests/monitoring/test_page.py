@@ -16,6 +16,7 @@ from portctl.monitoring.page import status_html, status_json
 from portctl.monitoring.snapshot import Monitor
 from portctl.ports.allocator import PortAllocator
 from portctl.records import CheckSpec, Status
+from portctl.registry.agent import Agent
 from portctl.registry.entries import Registry
 from tests.conftest import free_port
 
@@ -154,6 +155,8 @@ def test_health_nothing_has_checked_lately_is_shown_stale_not_green(registry, st
         server.bind(("127.0.0.1", 0))
         server.listen(4)
         registry.register("api", port=server.getsockname()[1], instance_id="api-1", check=CheckSpec("tcp"))
+        Agent(registry).run_once()  # passing, recorded now
+    assert status_json(view(store))["summary"]["passing"] == 1
     monitor = Monitor(store, Settings(host=HOST), scan_ports=False, clock=lambda: time.time() + 120)
     snapshot = monitor.snapshot(5)
     tags = parsed(status_html(snapshot))
@@ -162,3 +165,27 @@ def test_health_nothing_has_checked_lately_is_shown_stale_not_green(registry, st
     text = "".join(tags.text)
     assert "is portctl agent running on test-host?" in text
     assert status_json(snapshot)["summary"]["passing"] == 0
+
+
+def test_a_key_that_cannot_be_read_is_named_not_hidden_behind_green(registry, store):
+    registry.register("api", port=18207, instance_id="api-1", check=CheckSpec("none"))
+    store.create("registry/production/web/web-1/entry", "not json")
+    tags = parsed(status_html(view(store, scan=True)))
+    text = "".join(tags.text)
+    assert "All services healthy" not in text
+    assert "1 store key(s) could not be read" in text
+    assert "registry/production/web/web-1/entry" in text
+
+
+def test_a_critical_instance_nothing_checks_stays_critical(registry, store):
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    registry.register("api", port=port, instance_id="api-1", check=CheckSpec("tcp"))  # critical now
+    monitor = Monitor(store, Settings(host=HOST), scan_ports=False, clock=lambda: time.time() + 120)
+    data = status_json(monitor.snapshot(5))
+    (instance,) = data["environments"][0]["services"][0]["instances"]
+    assert instance["shown"] == "critical"
+    assert data["summary"]["critical"] == 1
