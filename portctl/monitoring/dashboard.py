@@ -374,9 +374,7 @@ def _templating() -> JSON:
         "skipUrlSync": False,
         "type": "datasource",
     }
-    deploy_env = _query_variable(
-        "deploy_env", "Environment", f"label_values({{{EITHER}}}, deploy_env)"
-    )
+    deploy_env = _query_variable("deploy_env", "Environment", f"label_values({{{EITHER}}}, deploy_env)")
     host = _query_variable("host", "Host", f"label_values({{{EITHER}, {ENV}}}, host)")
     return {"list": [datasource, deploy_env, host]}
 
