@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -172,6 +173,7 @@ def register(
             raise InputProblem("--keep-alive", None, "--keep-alive keeps a lease alive: give --lease 30s too")
         with opened(store) as ctx:
             registry = _registry(ctx)
+            granted = time.monotonic()  # the lease starts no earlier than this (the keeper's clock)
             found = registry.register(
                 name,
                 port=number,
@@ -194,10 +196,10 @@ def register(
                 return
             emit(as_json, found.to_dict(), text)
             sys.stdout.flush()
-            _keep_registered(registry, found)
+            _keep_registered(registry, found, granted)
 
 
-def _keep_registered(registry: Registry, instance: Instance) -> None:
+def _keep_registered(registry: Registry, instance: Instance, granted: float) -> None:
     """Renew the lease every third of it until SIGTERM or Ctrl-C, then deregister."""
     from portctl.registry.leases import LeaseKeeper
 
@@ -211,6 +213,7 @@ def _keep_registered(registry: Registry, instance: Instance) -> None:
             stop,
             on_unreachable=lambda e: note(f"could not renew the lease: {message_of(e)}; trying again"),
             on_rewritten=lambda i: note(f"the lease of {i.entry.id} had run out; registered it again"),
+            renewed_at=granted,
         )
     except KeyboardInterrupt:
         kept = True

@@ -94,12 +94,17 @@ class LeaseKeeper:
         *,
         on_unreachable: Callable[[StoreUnavailable], None] | None = None,
         on_rewritten: Callable[[Instance], None] | None = None,
+        renewed_at: float | None = None,
     ) -> bool:
         """Keep one instance alive until ``stop`` is set (True) or it is deregistered elsewhere
         (False). The store being unreachable goes to ``on_unreachable`` and the keeper tries
-        again a third of a lease later; a rewrite after a lapse goes to ``on_rewritten``."""
+        again a third of a lease later; a rewrite after a lapse goes to ``on_rewritten``.
+
+        ``renewed_at`` (on :attr:`clock`) is when the call that granted the lease began (the
+        registration): a lease that ran out before the keeper started lapsed unrenewed, and
+        is written again. Default: now."""
         lease = instance.entry.lease or 1.0
-        self._kept[_key(instance)] = (instance, self.clock())
+        self._kept[_key(instance)] = (instance, self.clock() if renewed_at is None else renewed_at)
         while not stop.wait(lease / 3):
             try:
                 outcome = self.renew(instance, due=True)

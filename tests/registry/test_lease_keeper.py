@@ -97,3 +97,24 @@ def test_a_pause_between_reading_the_clock_and_the_store_is_a_lapse_not_a_deregi
     registry.store.delete(health_key(e.environment, e.service, e.id))
     assert keeper.renew(instance, due=True) is Renewal.REWRITTEN
     assert [i.entry.id for i in registry.instances("api")] == [e.id]
+
+
+def test_a_lease_that_ran_out_before_its_keeper_started_is_written_again(registry):
+    """The lease is granted by the registration; the keeper starts later (a slow start, or the
+    process stopped in between). Its lapse counts from the registration, not from the start."""
+    instance = registry.register("api", port=free_port(), check=CheckSpec("none"), lease=3.0)
+    readings = iter([2.0])  # the keeper starts 2 s after the registration began (at 0)
+    keeper = LeaseKeeper(registry, clock=lambda: next(readings, 3.2))  # first renewal: past 3 s
+    e = instance.entry
+    registry.store.delete(entry_key(e.environment, e.service, e.id))  # the lease ran out
+    registry.store.delete(health_key(e.environment, e.service, e.id))
+    stop = threading.Event()
+    rewritten: list[str] = []
+
+    def on_rewritten(i):
+        rewritten.append(i.entry.id)
+        stop.set()
+
+    assert keeper.keep(instance, stop, renewed_at=0.0, on_rewritten=on_rewritten) is True
+    assert rewritten == [e.id]
+    assert [i.entry.id for i in registry.instances("api")] == [e.id]
