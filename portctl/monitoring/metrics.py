@@ -127,13 +127,7 @@ class Families:
             [((x.name,), x.last_success) for x in sources if x.last_success is not None],
         )
 
-    @property
-    def _types(self) -> dict[tuple[str, str, str], str]:
-        store = self.snapshot.store
-        return {(a.host, a.environment, a.service): a.type for a in store.allocations} if store else {}
-
     def _instances(self, store: StoreView) -> Iterator[Family]:
-        types = self._types
         policy = self.snapshot.settings.policy
         info: list[tuple[tuple[str, ...], float]] = []
         healthy: list[tuple[tuple[str, ...], float]] = []
@@ -144,8 +138,7 @@ class Families:
         now = self.snapshot.taken_at
         for instance in store.instances:
             e = instance.entry
-            kind = types.get((e.host, e.environment, e.service)) or policy.spec(e.service).type
-            labels = (e.service, e.id, e.environment, kind, e.host)
+            labels = (e.service, e.id, e.environment, store.service_type(e, policy), e.host)
             color = color_of(e) or ""
             info.append(((*labels, e.address, str(e.port), e.check.kind, color), 1.0))
             old = stale(instance, now)
@@ -214,11 +207,7 @@ class Families:
         if self.snapshot.store is None:
             return
         policy = self.snapshot.settings.policy
-        counts = Counter(
-            (a.type, a.environment, a.host)
-            for a in self.snapshot.store.allocations
-            if a.type in policy.types and a.port in policy.types[a.type]
-        )
+        counts = Counter((a.type, a.environment, a.host) for a in self.snapshot.store.in_ranges(policy))
         yield _gauge(
             "portctl_range_allocated_ports",
             "Allocated ports within a service type's range, by environment and host.",

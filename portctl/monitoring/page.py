@@ -28,7 +28,6 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
     instances = store_view.instances if store_view else ()
     pointers = store_view.pointers if store_view else {}
     policy = s.settings.policy
-    types = {(a.host, a.environment, a.service): a.type for a in store_view.allocations} if store_view else {}
     environments: list[dict[str, Any]] = []
     for env in policy.environments:
         services: dict[str, dict[str, Any]] = {}
@@ -41,7 +40,7 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
                 e.service,
                 {
                     "name": e.service,
-                    "type": types.get((e.host, env, e.service)) or policy.spec(e.service).type,
+                    "type": store_view.service_type(e, policy) if store_view else policy.spec(e.service).type,
                     "live_color": pointer.live if pointer else None,
                     "instances": [],
                 },
@@ -133,11 +132,9 @@ def _stale_output(instance: Instance, now: float) -> str:
 def _ranges(snapshot: Snapshot) -> list[dict[str, Any]]:
     """Each host's ports per range: this host's every range, other hosts' where they allocate."""
     policy = snapshot.settings.policy
-    allocations = snapshot.store.allocations if snapshot.store else ()
     used: dict[tuple[str, str], Counter[str]] = {}
-    for a in allocations:
-        if a.type in policy.types and a.port in policy.types[a.type]:
-            used.setdefault((a.host, a.type), Counter())[a.environment] += 1
+    for a in snapshot.store.in_ranges(policy) if snapshot.store else ():
+        used.setdefault((a.host, a.type), Counter())[a.environment] += 1
     here = snapshot.settings.host
     hosts = sorted({here, *(h for h, _ in used)}, key=lambda h: (h != here, h))
     out = []

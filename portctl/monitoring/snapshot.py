@@ -18,10 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, TypeVar
 
 from portctl.backends import Store
 from portctl.compose.check import Finding, check_ports, targets
+from portctl.config.policy import Policy
 from portctl.config.settings import Settings
 from portctl.errors import PortctlError, StoreCorrupt
 from portctl.keys import BLUEGREEN_PREFIX, allocations_prefix, parse_pointer_key, registry_prefix
@@ -48,6 +50,19 @@ class StoreView:
     pointers: dict[tuple[str, str], LivePointer]  # (environment, service) -> pointer
     corrupt: tuple[str, ...]  # one line per key skipped because it does not parse
     read_at: float
+
+    @cached_property
+    def _allocated_types(self) -> dict[tuple[str, str, str], str]:
+        return {(a.host, a.environment, a.service): a.type for a in self.allocations}
+
+    def service_type(self, entry: ServiceEntry, policy: Policy) -> str:
+        """The type of a registered instance: its allocation's on its host, else the policy's."""
+        found = self._allocated_types.get((entry.host, entry.environment, entry.service))
+        return found or policy.spec(entry.service).type
+
+    def in_ranges(self, policy: Policy) -> list[Allocation]:
+        """The allocations whose port lies in their type's range (what a range counts as used)."""
+        return [a for a in self.allocations if a.type in policy.types and a.port in policy.types[a.type]]
 
 
 @dataclass(frozen=True)
