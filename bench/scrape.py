@@ -34,7 +34,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -197,11 +197,12 @@ def measure(store: Store, count: int, runs: int) -> Size:
 
 
 @contextmanager
-def file_stores(folder: str) -> Iterator[Callable[[int], Store]]:
+def stores(make: Callable[[int], Store]) -> Iterator[Callable[[int], Store]]:
+    """``make(count)`` opens a fresh store for ``count`` instances; all are closed at the end."""
     opened: list[Store] = []
 
     def open_one(count: int) -> Store:
-        store = JsonFileStore(f"{folder}/store-{count}.json")
+        store = make(count)
         opened.append(store)
         return store
 
@@ -212,20 +213,12 @@ def file_stores(folder: str) -> Iterator[Callable[[int], Store]]:
             store.close()
 
 
-@contextmanager
-def etcd_stores(endpoint: str) -> Iterator[Callable[[int], Store]]:
-    opened: list[Store] = []
+def file_stores(folder: str) -> AbstractContextManager[Callable[[int], Store]]:
+    return stores(lambda count: JsonFileStore(f"{folder}/store-{count}.json"))
 
-    def open_one(count: int) -> Store:
-        store = EtcdStore.from_url(f"etcd://{endpoint}/scrape{count}")
-        opened.append(store)
-        return store
 
-    try:
-        yield open_one
-    finally:
-        for store in opened:
-            store.close()
+def etcd_stores(endpoint: str) -> AbstractContextManager[Callable[[int], Store]]:
+    return stores(lambda count: EtcdStore.from_url(f"etcd://{endpoint}/scrape{count}"))
 
 
 def runs_for(count: int, runs: int) -> int:

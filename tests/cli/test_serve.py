@@ -23,8 +23,8 @@ PROMTOOL = shutil.which("promtool")
 
 
 @contextmanager
-def served(cli_env: dict[str, str], cwd: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``portctl serve ARGS`` running; its URL (the first line it prints) and the process."""
+def started(cli_env: dict[str, str], cwd: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``portctl serve ARGS`` running; the first line it printed on stdout, and the process."""
     proc = subprocess.Popen(
         [PORTCTL, "serve", *args],
         cwd=cwd,
@@ -35,16 +35,22 @@ def served(cli_env: dict[str, str], cwd: Path, *args: str) -> Iterator[tuple[str
     )
     try:
         ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
-        line = proc.stdout.readline() if ready else ""
+        yield (proc.stdout.readline() if ready else ""), proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=TIMEOUT)
+
+
+@contextmanager
+def served(cli_env: dict[str, str], cwd: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``portctl serve ARGS`` running; its URL (the first line it prints) and the process."""
+    with started(cli_env, cwd, *args) as (line, proc):
         if not line.startswith("serving "):
             proc.kill()
             _, err = proc.communicate(timeout=TIMEOUT)
             pytest.fail(f"portctl serve did not start: {line!r} {err}")
         yield line.split()[1], proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=TIMEOUT)
 
 
 def get(url: str, token: str | None = None) -> tuple[int, str, dict[str, str]]:
@@ -272,24 +278,12 @@ def test_probes_answer_head_and_the_bearer_scheme_is_any_case(run, cli_env, tmp_
 
 
 def test_json_puts_the_address_on_the_first_line(run, cli_env, tmp_path):
-    proc = subprocess.Popen(
-        [PORTCTL, "serve", "--json", "--listen", "127.0.0.1:0"],
-        cwd=tmp_path,
-        env=cli_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
-        envelope = json.loads(proc.stdout.readline()) if ready else None
-        assert envelope is not None
+    with started(cli_env, tmp_path, "--json", "--listen", "127.0.0.1:0") as (line, proc):
+        envelope = json.loads(line)
         assert envelope["ok"] is True
         assert envelope["data"]["url"].startswith("http://127.0.0.1:")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0
+        code, err = stop(proc)
+    assert code == 0, err
 
 
 def test_metrics_json_says_where_it_wrote(run, tmp_path):
