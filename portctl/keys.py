@@ -84,3 +84,25 @@ def parse_pointer_key(key: str) -> tuple[str, str] | None:
     """``(environment, service)`` of a live pointer's key; None for any other key."""
     match = _POINTER_KEY.match(key)
     return (match.group(1), match.group(2)) if match else None
+
+
+# Events: what portctl did to ports by itself (a move by conflict resolution, a freed port)
+
+EVENTS_PREFIX = "events/"
+_EVENT_KEY = re.compile(r"^events/([^/]+)/(\d{20})-([0-9a-f]{8})$")
+
+
+def event_key(host: str, at_ns: int, nonce: str) -> str:
+    """``events/<host>/<20-digit nanoseconds>-<8 hex>``: one event; keys sort by time."""
+    return f"{EVENTS_PREFIX}{host}/{at_ns:020d}-{nonce}"
+
+
+def events_prefix(host: str | None = None) -> str:
+    """Every host's events, or one host's."""
+    return EVENTS_PREFIX if host is None else f"{EVENTS_PREFIX}{host}/"
+
+
+def parse_event_key(key: str) -> tuple[str, int] | None:
+    """``(host, nanoseconds)`` of an event key; None for any other key."""
+    match = _EVENT_KEY.match(key)
+    return (match.group(1), int(match.group(2))) if match else None

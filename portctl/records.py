@@ -326,3 +326,102 @@ def _pointer_from(doc: Any, version: str) -> LivePointer:
         tuple(Flip.from_dict(f) for f in doc.get("history", [])),
         version,
     )
+
+
+# Events
+#
+# What portctl did to a port by itself, one key per event (portctl.keys.event_key), kept so a
+# person can see afterwards why a service is on another port than yesterday:
+#
+#     {"format": "portctl-event", "schema": 1, "kind": "moved", "at": 1767225600.0,
+#      "host": "web-1", "environment": "production", "service": "api", "protocol": "tcp",
+#      "old_port": 8000, "new_port": 8001, "holder": "container intruder (image ...)",
+#      "actor": "portctl agent --resolve", "detail": "...", "files": [".env.ports"]}
+
+EVENT_FORMAT = "portctl-event"
+EVENT_SCHEMA = 1
+EVENT_KINDS = ("moved", "freed")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "moved": a service's allocation moved off a port a foreign holder took; "freed"
+    at: float  # seconds since the epoch
+    host: str
+    actor: str  # the command that acted: "portctl resolve", "portctl agent --resolve", ...
+    environment: str | None = None
+    service: str | None = None
+    protocol: str = "tcp"
+    old_port: int | None = None
+    new_port: int | None = None
+    holder: str = ""  # what held (or holds) the old port, as `portctl who` describes it
+    detail: str = ""
+    files: tuple[str, ...] = ()  # the files rewritten for it
+    key: str = ""  # the store key it was read from ("" before it is recorded)
+
+    def to_json(self) -> str:
+        doc = {"format": EVENT_FORMAT, "schema": EVENT_SCHEMA, **self._fields()}
+        return json.dumps(doc, sort_keys=True)
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "at": self.at,
+            "host": self.host,
+            "actor": self.actor,
+            "environment": self.environment,
+            "service": self.service,
+            "protocol": self.protocol,
+            "old_port": self.old_port,
+            "new_port": self.new_port,
+            "holder": self.holder,
+            "detail": self.detail,
+            "files": list(self.files),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._fields(), "at": iso_utc(self.at), "key": self.key}
+
+
+def parse_event(item: Stored) -> Event:
+    """The event stored at ``item.key``; StoreCorrupt naming the key if it is not one."""
+    try:
+        return _event_from(json.loads(item.value), item.key)
+    except RecursionError as e:
+        raise StoreCorrupt(item.key, "the event is not valid (JSON nested too deeply)") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise StoreCorrupt(item.key, f"the event is not valid ({e})") from e
+
+
+def _event_from(doc: Any, key: str) -> Event:
+    if not isinstance(doc, dict) or doc.get("format") != EVENT_FORMAT:
+        raise ValueError(f"not a {EVENT_FORMAT} record")
+    if int(doc.get("schema", 0)) > EVENT_SCHEMA:
+        raise ValueError(f"schema {doc['schema']} is newer than this portctl reads ({EVENT_SCHEMA})")
+    return Event(
+        kind=str(doc["kind"]),
+        at=float(doc["at"]),
+        host=str(doc["host"]),
+        actor=str(doc.get("actor", "")),
+        environment=_optional_text(doc.get("environment")),
+        service=_optional_text(doc.get("service")),
+        protocol=str(doc.get("protocol", "tcp")),
+        old_port=_optional_port(doc.get("old_port")),
+        new_port=_optional_port(doc.get("new_port")),
+        holder=str(doc.get("holder", "")),
+        detail=str(doc.get("detail", "")),
+        files=tuple(str(f) for f in doc.get("files", [])),
+        key=key,
+    )
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _optional_port(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError(f"{value!r} is not a port")
+    return value

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from portctl._version import __version__
-from portctl.cli import bluegreen, host, migrate, monitoring, ports, registry, stack
+from portctl.cli import bluegreen, host, migrate, monitoring, ports, registry, resolve, stack
 from portctl.cli import render as render_cli
 from portctl.cli._common import JsonOption, StoreOption
 from portctl.cli._output import GLOBAL
@@ -32,6 +32,7 @@ app.add_typer(bluegreen.app, name="bluegreen")
 app.add_typer(render_cli.app)
 app.add_typer(migrate.app)
 app.add_typer(monitoring.app)
+app.add_typer(resolve.app)
 
 
 def _version(value: bool) -> None:

@@ -10,11 +10,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from portctl.cli._common import AddressOption, EnvOption, JsonOption, Opened, StoreOption, handled, opened
+from portctl.cli._common import (
+    AddressOption,
+    ComposeFilesOption,
+    EnvOption,
+    JsonOption,
+    Opened,
+    StoreOption,
+    handled,
+    opened,
+)
 from portctl.cli._output import ExitCode, InputProblem, emit, message_of, note, table
+from portctl.cli.resolve import ConfirmationsOption, DryRunOption, RedeployOption, make_resolver, report_lines
 from portctl.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from portctl.operations.resolve import Resolver
     from portctl.registry.entries import Instance, Registry
 
 app = typer.Typer(rich_markup_mode=None)
@@ -358,12 +369,29 @@ def agent(
             "whose port stopped listening (or whose owner exited) stays before removal.",
         ),
     ] = "60s",
+    resolve: Annotated[
+        bool,
+        typer.Option(
+            "--resolve",
+            help="Also move services off ports foreign holders took while they were not running "
+            "(as portctl resolve does, confirmed over --confirmations passes).",
+        ),
+    ] = False,
+    resolve_every: Annotated[
+        str, typer.Option("--resolve-every", metavar="5s", help="With --resolve: how often to look.")
+    ] = "5s",
+    files: ComposeFilesOption = None,
+    confirmations: ConfirmationsOption = 3,
+    redeploy: RedeployOption = False,
+    dry_run: DryRunOption = False,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the health checks of this host's services, keep TTLs honest, remove zombies.
 
     For stores that do not run checks themselves (the JSON file). Runs until interrupted.
+    With --resolve it also resolves port conflicts by itself (see portctl resolve): -f gives
+    the compose files whose .env.ports and override follow a move.
 
     Example: portctl agent --zombie-grace 2m
     """
@@ -372,8 +400,22 @@ def agent(
 
     with handled(as_json):
         grace = parse_duration(zombie_grace, "--zombie-grace")
+        every = parse_duration(resolve_every, "--resolve-every")
         with opened(store) as ctx:
             worker = Agent(_registry(ctx), environment=env, all_environments=env is None, zombie_grace=grace)
+            resolver = None
+            if resolve:
+                resolver = make_resolver(
+                    ctx,
+                    files,
+                    env,
+                    confirmations=confirmations,
+                    dry_run=dry_run,
+                    redeploy=redeploy,
+                    actor="portctl agent --resolve",
+                )
+            elif files or redeploy or dry_run:
+                raise InputProblem("--resolve", None, "--resolve with -f, --redeploy or --dry-run")
             if once:
                 report = worker.run_once()
                 data = {
@@ -384,15 +426,43 @@ def agent(
                 lines = [f"{i}: {s.value}" for i, s in report.checked]
                 lines += [f"deregistered {i}: {why}" for i, why in report.deregistered]
                 lines += [f"registered {i} again: its lease had run out" for i in report.rewritten]
+                if resolver is not None:
+                    from portctl.operations.resolve import resolve as resolve_now
+
+                    resolved = resolve_now(resolver)
+                    data["resolve"] = resolved.to_dict()
+                    lines += report_lines(resolved)
                 emit(as_json, data, "\n".join(lines) or "nothing to check on this host")
                 return
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            note(f"portctl agent: checking {ctx.settings.host}'s services in {ctx.choice.url}; Ctrl-C stops")
+            doing = " and resolving port conflicts" if resolver else ""
+            where = f"{ctx.settings.host}'s services{doing} in {ctx.choice.url}"
+            note(f"portctl agent: checking {where}; Ctrl-C stops")
+            if resolver is not None:
+                _start_resolving(resolver, stop, every)
             try:
                 worker.run(stop)
             except KeyboardInterrupt:
                 stop.set()
+
+
+def _start_resolving(resolver: Resolver, stop: threading.Event, every: float) -> threading.Thread:
+    """The resolver's passes, every ``every`` seconds beside the checks, each move on stderr."""
+    from portctl.errors import PortctlError
+
+    def passes() -> None:
+        while not stop.is_set():
+            try:
+                for line in report_lines(resolver.run_once()):
+                    note(f"resolve: {line}")
+            except PortctlError as e:
+                note(f"resolve: {message_of(e)}; trying again")
+            stop.wait(every)
+
+    thread = threading.Thread(target=passes, name="portctl-resolve", daemon=True)
+    thread.start()
+    return thread
 
 
 @app.command()

@@ -28,6 +28,7 @@ from prometheus_client.utils import floatToGoString
 
 from portctl._version import __version__
 from portctl.monitoring.snapshot import SOURCES, Snapshot, StoreView, stale
+from portctl.ports.events import KEEP
 from portctl.records import COLORS, Status
 from portctl.routing.live import color_of
 
@@ -102,6 +103,7 @@ class Families:
             yield from self._instances(s.store)
             yield from self._allocations(s.store)
             yield from self._bluegreen(s.store)
+            yield from self._moves(s.store)
         yield from self._ranges()
         if s.scan is not None:
             yield from self._conflicts()
@@ -249,6 +251,29 @@ class Families:
             "A blue-green service's live color, one-hot (both 0 while no color is live).",
             ["service_name", "deploy_env", "color"],
             samples,
+        )
+
+    def _moves(self, store: StoreView) -> Iterator[Family]:
+        counts: dict[tuple[str, str, str], int] = {}
+        last: dict[tuple[str, str, str], float] = {}
+        for e in store.events:
+            if e.kind == "moved" and e.service and e.environment:
+                key = (e.service, e.environment, e.host)
+                counts[key] = counts.get(key, 0) + 1
+                last[key] = max(last.get(key, 0.0), e.at)
+        labels = ["service_name", "deploy_env", "host"]
+        yield _gauge(
+            "portctl_port_moves",
+            f"Ports moved off foreign holders by conflict resolution, as the event log keeps them "
+            f"(its newest {KEEP} events per host; portctl events lists them).",
+            labels,
+            [(k, float(n)) for k, n in sorted(counts.items())],
+        )
+        yield _gauge(
+            "portctl_port_last_move_timestamp_seconds",
+            "When conflict resolution last moved the service's port, as Unix time.",
+            labels,
+            [(k, at) for k, at in sorted(last.items())],
         )
 
 

@@ -26,9 +26,24 @@ from portctl.compose.check import Finding, check_ports, targets
 from portctl.config.policy import Policy
 from portctl.config.settings import Settings
 from portctl.errors import PortctlError, StoreCorrupt
-from portctl.keys import BLUEGREEN_PREFIX, allocations_prefix, parse_pointer_key, registry_prefix
+from portctl.keys import (
+    BLUEGREEN_PREFIX,
+    EVENTS_PREFIX,
+    allocations_prefix,
+    parse_pointer_key,
+    registry_prefix,
+)
 from portctl.ports.allocator import Allocation, PortAllocator, parse_allocation
-from portctl.records import HealthRecord, LivePointer, ServiceEntry, Status, parse_entry, parse_health
+from portctl.records import (
+    Event,
+    HealthRecord,
+    LivePointer,
+    ServiceEntry,
+    Status,
+    parse_entry,
+    parse_event,
+    parse_health,
+)
 from portctl.registry.entries import Instance
 from portctl.routing.live import pointer_of
 
@@ -50,6 +65,7 @@ class StoreView:
     pointers: dict[tuple[str, str], LivePointer]  # (environment, service) -> pointer
     corrupt: tuple[str, ...]  # one line per key skipped because it does not parse
     read_at: float
+    events: tuple[Event, ...] = ()  # what portctl changed by itself (portctl.ports.events)
 
     @cached_property
     def _allocated_types(self) -> dict[tuple[str, str, str], str]:
@@ -365,7 +381,7 @@ def read_store(
 ) -> StoreView:
     """Registrations, allocations and live pointers, in one read of the store. A key that does
     not parse is skipped and named, so one bad key hides nothing else."""
-    entries = store.list_many([registry_prefix(), allocations_prefix(), BLUEGREEN_PREFIX])
+    entries = store.list_many([registry_prefix(), allocations_prefix(), BLUEGREEN_PREFIX, EVENTS_PREFIX])
     now = clock()
     cache = cache or ParseCache()
     corrupt: list[StoreCorrupt] = []
@@ -373,6 +389,7 @@ def read_store(
     health: dict[str, HealthRecord] = {}
     allocations: list[Allocation] = []
     pointers: dict[tuple[str, str], LivePointer] = {}
+    events: list[Event] = []
     for entry in entries:
         key = entry.key
         try:
@@ -386,6 +403,8 @@ def read_store(
                 allocations.append(cache.parsed(entry, parse_allocation))
             elif (where := parse_pointer_key(key)) is not None:
                 pointers[where] = cache.parsed(entry, pointer_of)
+            elif key.startswith(EVENTS_PREFIX):
+                events.append(cache.parsed(entry, parse_event))
         except StoreCorrupt as bad:
             corrupt.append(bad)
     cache.done()
@@ -395,7 +414,8 @@ def read_store(
         instances.append(Instance(e, record, record.effective(now)))
     instances.sort(key=lambda i: (i.entry.environment, i.entry.service, i.entry.id))
     allocations.sort(key=lambda a: (a.host, a.environment, a.service))
-    return StoreView(tuple(instances), tuple(allocations), pointers, tuple(str(c) for c in corrupt), now)
+    corrupt_keys = tuple(str(c) for c in corrupt)
+    return StoreView(tuple(instances), tuple(allocations), pointers, corrupt_keys, now, tuple(events))
 
 
 REGISTRY_PREFIX = registry_prefix()

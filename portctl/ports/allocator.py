@@ -119,6 +119,7 @@ class _Request:
     avoid: frozenset[int] = frozenset()
     compose: str | None = None
     own: frozenset[int] = frozenset()  # held by the service's own running container
+    dry_run: bool = False  # choose, write nothing
 
     def satisfied_by(self, current: Allocation) -> bool:
         """Whether the service's current allocation already answers this request."""
@@ -217,6 +218,7 @@ class PortAllocator:
         avoid: Collection[int] = (),
         compose: str | None = None,
         own: Collection[int] = (),
+        dry_run: bool = False,
     ) -> AllocationResult:
         """The port of ``service`` in ``environment``: the one it has, the one asked for, or a
         free one chosen by the policy (environment port, standard, alternatives, type range).
@@ -226,7 +228,8 @@ class PortAllocator:
         foreign container or process took since it was allocated). ``compose`` records the
         compose ``project/service`` the port is published by, so checks know its own container.
         ``own`` ports are held by the service itself (its compose container, already running):
-        they pass the host's checks, but never another service's allocation.
+        they pass the host's checks, but never another service's allocation. With ``dry_run``
+        the port is chosen as it would be, and nothing is written.
         """
         env = self.policy.environment(environment)
         spec = self.policy.spec(service, type, protocol)
@@ -234,7 +237,7 @@ class PortAllocator:
             port = _validate.port(port)
             self._check_privilege(port)
         preferred = tuple(_validate.port(p) for p in prefer)
-        request = _Request(spec, env, port, preferred, frozenset(avoid), compose, frozenset(own))
+        request = _Request(spec, env, port, preferred, frozenset(avoid), compose, frozenset(own), dry_run)
         key = allocation_key(self.host, env, spec.name)
         for losses in range(_ATTEMPTS):
             try:
@@ -378,6 +381,9 @@ class PortAllocator:
         # The record as read with the view: if another allocator wrote it since, the condition
         # fails and the caller re-reads, so two racing calls for one service agree on its port.
         current = view.entries.get(key)
+        previous = parse_allocation(current).port if current else None
+        if request.dry_run:
+            return AllocationResult(record, True, cand.reason, skipped, previous)
         ops = self._claim_ops(record, view.claims.get(cand.port))
         if current is None:
             ops.append(Create(key, _dump(record)))
@@ -388,7 +394,6 @@ class PortAllocator:
             self.store.transact(ops)
         except VersionConflict as e:
             raise _LostRace from e
-        previous = parse_allocation(current).port if current else None
         return AllocationResult(record, True, cand.reason, skipped, previous)
 
     def _check_privilege(self, port: int) -> None:

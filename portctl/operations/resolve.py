@@ -1,0 +1,427 @@
+"""Automatic conflict resolution: move a service off a port a foreign holder took.
+
+A repair loop in the manner of Kubernetes' allocator repair: it acts only on what it has seen
+several passes in a row, and when unsure it leaves things as they are (a port stays leaked)
+rather than risk giving one port to two services. One :meth:`Resolver.run_once` is one pass:
+
+1. **observe**: every allocated (and, with a compose project, declared) port of the
+   environment is checked against what holds it on this host (:func:`portctl.compose.check.check_ports`).
+   A conflict is a *foreign* holder - not the service's own container or process, not its
+   registered instance - on the port of a service that is *not running* on it. A service that
+   is running on its port is never moved, whatever else holds it too; a foreign holder is
+   never stopped or signalled;
+2. **confirm**: a conflict counts once it was seen, with the same holder, on ``confirmations``
+   passes in a row; one pass without it starts its count again;
+3. **move**: the allocation moves through the allocator (compare-and-set, so a racing writer
+   makes the move fail, never double-allocate); the compose project's ``.env.ports`` and
+   override are rewritten, the service's registrations on this host follow it to the new port,
+   and the move is recorded in the event log (:mod:`portctl.ports.events`). With ``redeploy``
+   the moved compose services are started again (``docker compose up -d SERVICE...``) and
+   their ports probed.
+
+Moves are rate limited (``max_moves`` per ``per`` seconds); a service whose range is full is
+retried after a back-off that doubles up to :data:`MAX_BACKOFF`, and nothing is moved for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from portctl.compose.check import Finding, Target, check_ports, targets
+from portctl.compose.project import ComposeProject
+from portctl.errors import PortctlError, RangeExhausted, StoreCorrupt, VersionConflict
+from portctl.host.holders import HostPorts, PortHolder
+from portctl.ports.allocator import PortAllocator
+from portctl.ports.events import EventLog
+from portctl.records import Event
+from portctl.registry.entries import Registry, ServiceEntry
+
+__all__ = ["MAX_BACKOFF", "Move", "Pending", "ResolveReport", "Resolver", "Skipped"]
+
+FIRST_BACKOFF = 30.0
+MAX_BACKOFF = 900.0
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A conflict seen on one pass: a foreign holder on a service's port."""
+
+    target: Target
+    holders: tuple[PortHolder, ...]
+
+    @property
+    def key(self) -> tuple[str, str, int, str, tuple[str, ...]]:
+        t = self.target
+        return (t.environment, t.service, t.port, t.protocol, tuple(sorted(map(_holder_id, self.holders))))
+
+    @property
+    def holder_text(self) -> str:
+        return "; ".join(h.describe() for h in self.holders)
+
+
+def _holder_id(holder: PortHolder) -> str:
+    if holder.container is not None:
+        return f"container:{holder.container.id}"
+    if holder.process is not None:
+        return f"pid:{holder.process.pid}"
+    return f"user:{holder.user}"
+
+
+@dataclass(frozen=True)
+class Pending:
+    service: str
+    environment: str
+    port: int
+    holder: str
+    seen: int  # passes in a row
+    needed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "environment": self.environment,
+            "port": self.port,
+            "holder": self.holder,
+            "seen": self.seen,
+            "needed": self.needed,
+        }
+
+
+@dataclass(frozen=True)
+class Skipped:
+    service: str
+    environment: str
+    port: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "environment": self.environment,
+            "port": self.port,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Move:
+    service: str
+    environment: str
+    protocol: str
+    old_port: int
+    new_port: int
+    holder: str
+    files: tuple[str, ...] = ()  # rewritten
+    registrations: tuple[str, ...] = ()  # instance ids now at the new port
+    done: bool = True  # False in a dry run: what would be done
+    redeployed: str = ""  # the compose command run, with --redeploy
+    answered: bool | None = None  # the redeployed port answers (None: not redeployed)
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "environment": self.environment,
+            "protocol": self.protocol,
+            "old_port": self.old_port,
+            "new_port": self.new_port,
+            "holder": self.holder,
+            "files": list(self.files),
+            "registrations": list(self.registrations),
+            "done": self.done,
+            "redeployed": self.redeployed,
+            "answered": self.answered,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class ResolveReport:
+    moves: list[Move] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)  # seen, not yet on enough passes
+    skipped: list[Skipped] = field(default_factory=list)  # seen and confirmed, not moved: why
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def conflicts_left(self) -> bool:
+        return bool(self.pending or self.skipped or any(m.answered is False for m in self.moves))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "moves": [m.to_dict() for m in self.moves],
+            "pending": [p.to_dict() for p in self.pending],
+            "skipped": [s.to_dict() for s in self.skipped],
+            "notices": self.notices,
+        }
+
+
+@dataclass
+class _Backoff:
+    until: float
+    delay: float
+
+
+class Resolver:
+    """Moves this host's services off ports foreign holders took (see the module's description)."""
+
+    def __init__(
+        self,
+        allocator: PortAllocator,
+        *,
+        environment: str | None = None,
+        project: ComposeProject | None = None,
+        override_file: str | None = None,
+        confirmations: int = 3,
+        max_moves: int = 5,
+        per: float = 60.0,
+        dry_run: bool = False,
+        redeploy: bool = False,
+        actor: str = "portctl resolve",
+        scan: Callable[[], HostPorts] = HostPorts,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.allocator = allocator
+        self.environment = allocator.policy.environment(environment)
+        self.project = project
+        self.override_file = override_file
+        self.confirmations = confirmations
+        self.max_moves = max_moves
+        self.per = per
+        self.dry_run = dry_run
+        self.redeploy = redeploy
+        self.actor = actor
+        self.scan = scan
+        self.clock = clock
+        self.events = EventLog(allocator.store, allocator.host)
+        self._streaks: dict[tuple[str, str, int, str, tuple[str, ...]], int] = {}
+        self._moved_at: list[float] = []
+        self._backoff: dict[tuple[str, str], _Backoff] = {}
+
+    # One pass ----------------------------------------------------------------------------
+
+    def run_once(self) -> ResolveReport:
+        report = ResolveReport()
+        host = self.scan()
+        report.notices += host.notices
+        seen = self.observe(host)
+        confirmed = self._count(seen, report)
+        for sighting in confirmed:
+            self._act(sighting, report)
+        return report
+
+    def observe(self, host: HostPorts) -> list[Sighting]:
+        """This pass's conflicts: foreign holders on the ports of services not running on them."""
+        to_check = [t for t in targets(self.allocator, self.environment, self.project) if _allocated(t)]
+        return [
+            Sighting(f.target, f.conflicts)
+            for f in check_ports(to_check, host).findings
+            if _foreign_only(f) and self._allocated_here(f.target)
+        ]
+
+    def _allocated_here(self, target: Target) -> bool:
+        current = self.allocator.get(target.service, target.environment)
+        return current is not None and current.port == target.port
+
+    def _count(self, seen: Sequence[Sighting], report: ResolveReport) -> list[Sighting]:
+        streaks = {s.key: self._streaks.get(s.key, 0) + 1 for s in seen}
+        self._streaks = streaks  # a conflict missing from this pass starts again from nothing
+        confirmed = []
+        for s in seen:
+            count = streaks[s.key]
+            if count >= self.confirmations:
+                confirmed.append(s)
+            else:
+                t = s.target
+                report.pending.append(
+                    Pending(t.service, t.environment, t.port, s.holder_text, count, self.confirmations)
+                )
+        return confirmed
+
+    # Acting ------------------------------------------------------------------------------
+
+    def _act(self, sighting: Sighting, report: ResolveReport) -> None:
+        t = sighting.target
+        now = self.clock()
+        why_not = self._held_back(t, now)
+        if why_not:
+            report.skipped.append(Skipped(t.service, t.environment, t.port, why_not))
+            return
+        try:
+            move = self._move(sighting)
+        except RangeExhausted as e:
+            report.skipped.append(Skipped(t.service, t.environment, t.port, self._back_off(t, now, e)))
+            return
+        except VersionConflict as e:
+            # Someone else changed the allocation meanwhile: look again next pass.
+            report.skipped.append(
+                Skipped(t.service, t.environment, t.port, f"changed meanwhile: {e.message}")
+            )
+            return
+        self._backoff.pop((t.environment, t.service), None)
+        self._streaks.pop(sighting.key, None)
+        if move.done:
+            self._moved_at.append(now)
+        report.moves.append(move)
+
+    def _held_back(self, target: Target, now: float) -> str:
+        backoff = self._backoff.get((target.environment, target.service))
+        if backoff is not None and now < backoff.until:
+            return f"its range was full; trying again in {backoff.until - now:.0f}s"
+        self._moved_at = [at for at in self._moved_at if now - at < self.per]
+        if len(self._moved_at) >= self.max_moves:
+            return f"rate limit: {self.max_moves} moves in {self.per:g}s already; it moves on a later pass"
+        return ""
+
+    def _back_off(self, target: Target, now: float, error: RangeExhausted) -> str:
+        key = (target.environment, target.service)
+        previous = self._backoff.get(key)
+        delay = min(MAX_BACKOFF, previous.delay * 2) if previous else FIRST_BACKOFF
+        self._backoff[key] = _Backoff(now + delay, delay)
+        return f"nothing moved: {error.message}; trying again in {delay:g}s"
+
+    def _move(self, sighting: Sighting) -> Move:
+        t = sighting.target
+        current = self.allocator.get(t.service, t.environment)
+        if current is None or current.port != t.port:
+            raise VersionConflict(t.service, "the allocation changed since it was observed")
+        new = self.allocator.allocate(
+            t.service,
+            type=current.type,
+            environment=t.environment,
+            protocol=current.protocol,
+            avoid={t.port},
+            compose=current.compose,
+            dry_run=self.dry_run,
+        ).allocation
+        if self.dry_run:
+            return Move(
+                t.service, t.environment, t.protocol, t.port, new.port, sighting.holder_text, done=False
+            )
+        files = self._rewrite_files()
+        ids = self._follow_registrations(t, new.port)
+        move = Move(t.service, t.environment, t.protocol, t.port, new.port, sighting.holder_text, files, ids)
+        if self.redeploy and self.project is not None and t.compose_service:
+            move = self._redeploy(move, t)
+        self._record(move)
+        return move
+
+    # What follows a move -----------------------------------------------------------------
+
+    def _rewrite_files(self) -> tuple[str, ...]:
+        """The compose project's ``.env.ports`` and override, as ``portctl deploy`` writes them."""
+        if self.project is None:
+            return ()
+        from portctl.compose.rewrite import stack_files
+
+        return tuple(stack_files(self.allocator, self.project, self.environment, self.override_file).written)
+
+    def _follow_registrations(self, target: Target, new_port: int) -> tuple[str, ...]:
+        """Re-register this host's instances of the service that were on the old port at the
+        new one: at the old port their checks would report the foreign holder's health."""
+        registry = Registry(self.allocator.store, self.allocator.settings)
+        try:
+            found = registry.instances(target.service, target.environment)
+        except StoreCorrupt:
+            return ()
+        moved = []
+        for instance in found:
+            e = instance.entry
+            if e.host == self.allocator.host and e.port == target.port:
+                moved.append(_reregister(registry, e, new_port))
+        return tuple(moved)
+
+    def _redeploy(self, move: Move, target: Target) -> Move:
+        from portctl.compose.rewrite import restart_services
+
+        project = self.project
+        if project is None:  # a move is redeployed only for a compose project
+            return move
+        started = restart_services(
+            self.allocator, project, self.environment, [target.service], self.override_file
+        )
+        probe = next((p for p in started.probes if p.name == target.service), None)
+        return replace(
+            move,
+            redeployed=started.command,
+            answered=probe.answered if probe else None,
+            detail=probe.detail if probe else "",
+        )
+
+    def _record(self, move: Move) -> None:
+        detail = f"moved off {move.old_port}: a foreign holder took it while {move.service} was not on it"
+        if move.redeployed:
+            detail += f"; redeployed ({'answers' if move.answered else 'does not answer'} on {move.new_port})"
+        self.events.record(
+            Event(
+                kind="moved",
+                at=self.clock(),
+                host=self.allocator.host,
+                actor=self.actor,
+                environment=move.environment,
+                service=move.service,
+                protocol=move.protocol,
+                old_port=move.old_port,
+                new_port=move.new_port,
+                holder=move.holder,
+                detail=detail,
+                files=move.files,
+            )
+        )
+
+
+def _allocated(target: Target) -> bool:
+    return target.source == "allocation" or target.project is not None
+
+
+def _foreign_only(finding: Finding) -> bool:
+    """A foreign holder, and the service itself not running on its port."""
+    return bool(finding.conflicts) and not finding.own
+
+
+def _reregister(registry: Registry, entry: ServiceEntry, new_port: int) -> str:
+    from portctl.registry.health import run_check
+
+    old_default = entry.id.endswith(f"-{entry.port}")
+    check = entry.check
+    if check.url:
+        check = replace(check, url=check.url.replace(f":{entry.port}/", f":{new_port}/"))
+    registry.deregister(entry.id, entry.environment)
+    try:
+        found = registry.register(
+            entry.service,
+            port=new_port,
+            address=entry.address,
+            instance_id=None if old_default else entry.id,
+            tags=entry.tags,
+            meta=entry.meta,
+            check=check,
+            environment=entry.environment,
+            probe=run_check,
+            lease=entry.lease,
+        )
+    except PortctlError:
+        return ""
+    return found.entry.id
+
+
+def resolve(
+    resolver: Resolver,
+    *,
+    observations: int | None = None,
+    interval: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ResolveReport:
+    """What a person runs: ``observations`` looks (default: the resolver's confirmations) a
+    second apart; a conflict seen on every one of them is acted on after the last."""
+    count = observations or resolver.confirmations
+    report = ResolveReport()
+    for i in range(count):
+        report = resolver.run_once()
+        if i < count - 1 and report.pending:
+            sleep(interval)
+        elif not report.pending:
+            break
+    return report
