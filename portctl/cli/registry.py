@@ -415,7 +415,9 @@ def agent(
                     actor="portctl agent --resolve",
                 )
             elif files or redeploy or dry_run:
-                raise InputProblem("--resolve", None, "--resolve with -f, --redeploy or --dry-run")
+                raise InputProblem(
+                    "--resolve", None, "-f, --redeploy and --dry-run go with --resolve: add it"
+                )
             if once:
                 report = worker.run_once()
                 data = {

@@ -58,7 +58,11 @@ def make_resolver(
     if redeploy and project is None:
         from portctl.cli._output import InputProblem
 
-        raise InputProblem("--redeploy", None, "the compose files to start again: add -f docker-compose.yml")
+        raise InputProblem(
+            "--redeploy",
+            None,
+            "--redeploy starts the moved compose services again: add their -f docker-compose.yml",
+        )
     return Resolver(
         ctx.allocator(),
         environment=env,

@@ -1,0 +1,147 @@
+"""`portctl resolve`, `portctl agent --resolve` and `portctl events` as a user runs them: a
+foreign process takes an allocated port while the service is not running; the service moves,
+its files follow, and the move is on record."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import Run, error_line, free_port, parse_env
+
+
+@pytest.fixture
+def intruder() -> Iterator:
+    """``intruder(port)``: a foreign process listening on ``port`` (http.server, as anyone's)."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def _start(port: int) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(process)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return process
+            except OSError:
+                assert process.poll() is None
+                time.sleep(0.05)
+        raise AssertionError(f"http.server did not listen on {port}")
+
+    yield _start
+    for p in started:
+        p.kill()
+        p.wait()
+
+
+def allocated(run: Run, service: str, port: int) -> None:
+    done = run("allocate", "--service", service, "--port", port, "--env", "development")
+    assert done.returncode == 0, done.stderr
+
+
+def port_of(run: Run, service: str) -> int:
+    data = json.loads(run("--json", "status", "--env", "development").stdout)["data"]
+    return next(a["port"] for a in data["allocations"] if a["service"] == service)
+
+
+def test_resolve_moves_a_service_whose_port_a_foreign_process_took(run: Run, intruder) -> None:
+    port = free_port(range(7300, 7400))
+    allocated(run, "api", port)
+    holder = intruder(port)
+    done = run("resolve", "--env", "development")
+    assert done.returncode == 0, done.stderr
+    new = port_of(run, "api")
+    assert new != port
+    assert f"moved api (development) {port} -> {new}/tcp: {port} is held by process " in done.stdout
+    assert f"pid {holder.pid} " in done.stdout
+    assert holder.poll() is None  # what holds the port is never stopped
+    events = json.loads(run("--json", "events").stdout)["data"]
+    assert [(e["kind"], e["service"], e["old_port"], e["new_port"]) for e in events] == [
+        ("moved", "api", port, new)
+    ]
+    assert f"pid {holder.pid}" in events[0]["holder"] and events[0]["actor"] == "portctl resolve"
+    table = run("events").stdout
+    assert f"{port} -> {new}" in table and "portctl resolve" in table
+
+
+def test_resolve_rewrites_the_compose_projects_files(run: Run, intruder, tmp_path: Path) -> None:
+    port = free_port(range(7400, 7500))
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(f'services:\n  api:\n    image: busybox\n    ports:\n      - "{port}:80"\n')
+    allocated(run, "api", port)
+    intruder(port)
+    done = run("resolve", "-f", compose, "--env", "development")
+    assert done.returncode == 0, done.stderr
+    new = port_of(run, "api")
+    assert parse_env((tmp_path / ".env.ports").read_text()) == {"API_PORT": new}
+    override = (tmp_path / "docker-compose.override.yml").read_text()
+    assert f"{new}:80" in override and "!override" in override
+    assert f"wrote {tmp_path / '.env.ports'}" in done.stdout
+    (event,) = json.loads(run("--json", "events").stdout)["data"]
+    assert sorted(os.path.basename(f) for f in event["files"]) == [
+        ".env.ports",
+        "docker-compose.override.yml",
+    ]
+
+
+def test_a_dry_run_changes_nothing(run: Run, intruder, tmp_path: Path) -> None:
+    port = free_port(range(7500, 7600))
+    allocated(run, "api", port)
+    intruder(port)
+    done = run("resolve", "--dry-run", "--env", "development")
+    assert done.returncode == 0, done.stderr
+    assert f"would move api (development) {port} -> " in done.stdout
+    assert port_of(run, "api") == port
+    assert run("events").stdout.strip() == "no events"
+
+
+def test_a_full_range_is_reported_and_nothing_moves(run: Run, intruder, tmp_path: Path) -> None:
+    port = free_port(range(7600, 7700))
+    (tmp_path / "portctl.toml").write_text(
+        f"[types.tiny]\nrange = [{port}, {port}]\n[services.worker]\ntype = 'tiny'\nport = {port}\n"
+    )
+    assert run("allocate", "--service", "worker", "--env", "development").returncode == 0
+    intruder(port)
+    done = run("resolve", "--env", "development")
+    assert done.returncode == 1
+    assert f"not moved: worker (development) {port}: nothing moved: no free port for 'worker'" in done.stdout
+    assert port_of(run, "worker") == port
+
+
+def test_the_agent_resolves_once_with_once(run: Run, intruder) -> None:
+    port = free_port(range(7700, 7800))
+    allocated(run, "api", port)
+    intruder(port)
+    done = run("agent", "--once", "--resolve", "--env", "development")
+    assert done.returncode == 0, done.stderr
+    assert f"moved api (development) {port} -> " in done.stdout
+    (event,) = json.loads(run("--json", "events").stdout)["data"]
+    assert event["actor"] == "portctl agent --resolve"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("resolve", "--redeploy"), "--redeploy"),
+        (("agent", "--once", "--redeploy"), "--resolve"),
+        (("events", "--since", "yesterday"), "--since"),
+        (("events", "--service", "Bad Name"), "'Bad Name' is not valid"),
+        (("resolve", "-f", "missing.yml"), "missing.yml"),
+    ],
+)
+def test_bad_input_is_one_line(run: Run, args: tuple[str, ...], expected: str) -> None:
+    done = run(*args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert expected in error_line(done)
