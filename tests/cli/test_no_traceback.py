@@ -57,6 +57,8 @@ EXAMPLES: dict[str, list[str]] = {
     "migrate": ["--to", "other.json"],
     "metrics": [],
     "serve": ["--listen", "127.0.0.1:0"],  # stopped by SIGTERM after a while (see _run)
+    "resolve": ["--confirmations", "1"],
+    "events": [],
 }
 LONG_RUNNING = {"serve": 3}  # seconds it runs before SIGTERM; it must then exit 0, cleanly
 

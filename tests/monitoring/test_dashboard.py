@@ -60,6 +60,8 @@ CONTRACT_METRICS = frozenset(
         "portctl_port_conflicts",
         "portctl_port_conflict_info",
         "portctl_bluegreen_live_color",
+        "portctl_port_moves",
+        "portctl_port_last_move_timestamp_seconds",
     }
 )
 HISTOGRAMS = frozenset({"portctl_store_request_duration_seconds"})

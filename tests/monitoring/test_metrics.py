@@ -312,3 +312,32 @@ def test_a_released_port_is_no_conflict_even_before_the_next_scan(
     text = scrape(monitor)  # the same scan, a new read of the store
     assert samples(text, "portctl_port_conflict_info") == []
     assert value(text, "portctl_port_conflicts", kind="process", deploy_env="production") is None
+
+
+def test_port_moves_come_from_the_event_log(json_store, settings):
+    from portctl.ports.events import EventLog
+    from portctl.records import Event
+
+    log = EventLog(json_store, HOST)
+    for at, (old, new) in ((100.0, (8000, 8001)), (200.0, (8001, 8002))):
+        log.record(
+            Event("moved", at, HOST, "portctl resolve", "production", "api", "tcp", old, new, "process x")
+        )
+    EventLog(json_store, "other-host").record(
+        Event(
+            "moved",
+            50.0,
+            "other-host",
+            "portctl resolve",
+            "staging",
+            "redis",
+            "tcp",
+            6379,
+            6380,
+            "container y",
+        )
+    )
+    text = scrape(Monitor(json_store, settings, scan_ports=False))
+    assert value(text, "portctl_port_moves", service_name="api", deploy_env="production", host=HOST) == 2
+    assert value(text, "portctl_port_moves", service_name="redis", host="other-host") == 1
+    assert value(text, "portctl_port_last_move_timestamp_seconds", service_name="api") == 200.0
