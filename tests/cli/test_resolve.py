@@ -71,9 +71,11 @@ def test_resolve_moves_a_service_whose_port_a_foreign_process_took(run: Run, int
     assert [(e["kind"], e["service"], e["old_port"], e["new_port"]) for e in events] == [
         ("moved", "api", port, new)
     ]
-    assert f"pid {holder.pid}" in events[0]["holder"] and events[0]["actor"] == "portctl resolve"
+    assert f"pid {holder.pid}" in events[0]["holder"]
+    assert events[0]["actor"] == "portctl resolve"
     table = run("events").stdout
-    assert f"{port} -> {new}" in table and "portctl resolve" in table
+    assert f"{port} -> {new}" in table
+    assert "portctl resolve" in table
 
 
 def test_resolve_rewrites_the_compose_projects_files(run: Run, intruder, tmp_path: Path) -> None:
@@ -87,7 +89,8 @@ def test_resolve_rewrites_the_compose_projects_files(run: Run, intruder, tmp_pat
     new = port_of(run, "api")
     assert parse_env((tmp_path / ".env.ports").read_text()) == {"API_PORT": new}
     override = (tmp_path / "docker-compose.override.yml").read_text()
-    assert f"{new}:80" in override and "!override" in override
+    assert f"{new}:80" in override
+    assert "!override" in override
     assert f"wrote {tmp_path / '.env.ports'}" in done.stdout
     (event,) = json.loads(run("--json", "events").stdout)["data"]
     assert sorted(os.path.basename(f) for f in event["files"]) == [

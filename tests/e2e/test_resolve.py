@@ -128,4 +128,5 @@ def test_the_agent_moves_a_stopped_service_off_a_port_a_foreign_container_took(s
         assert answer.read().decode().strip() == "web"  # the stack's own container, on its new port
     assert docker("inspect", "-f", "{{.State.Running}}", INTRUDER).strip() == "true"  # never stopped
     shown = portctl(stack, "events")
-    assert f"{port} -> {new}" in shown.stdout and "web (development)" in shown.stdout
+    assert f"{port} -> {new}" in shown.stdout
+    assert "web (development)" in shown.stdout

@@ -60,7 +60,8 @@ def test_a_foreign_holder_is_confirmed_over_passes_then_the_service_moves(alloca
         api.port,
         move.new_port,
     )
-    assert event.actor == "portctl resolve" and f"pid {os.getpid()}" in event.holder
+    assert event.actor == "portctl resolve"
+    assert f"pid {os.getpid()}" in event.holder
 
 
 def test_a_conflict_that_goes_away_starts_its_count_again(allocator, listener):
@@ -87,7 +88,8 @@ def test_another_holder_on_the_next_pass_is_another_conflict(allocator):
     second = _serve(api.port)
     try:
         report = r.run_once()
-        assert [p.seen for p in report.pending] == [1] and report.moves == []
+        assert [p.seen for p in report.pending] == [1]
+        assert report.moves == []
     finally:
         _stop(second)
 
@@ -100,7 +102,8 @@ def test_a_service_running_on_its_port_is_never_moved(allocator):
         registry.register("api", port=api.port, environment=ENV, pid=server.pid, probe=run_check)
         r = resolver(allocator, confirmations=1)
         report = r.run_once()
-        assert report.moves == [] and report.pending == []
+        assert report.moves == []
+        assert report.pending == []
         assert allocator.get("api", ENV).port == api.port
         assert server.poll() is None  # and what holds the port is never touched
     finally:
@@ -123,7 +126,8 @@ def test_a_dry_run_says_what_would_move_and_changes_nothing(allocator, listener)
     api = allocate(allocator, "api", 21500)
     listener(api.port)
     (move,) = resolver(allocator, confirmations=1, dry_run=True).run_once().moves
-    assert not move.done and move.new_port != api.port
+    assert not move.done
+    assert move.new_port != api.port
     assert allocator.get("api", ENV).port == api.port
     assert EventLog(allocator.store, HOST).read().events == []
 
@@ -152,7 +156,9 @@ def test_a_full_range_moves_nothing_and_backs_off(tmp_path, store, listener):
     now = [1000.0]
     r = resolver(allocator, confirmations=1, clock=lambda: now[0])
     (skipped,) = r.run_once().skipped
-    assert "nothing moved" in skipped.reason and "no free port" in skipped.reason and "30s" in skipped.reason
+    assert "nothing moved" in skipped.reason
+    assert "no free port" in skipped.reason
+    assert "30s" in skipped.reason
     assert allocator.get("worker", ENV).port == port
     now[0] += 5
     (later,) = r.run_once().skipped
@@ -176,7 +182,9 @@ def test_with_nothing_to_resolve_it_looks_once(allocator):
     allocate(allocator, "api", 21900)
     waits: list[float] = []
     report = resolve(resolver(allocator), sleep=waits.append)
-    assert waits == [] and report.moves == [] and not report.conflicts_left
+    assert waits == []
+    assert report.moves == []
+    assert not report.conflicts_left
 
 
 def _serve(port: int) -> subprocess.Popen:
@@ -187,7 +195,8 @@ def _serve(port: int) -> subprocess.Popen:
         "s.listen(8); print('up', flush=True); time.sleep(600)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().strip() == "up"
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "up"
     return child
 
 
