@@ -86,6 +86,7 @@ def report_lines(report: ResolveReport) -> list[str]:
         if m.redeployed:
             state = "answers" if m.answered else f"does not answer ({m.detail})"
             lines.append(f"  ran {m.redeployed}: {m.service} {state} on {m.new_port}")
+        lines += [f"  {problem}" for problem in m.problems]
     for p in report.pending:
         lines.append(
             f"seen {p.seen} of {p.needed} times: {p.service} ({p.environment}) {p.port} is held by {p.holder}"

@@ -32,7 +32,7 @@ from typing import Any
 
 from portctl.compose.check import Finding, Target, check_ports, targets
 from portctl.compose.project import ComposeProject
-from portctl.errors import PortctlError, RangeExhausted, StoreCorrupt, VersionConflict
+from portctl.errors import PortctlError, RangeExhausted, VersionConflict
 from portctl.host.holders import HostPorts, PortHolder
 from portctl.ports.allocator import PortAllocator
 from portctl.ports.events import EventLog
@@ -120,6 +120,7 @@ class Move:
     redeployed: str = ""  # the compose command run, with --redeploy
     answered: bool | None = None  # the redeployed port answers (None: not redeployed)
     detail: str = ""
+    problems: tuple[str, ...] = ()  # what failed after the allocation moved
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +136,7 @@ class Move:
             "redeployed": self.redeployed,
             "answered": self.answered,
             "detail": self.detail,
+            "problems": list(self.problems),
         }
 
 
@@ -147,7 +149,9 @@ class ResolveReport:
 
     @property
     def conflicts_left(self) -> bool:
-        return bool(self.pending or self.skipped or any(m.answered is False for m in self.moves))
+        return bool(
+            self.pending or self.skipped or any(m.answered is False or m.problems for m in self.moves)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -287,7 +291,7 @@ class Resolver:
         current = self.allocator.get(t.service, t.environment)
         if current is None or current.port != t.port:
             raise VersionConflict(t.service, "the allocation changed since it was observed")
-        new = self.allocator.allocate(
+        result = self.allocator.allocate(
             t.service,
             type=current.type,
             environment=t.environment,
@@ -295,43 +299,49 @@ class Resolver:
             avoid={t.port},
             compose=current.compose,
             dry_run=self.dry_run,
-        ).allocation
+        )
+        if result.previous_port != t.port:  # another writer moved it between our read and write
+            raise VersionConflict(t.service, f"the allocation is on {result.allocation.port} now")
+        new = result.allocation
+        move = Move(
+            t.service,
+            t.environment,
+            t.protocol,
+            t.port,
+            new.port,
+            sighting.holder_text,
+            done=not self.dry_run,
+        )
         if self.dry_run:
-            return Move(
-                t.service, t.environment, t.protocol, t.port, new.port, sighting.holder_text, done=False
-            )
-        files = self._rewrite_files()
-        ids = self._follow_registrations(t, new.port)
-        move = Move(t.service, t.environment, t.protocol, t.port, new.port, sighting.holder_text, files, ids)
-        if self.redeploy and self.project is not None and t.compose_service:
+            return move
+        # The allocation has moved: whatever fails from here on is reported with the move, and
+        # the move is recorded all the same.
+        move = self._rewrite_files(move)
+        move = replace(move, registrations=self._follow_registrations(t, new.port))
+        if self.redeploy and t.compose_service:
             move = self._redeploy(move, t)
         self._record(move)
         return move
 
     # What follows a move -----------------------------------------------------------------
 
-    def _rewrite_files(self) -> tuple[str, ...]:
+    def _rewrite_files(self, move: Move) -> Move:
         """The compose project's ``.env.ports`` and override, as ``portctl deploy`` writes them."""
         if self.project is None:
-            return ()
+            return move
         from portctl.compose.rewrite import stack_files
 
-        return tuple(stack_files(self.allocator, self.project, self.environment, self.override_file).written)
+        try:
+            written = stack_files(self.allocator, self.project, self.environment, self.override_file).written
+        except PortctlError as e:
+            return replace(move, problems=(*move.problems, f"files not rewritten: {e.message}"))
+        return replace(move, files=tuple(written))
 
     def _follow_registrations(self, target: Target, new_port: int) -> tuple[str, ...]:
         """Re-register this host's instances of the service that were on the old port at the
         new one: at the old port their checks would report the foreign holder's health."""
         registry = Registry(self.allocator.store, self.allocator.settings)
-        try:
-            found = registry.instances(target.service, target.environment)
-        except StoreCorrupt:
-            return ()
-        moved = []
-        for instance in found:
-            e = instance.entry
-            if e.host == self.allocator.host and e.port == target.port:
-                moved.append(_reregister(registry, e, new_port))
-        return tuple(moved)
+        return tuple(i for i in (_reregister(registry, e, new_port) for e in target.registered) if i)
 
     def _redeploy(self, move: Move, target: Target) -> Move:
         from portctl.compose.rewrite import restart_services
@@ -339,9 +349,12 @@ class Resolver:
         project = self.project
         if project is None:  # a move is redeployed only for a compose project
             return move
-        started = restart_services(
-            self.allocator, project, self.environment, [target.service], self.override_file
-        )
+        try:
+            started = restart_services(
+                self.allocator, project, self.environment, [target.service], self.override_file
+            )
+        except PortctlError as e:
+            return replace(move, answered=False, problems=(*move.problems, f"not redeployed: {e.message}"))
         probe = next((p for p in started.probes if p.name == target.service), None)
         return replace(
             move,
@@ -354,6 +367,8 @@ class Resolver:
         detail = f"moved off {move.old_port}: a foreign holder took it while {move.service} was not on it"
         if move.redeployed:
             detail += f"; redeployed ({'answers' if move.answered else 'does not answer'} on {move.new_port})"
+        if move.problems:
+            detail += "; " + "; ".join(move.problems)
         self.events.record(
             Event(
                 kind="moved",
@@ -382,19 +397,21 @@ def _foreign_only(finding: Finding) -> bool:
 
 
 def _reregister(registry: Registry, entry: ServiceEntry, new_port: int) -> str:
+    """``entry`` registered again at ``new_port`` (its id too, when it was the default one that
+    names the port); the old registration goes once the new one is written. "" when it could
+    not be written: then the old one stays, as it was."""
     from portctl.registry.health import run_check
 
-    old_default = entry.id.endswith(f"-{entry.port}")
+    default_id = entry.id.endswith(f"-{entry.port}")
     check = entry.check
     if check.url:
         check = replace(check, url=check.url.replace(f":{entry.port}/", f":{new_port}/"))
-    registry.deregister(entry.id, entry.environment)
     try:
         found = registry.register(
             entry.service,
             port=new_port,
             address=entry.address,
-            instance_id=None if old_default else entry.id,
+            instance_id=None if default_id else entry.id,
             tags=entry.tags,
             meta=entry.meta,
             check=check,
@@ -402,6 +419,8 @@ def _reregister(registry: Registry, entry: ServiceEntry, new_port: int) -> str:
             probe=run_check,
             lease=entry.lease,
         )
+        if found.entry.id != entry.id:
+            registry.deregister(entry.id, entry.environment)
     except PortctlError:
         return ""
     return found.entry.id

@@ -148,3 +148,23 @@ def test_bad_input_is_one_line(run: Run, args: tuple[str, ...], expected: str) -
     done = run(*args)
     assert done.returncode == 2, done.stdout + done.stderr
     assert expected in error_line(done)
+
+
+def test_a_move_whose_files_cannot_be_written_is_still_recorded_and_exits_1(
+    run: Run, intruder, tmp_path: Path
+) -> None:
+    port = free_port(range(7450, 7500))
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(f'services:\n  api:\n    image: busybox\n    ports:\n      - "{port}:80"\n')
+    theirs = tmp_path / "docker-compose.override.yml"
+    theirs.write_text("services: {}\n")  # a person's own override: never overwritten
+    allocated(run, "api", port)
+    intruder(port)
+    done = run("resolve", "-f", compose, "--env", "development")
+    assert done.returncode == 1, done.stdout + done.stderr
+    new = port_of(run, "api")
+    assert f"moved api (development) {port} -> {new}/tcp" in done.stdout
+    assert "files not rewritten:" in done.stdout and "has no 'written by portctl' line" in done.stdout
+    assert theirs.read_text() == "services: {}\n"
+    (event,) = json.loads(run("--json", "events").stdout)["data"]
+    assert "files not rewritten" in event["detail"]
