@@ -164,7 +164,8 @@ def test_a_move_whose_files_cannot_be_written_is_still_recorded_and_exits_1(
     assert done.returncode == 1, done.stdout + done.stderr
     new = port_of(run, "api")
     assert f"moved api (development) {port} -> {new}/tcp" in done.stdout
-    assert "files not rewritten:" in done.stdout and "has no 'written by portctl' line" in done.stdout
+    assert "files not rewritten:" in done.stdout
+    assert "has no 'written by portctl' line" in done.stdout
     assert theirs.read_text() == "services: {}\n"
     (event,) = json.loads(run("--json", "events").stdout)["data"]
     assert "files not rewritten" in event["detail"]
