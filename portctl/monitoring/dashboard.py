@@ -56,6 +56,7 @@ class PanelTitle:
     ALLOCATIONS = "Allocations per environment"
     COLLECTORS = "Exporter sources"
     STORE_LATENCY = "Store read latency (p99)"
+    MOVES = "Ports moved by conflict resolution"
 
 
 def _target(expr: str, legend: str, *, table: bool = False, ref_id: str = "A") -> JSON:
@@ -338,6 +339,32 @@ def _check_latency_panel() -> JSON:
     )
 
 
+def _moves_panel() -> JSON:
+    return _panel(
+        9,
+        "timeseries",
+        PanelTitle.MOVES,
+        (0, 32, 24, 8),
+        [
+            _target(
+                f"{ONCE} (portctl_port_moves{{{ENV_HOST}}})",
+                "{{service_name}} ({{deploy_env}}) on {{host}}",
+            )
+        ],
+        description="Ports moved off foreign holders by portctl resolve or agent --resolve, as the "
+        "event log keeps them; a step is a move (portctl events says from where to where, and why).",
+        defaults={
+            "color": {"mode": "palette-classic"},
+            "custom": {"drawStyle": "line", "fillOpacity": 0, "lineWidth": 1, "showPoints": "never"},
+            "decimals": 0,
+            "min": 0,
+            "thresholds": _thresholds((None, "green")),
+            "unit": "short",
+        },
+        options=_timeseries_options(),
+    )
+
+
 def _query_variable(name: str, label: str, query: str) -> JSON:
     return {
         "allValue": ".*",
@@ -390,6 +417,7 @@ def grafana_dashboard_data() -> JSON:
         _conflicts_panel(),
         _bluegreen_panel(),
         _check_latency_panel(),
+        _moves_panel(),
     ]
     return {
         "annotations": {"list": []},

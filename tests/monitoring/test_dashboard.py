@@ -239,6 +239,7 @@ def test_the_overlap_check_sees_an_overlap():
         (PanelTitle.ALLOCATIONS, {"bargauge", "piechart"}, "portctl_allocation_info"),
         (PanelTitle.COLLECTORS, {"stat"}, "portctl_collector_up"),
         (PanelTitle.STORE_LATENCY, {"stat", "timeseries"}, "portctl_store_request_duration_seconds_bucket"),
+        (PanelTitle.MOVES, {"timeseries"}, "portctl_port_moves"),
     ],
 )
 def test_each_panel_exists_with_its_query(dashboard, title, kinds, metric):
