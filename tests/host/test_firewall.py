@@ -80,7 +80,8 @@ def test_rules_without_a_port_match_block_no_port():
 def test_ip6tables_save_rules_are_family_6():
     (rule,) = parse_iptables_save(IP6TABLES, 6)
     assert (rule.tool, rule.family, rule.action) == ("ip6tables", 6, "REJECT")
-    assert rule.matches(9050) and not rule.matches(9101)
+    assert rule.matches(9050)
+    assert not rule.matches(9101)
     assert rule.delete_command().startswith("ip6tables -D INPUT -p tcp -m tcp --dport 9000:9100 -j REJECT")
 
 
@@ -158,7 +159,8 @@ def test_a_multiport_spec_matches_exactly_its_ports(pairs, port):
 
 def test_no_tool_installed_is_one_line(tmp_path):
     view = read_firewall(path=str(tmp_path))
-    assert not view.readable and view.rules == ()
+    assert not view.readable
+    assert view.rules == ()
     assert view.notice == (
         "firewall not read: neither iptables-save nor nft is installed (install iptables or nftables to check it)"
     )
@@ -202,7 +204,8 @@ def read_in(netns: str, port: int, user: str | None = None) -> dict:
 def test_a_drop_rule_added_in_a_namespace_is_found(netns):
     port = 20000 + secrets.randbelow(20000)  # any port: the namespace is the test's own
     before = read_in(netns, port)
-    assert before["blocking"] == [] and "iptables" in before["read_by"]
+    assert before["blocking"] == []
+    assert "iptables" in before["read_by"]
     subprocess.run(
         [
             "ip",
