@@ -6,8 +6,10 @@ kernel keeps one socket table per network namespace, and ``/proc/<pid>/net/tcp``
 of process ``pid``'s namespace, so the container's main process (``State.Pid`` from the Docker
 Engine API) leads to the container's listeners without entering the namespace.
 
-Reading another process's ``/proc/<pid>/net`` needs the right to trace it (root, for a
-container's process); without it the table is unreadable and :func:`read_namespace` says why.
+Most kernels let any user read another process's ``/proc/<pid>/net``; where /proc hides other
+users' processes (``hidepid``) or a security module refuses it, the table is unreadable and
+:func:`read_namespace` says why (run as root). Asking Docker for the pid needs access to its
+socket, and the pid must be this host's: a daemon reached over TCP may run elsewhere.
 """
 
 from __future__ import annotations
@@ -84,4 +86,3 @@ def _why(pid: int, e: OSError) -> str:
     if e.errno in (errno.EACCES, errno.EPERM):
         return f"the socket table of process {pid} is not readable (permission denied): run as root"
     return f"the socket table of process {pid} could not be read ({e.strerror or e})"
-
