@@ -25,7 +25,9 @@ from portctl.host.firewall import FirewallRule, FirewallView, read_firewall
 from portctl.host.netns import NamespaceSockets, container_pid, local_pids, read_namespace
 from portctl.keys import allocation_key, allocations_prefix, claims_prefix
 from portctl.operations._doctoring import Verdict, VerdictStatus
-from portctl.ports.allocator import Allocation, parse_allocation
+
+# _claim_owner: the allocator's own reading of a claim (StoreCorrupt if not its JSON)
+from portctl.ports.allocator import Allocation, _claim_owner, parse_allocation
 from portctl.registry.agent import critical_too_long, listens_in, zombie_signs
 
 if TYPE_CHECKING:
@@ -47,7 +49,9 @@ _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
 
 @dataclass(frozen=True)
-class _Port:
+class CheckedPort:
+    """A port a check looks at, and the service it is for (None for a PORT argument)."""
+
     port: int
     protocol: str
     service: str | None
@@ -57,13 +61,13 @@ class _Port:
         return f"{self.service or 'port'} {self.port}/{self.protocol}"
 
 
-def _ports(ctx: DoctorContext) -> list[_Port]:
+def _ports(ctx: DoctorContext) -> list[CheckedPort]:
     """Each target's port, then each asked port (tcp) that no target has, once."""
-    found: dict[tuple[int, str], _Port] = {}
+    found: dict[tuple[int, str], CheckedPort] = {}
     for t in ctx.targets:
-        found.setdefault((t.port, t.protocol), _Port(t.port, t.protocol, t.service))
+        found.setdefault((t.port, t.protocol), CheckedPort(t.port, t.protocol, t.service))
     for port in ctx.asked_ports:
-        found.setdefault((port, "tcp"), _Port(port, "tcp", None))
+        found.setdefault((port, "tcp"), CheckedPort(port, "tcp", None))
     return list(found.values())
 
 
@@ -77,7 +81,7 @@ def firewall_verdicts(ctx: DoctorContext) -> list[Verdict]:
     return firewall_findings(read_firewall(), ports) if ports else []
 
 
-def firewall_findings(view: FirewallView, ports: list[_Port]) -> list[Verdict]:
+def firewall_findings(view: FirewallView, ports: list[CheckedPort]) -> list[Verdict]:
     """The verdicts on ``ports`` of a firewall already read (pure, for tests)."""
     if not view.readable:
         return [_unreadable_firewall(view)]
@@ -107,7 +111,7 @@ def _unreadable_firewall(view: FirewallView) -> Verdict:
     return Verdict("firewall", "firewall", VerdictStatus.UNKNOWN, notice, fix)
 
 
-def _blocked(p: _Port, rule: FirewallRule) -> Verdict:
+def _blocked(p: CheckedPort, rule: FirewallRule) -> Verdict:
     verb = "drops" if rule.action == "DROP" else "rejects"
     return Verdict(
         "firewall",
@@ -149,7 +153,7 @@ def container_port_verdicts(ctx: DoctorContext) -> list[Verdict]:
     return out
 
 
-def _published(container: Container, p: _Port) -> list[PublishedPort]:
+def _published(container: Container, p: CheckedPort) -> list[PublishedPort]:
     """The container ports ``p`` is published to (one per target port, whatever addresses)."""
     found = {x.target: x for x in container.published if x.port == p.port and x.protocol == p.protocol}
     return list(found.values())
@@ -169,7 +173,7 @@ def _container_table(container: Container, endpoint: str) -> NamespaceSockets | 
 
 
 def _judge_container(
-    container: Container, published: PublishedPort, p: _Port, table: NamespaceSockets | str
+    container: Container, published: PublishedPort, p: CheckedPort, table: NamespaceSockets | str
 ) -> Verdict:
     inside = published.target
     subject = f"container {container.name} {p.port}/{p.protocol}"
@@ -294,13 +298,6 @@ def _claims(entries: list[Entry], host: str) -> Iterator[_Claim]:
             service, environment = _claim_owner(e)
             if port.isdigit():
                 yield _Claim(e.key, int(port), protocol, service, environment)
-
-
-def _claim_owner(claim: Entry) -> tuple[str, str]:
-    """Whom a claim keeps its port for; StoreCorrupt if it is not the JSON portctl writes."""
-    from portctl.ports.allocator import _claim_owner as owner  # the allocator's own reading
-
-    return owner(claim)
 
 
 def _claim_verdict(claim: _Claim, records: dict[str, Allocation], host: str) -> list[Verdict]:

@@ -19,7 +19,7 @@ from portctl.host.firewall import FirewallView, parse_iptables_save
 from portctl.host.holders import HostPorts
 from portctl.host.listeners import ListenerScan
 from portctl.keys import allocation_key, claim_key
-from portctl.operations._doctor_extra import LONG_CRITICAL, _Port, firewall_findings, store_verdicts
+from portctl.operations._doctor_extra import LONG_CRITICAL, CheckedPort, firewall_findings, store_verdicts
 from portctl.operations._doctoring import DoctorContext, VerdictStatus
 from portctl.ports.allocator import PortAllocator
 from portctl.registry.entries import CheckSpec, Registry, Status
@@ -181,7 +181,7 @@ def test_firewall_verdicts_name_the_rule_and_the_command_that_removes_it():
     view = FirewallView(
         tuple(parse_iptables_save((DATA / "iptables-save.txt").read_text(), 4)), ("iptables",)
     )
-    verdicts = firewall_findings(view, [_Port(5432, "tcp", "postgres"), _Port(53, "tcp", None)])
+    verdicts = firewall_findings(view, [CheckedPort(5432, "tcp", "postgres"), CheckedPort(53, "tcp", None)])
     drops = [v for v in verdicts if v.port == 5432]
     assert [v.status for v in drops] == [VerdictStatus.FAIL, VerdictStatus.FAIL]
     docker = drops[1]
@@ -199,7 +199,7 @@ def test_firewall_verdicts_name_the_rule_and_the_command_that_removes_it():
 
 def test_an_unreadable_firewall_is_one_unknown():
     view = FirewallView(notice="firewall not read: iptables-save needs root (permission denied): run ...")
-    [verdict] = firewall_findings(view, [_Port(80, "tcp", "web"), _Port(443, "tcp", "web")])
+    [verdict] = firewall_findings(view, [CheckedPort(80, "tcp", "web"), CheckedPort(443, "tcp", "web")])
     assert verdict.status == VerdictStatus.UNKNOWN
     assert verdict.finding == view.notice
     assert verdict.fix == "run portctl doctor as root"
@@ -207,6 +207,6 @@ def test_an_unreadable_firewall_is_one_unknown():
 
 def test_nothing_blocking_is_ok_per_port():
     view = FirewallView((), ("iptables", "nft"))
-    [verdict] = firewall_findings(view, [_Port(8080, "tcp", "api")])
+    [verdict] = firewall_findings(view, [CheckedPort(8080, "tcp", "api")])
     assert verdict.status == VerdictStatus.OK
     assert verdict.finding == "no iptables or nft rule drops or rejects 8080/tcp"
