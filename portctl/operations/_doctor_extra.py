@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LONG_CRITICAL",
+    "CheckedPort",
     "container_port_verdicts",
     "firewall_findings",
     "firewall_verdicts",
