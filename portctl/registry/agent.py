@@ -46,7 +46,7 @@ from portctl.registry.entries import (
 from portctl.registry.health import RUNNABLE, run_check
 from portctl.registry.leases import LeaseKeeper
 
-__all__ = ["Agent", "AgentReport"]
+__all__ = ["Agent", "AgentReport", "critical_too_long", "listens_in", "zombie_signs"]
 
 # Instances are remembered by where they live and when they were registered, so that a
 # re-registration starts afresh (checks due at once, no zombie time carried over).
@@ -173,11 +173,7 @@ class Agent:
         """Why ``entry`` is to be removed as a zombie now; None while it is not one, or not for
         ``zombie_grace`` seconds yet."""
         key = _key(entry)
-        # Only a TCP or HTTP service on this host's own addresses is expected to listen here:
-        # a TTL or unchecked entry, or one at a remote address, is judged by its owner alone.
-        local = entry.check.kind in RUNNABLE and is_local_address(entry.address)
-        silent = local and not scan.listens(entry.port, entry.address)
-        orphan = entry.pid is not None and not _process_exists(entry.pid)
+        silent, orphan = zombie_signs(entry, scan.listens)
         if not (silent or orphan):
             self._zombie_since.pop(key, None)
             return None
@@ -212,6 +208,24 @@ class Agent:
             self._forget(key)
 
 
+def zombie_signs(entry: ServiceEntry, listens: Callable[[int, str], bool]) -> tuple[bool, bool]:
+    """``(silent, orphan)``: whether ``entry`` should listen on this host and does not
+    (``listens(port, address)``, e.g. :func:`listens_in`), and whether its registering process
+    is gone. Either makes it a zombie (the agent removes it after its grace period)."""
+    # Only a TCP or HTTP service on this host's own addresses is expected to listen here:
+    # a TTL or unchecked entry, or one at a remote address, is judged by its owner alone.
+    local = entry.check.kind in RUNNABLE and is_local_address(entry.address)
+    silent = local and not listens(entry.port, entry.address)
+    orphan = entry.pid is not None and not _process_exists(entry.pid)
+    return silent, orphan
+
+
+def listens_in(scan: ListenerScan, port: int, address: str) -> bool:
+    """Whether something in ``scan`` listens where a registration at ``address``:``port``
+    answers (a host name counts as any address)."""
+    return bool(scan.blocking(port, "tcp", address if _is_ip(address) else "*"))
+
+
 class _LazyScan:
     """The host's listeners, scanned once per pass and only if some entry asks."""
 
@@ -221,7 +235,7 @@ class _LazyScan:
     def listens(self, port: int, address: str) -> bool:
         if self._scan is None:
             self._scan = ListenerScan(("tcp",))
-        return bool(self._scan.blocking(port, "tcp", address if _is_ip(address) else "*"))
+        return listens_in(self._scan, port, address)
 
 
 def _key(entry: ServiceEntry) -> _Key:
@@ -237,7 +251,14 @@ def _expired_at(record: HealthRecord, now: float) -> float | None:
 
 def _overdue(entry: ServiceEntry, health: HealthRecord, now: float) -> str | None:
     """Why ``entry`` is to be removed for staying critical too long, or None."""
-    limit = entry.check.deregister_after
+    return critical_too_long(entry, health, now, entry.check.deregister_after)
+
+
+def critical_too_long(
+    entry: ServiceEntry, health: HealthRecord, now: float, limit: float | None
+) -> str | None:
+    """``critical for 412s (deregister after 300s)`` when ``entry`` has been critical (or its
+    TTL expired) for longer than ``limit`` seconds; None otherwise, or with no limit."""
     if limit is None:
         return None
     expired_at = _expired_at(health, now)
