@@ -365,7 +365,7 @@ def mapping_verdicts(ctx: DoctorContext) -> list[Verdict]:
             _mapping_verdict(
                 found.port,
                 FAIL,
-                f"{found.field} is {m.source!r}: {found.expected()}",
+                f"{found.field} is {m.source}: {found.expected()}",
                 f"write {found.corrected} in {_files(ctx.project)} ({found.field})",
             )
         )
@@ -444,7 +444,7 @@ def _published_twice(project: ComposeProject, ports: Sequence[StackPort]) -> lis
 
 
 def _where(m: PortMapping) -> str:
-    return f"{m.service} ({m.source!r})"
+    return f"{m.service} ({m.source})"
 
 
 def _moved(
@@ -493,7 +493,7 @@ def _moved(
                 _mapping_verdict(
                     sp,
                     FAIL,
-                    f"{m.service} publishes {sp.declared} ({m.source!r}) but the allocation says "
+                    f"{m.service} publishes {sp.declared} ({m.source}) but the allocation says "
                     f"{alloc.port}, and no override or variable moves it",
                     f"{_override(project)}, or {_deploy(project)}",
                     allocated=alloc.port,
