@@ -375,19 +375,26 @@ def mapping_verdicts(ctx: DoctorContext) -> list[Verdict]:
     return out
 
 
+def _shown(path: str) -> str:
+    """A compose file as a person would type it here: relative when it is below this folder."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def _files(project: ComposeProject) -> str:
-    return ", ".join(
-        os.path.relpath(f) if not os.path.relpath(f).startswith("..") else f for f in project.files
-    )
+    return ", ".join(_shown(f) for f in project.files)
+
+
+def _flags(project: ComposeProject) -> str:
+    return " ".join(f"-f {_shown(f)}" for f in project.files)
 
 
 def _deploy(project: ComposeProject) -> str:
-    return "portctl deploy " + " ".join(f"-f {f}" for f in project.files)
+    return f"portctl deploy {_flags(project)}"
 
 
 def _override(project: ComposeProject) -> str:
-    files = " ".join(f"-f {f}" for f in project.files)
-    return f"portctl override {files} > docker-compose.override.yml"
+    return f"portctl override {_flags(project)} > docker-compose.override.yml"
 
 
 def _mapping_verdict(
