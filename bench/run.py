@@ -11,6 +11,7 @@ BENCHMARKS = [
     "startup.py",
     "allocate_race.py",
     "check_scan.py",
+    "doctor.py",
     "discovery.py",
     "etcd.py",
     "consul_store.py",

@@ -31,6 +31,9 @@ app.add_typer(registry.app)
 app.add_typer(bluegreen.app, name="bluegreen")
 app.add_typer(render_cli.app)
 app.add_typer(migrate.app)
+from portctl.cli import doctor as _doctor_cli  # noqa: E402  (local only, not committed)
+
+app.add_typer(_doctor_cli.app)
 app.add_typer(monitoring.app)
 app.add_typer(resolve.app)
 

@@ -109,9 +109,12 @@ def targets(
     environment: str | None,
     project: ComposeProject | None = None,
     services: Sequence[str] = (),
+    *,
+    refuse_reversed: bool = True,
 ) -> list[Target]:
     """What to check: the compose file's ports (at their allocated port when allocated), then
-    every other allocation of the environment; only ``services`` when given."""
+    every other allocation of the environment; only ``services`` when given. A mapping written
+    ``CONTAINER:HOST`` is refused unless ``refuse_reversed`` is off (``doctor`` reports it)."""
     env = allocator.policy.environment(environment)
     allocations = {a.service: a for a in allocator.allocations(env)}
     registered = _registrations(allocator, env)
@@ -120,7 +123,8 @@ def targets(
         from portctl.compose.stack import reversed_mappings, stack_ports
 
         ports = stack_ports(project)
-        reversed_mappings(ports, allocations)
+        if refuse_reversed:
+            reversed_mappings(ports, allocations)
         for sp in ports:
             alloc = allocations.get(sp.name)
             port = alloc.port if alloc else sp.declared

@@ -27,8 +27,10 @@ from portctl.host.holders import HostPorts, PortHolder, own_holder
 from portctl.ports.allocator import Allocation, AllocationResult, PortAllocator
 
 __all__ = [
+    "ReversedMapping",
     "StackPort",
     "allocate_stack",
+    "find_reversed",
     "override_ports",
     "reversed_mappings",
     "stack_ports",
@@ -139,19 +141,51 @@ def allocate_stack(
     return results
 
 
-def reversed_mappings(ports: Sequence[StackPort], allocations: Mapping[str, Allocation]) -> None:
-    """Refuse ``CONTAINER:HOST`` written where ``HOST:CONTAINER`` belongs: the allocated host
-    port given as the container port, with another port published."""
+@dataclass(frozen=True)
+class ReversedMapping:
+    """``CONTAINER:HOST`` written where ``HOST:CONTAINER`` belongs: the allocated host port
+    given as the container port, with another port published."""
+
+    port: StackPort
+    allocated: int  # the allocation's host port, written as the container port
+
+    @property
+    def field(self) -> str:
+        return f"services.{self.port.mapping.service}.ports[{self.port.mapping.index}]"
+
+    @property
+    def corrected(self) -> str:
+        """The entry as it should read: ``"5433:5432"``."""
+        return f'"{self.allocated}:{self.port.mapping.published}"'
+
+    def expected(self) -> str:
+        m = self.port.mapping
+        return (
+            f"HOST:CONTAINER: {self.allocated} is {self.port.name}'s host port, so write "
+            f"{self.corrected} if the container listens on {m.published}"
+        )
+
+    def error(self) -> InvalidInput:
+        return InvalidInput(self.field, self.port.mapping.source, self.expected())
+
+
+def find_reversed(ports: Sequence[StackPort], allocations: Mapping[str, Allocation]) -> list[ReversedMapping]:
+    """Every mapping written ``CONTAINER:HOST`` (see :class:`ReversedMapping`), to report them all."""
+    found = []
     for sp in ports:
         alloc = allocations.get(sp.name)
         m = sp.mapping
         if alloc and m.target == alloc.port and m.published not in (None, alloc.port):
-            raise InvalidInput(
-                f"services.{m.service}.ports[{m.index}]",
-                m.source,
-                f"HOST:CONTAINER: {alloc.port} is {sp.name}'s host port, so write "
-                f'"{alloc.port}:{m.published}" if the container listens on {m.published}',
-            )
+            found.append(ReversedMapping(sp, alloc.port))
+    return found
+
+
+def reversed_mappings(ports: Sequence[StackPort], allocations: Mapping[str, Allocation]) -> None:
+    """Refuse ``CONTAINER:HOST`` written where ``HOST:CONTAINER`` belongs: the allocated host
+    port given as the container port, with another port published."""
+    found = find_reversed(ports, allocations)
+    if found:
+        raise found[0].error()
 
 
 def override_ports(

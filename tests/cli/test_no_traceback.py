@@ -38,6 +38,7 @@ EXAMPLES: dict[str, list[str]] = {
     "export": [],
     "import": ["ports.json"],
     "who": ["7999"],
+    "doctor": ["7999"],
     "check": ["-f", "compose.yml"],
     "override": ["-f", "compose.yml"],
     "deploy": ["-f", "compose.yml", "--wait", "1s"],

@@ -1,0 +1,168 @@
+"""``portctl doctor`` as a user runs it: a table of verdicts with their fixes, a JSON envelope,
+exit 1 when something needs fixing; a privileged port as an unprivileged user; bad input as
+one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_unprivileged import MAIN, _as_nobody, _python_for_nobody
+
+from .conftest import error_line, free_port
+
+NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/doctor-docker.sock"}
+
+
+def test_a_foreign_listener_is_a_fail_row_with_its_fix_exit_1(run, listener_on):
+    port = listener_on
+    assert run("import", "-", input=_export(port)).returncode == 0
+    result = run("doctor", env=NO_DOCKER)
+    assert result.returncode == 1, result.stderr
+    header, row, *_ = result.stdout.splitlines()
+    assert header.split() == ["CHECK", "SUBJECT", "STATUS", "FINDING", "FIX"]
+    assert row.startswith(f"in use  api {port}/tcp  fail    held by another process: process python")
+    assert f"kill {os.getpid()}" in row
+    assert result.stdout.rstrip().endswith("1 fail")
+    assert "note: containers not scanned" in result.stderr
+
+
+def test_json_lists_every_verdict(run, listener_on):
+    assert run("import", "-", input=_export(listener_on)).returncode == 0
+    result = run("doctor", "--json", env=NO_DOCKER)
+    assert result.returncode == 1
+    envelope = json.loads(result.stdout)
+    assert envelope["ok"] is False
+    data = envelope["data"]
+    assert data["needs_fixing"] is True
+    [fail] = [v for v in data["verdicts"] if v["status"] == "fail"]
+    assert fail["check"] == "in use"
+    assert fail["details"]["holder"]["process"]["pid"] == os.getpid()
+    assert {v["check"] for v in data["verdicts"]} == {"in use", "bind"}  # refused: the "in use" finding
+
+
+def test_nothing_wrong_exits_0(run):
+    port = free_port()
+    assert run("import", "-", input=_export(port)).returncode == 0
+    result = run("doctor", env=NO_DOCKER)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.startswith("all checks passed: ")
+    named = run("doctor", "api", env=NO_DOCKER)  # named: every verdict is shown
+    assert f"bind     api {port}/tcp  ok" in named.stdout
+
+
+def test_compose_mistakes_are_fail_rows(run, tmp_path):
+    port = free_port()
+    (tmp_path / "compose.yml").write_text(
+        "services:\n"
+        "  postgres:\n    image: postgres\n    ports: ['5432:5433']\n"
+        f"  web:\n    image: web\n    ports: ['{port}:80']\n"
+        f"  api:\n    image: api\n    ports: ['{port}:8000']\n"
+    )
+    assert run("import", "-", input=_export(5433, "postgres")).returncode == 0
+    result = run("doctor", "-f", "compose.yml", env=NO_DOCKER)
+    assert result.returncode == 1
+    rows = [line for line in result.stdout.splitlines() if line.startswith("mapping")]
+    assert any('write "5433:5432" in compose.yml (services.postgres.ports[0])' in r for r in rows), rows
+    assert any(f"host port {port}/tcp is published twice" in r for r in rows), rows
+
+
+# --- bad input: one line, never a traceback -------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["0", "70000"])
+def test_a_port_out_of_range_is_one_line_exit_2(run, port):
+    result = run("doctor", port, env=NO_DOCKER)
+    assert result.returncode == 2
+    assert error_line(result) == (
+        f"portctl: error: PORT: {port} is not valid; expected an integer from 1 to 65535 "
+        "(digits 0-9 only, no spaces or signs)"
+    )
+
+
+def test_an_unknown_service_is_one_line_exit_1(run):
+    result = run("doctor", "nosuch", env=NO_DOCKER)
+    assert result.returncode == 1
+    assert error_line(result).startswith("portctl: error: service 'nosuch' is not allocated in production")
+
+
+def test_an_unparseable_compose_file_is_one_line_exit_2(run, tmp_path):
+    (tmp_path / "compose.yml").write_text("services: [unclosed\n")
+    result = run("doctor", "-f", "compose.yml", env=NO_DOCKER)
+    assert result.returncode == 2
+    assert "compose.yml" in error_line(result)
+
+
+# --- a privileged port as nobody ------------------------------------------------------------------
+
+
+@pytest.fixture
+def nobody_store(run):
+    """A store file nobody may read, holding one allocation below 1024 that nothing listens on."""
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs root and runuser (util-linux) to run portctl as nobody")
+    if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 70:
+        pytest.skip("net.ipv4.ip_unprivileged_port_start lets anyone bind port 70 here")
+    top = Path(tempfile.mkdtemp(prefix="portctl-doctor-"))
+    top.chmod(0o755)
+    store = top / "store.json"
+    done = run("import", "-", input=_export(70, "gopher"), env={"PORTCTL_STORE": str(store)})
+    assert done.returncode == 0, done.stderr
+    store.chmod(0o644)
+    yield store
+    shutil.rmtree(top)
+
+
+def test_a_privileged_port_as_nobody_fails_with_the_three_fixes(nobody_store):
+    python = _python_for_nobody()
+    if python is None:
+        pytest.skip("no python >= 3.11 the nobody user may run")
+    env = {"PORTCTL_STORE": str(nobody_store), "PORTCTL_HOST": "test-host", **NO_DOCKER}
+    result = _as_nobody([python, "-c", MAIN, "doctor", "gopher"], env)
+    assert result.returncode == 1, result.stderr
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("bind")]
+    assert "70 is below net.ipv4.ip_unprivileged_port_start=1024, and user nobody has neither root" in row
+    assert "sudo setcap cap_net_bind_service=+ep" in row
+    assert "sudo sysctl -w net.ipv4.ip_unprivileged_port_start=70" in row
+    assert "(a port >= 1024)" in row
+    assert "note: not root:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def listener_on():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", free_port()))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def _export(port: int, service: str = "api") -> str:
+    return json.dumps(
+        {
+            "format": "portctl-ports",
+            "schema": 1,
+            "generated_at": "2026-11-27T12:00:00Z",
+            "allocations": [
+                {
+                    "service": service,
+                    "environment": "production",
+                    "host": "test-host",
+                    "port": port,
+                    "protocol": "tcp",
+                    "type": "custom",
+                    "allocated_at": "2026-11-27T11:58:02Z",
+                }
+            ],
+        }
+    )
