@@ -225,6 +225,8 @@ def store_verdicts(ctx: DoctorContext) -> list[Verdict]:
     this host is a zombie or critical for long. A store that does not answer is one FAIL."""
     store = ctx.allocator.store
     try:
+        if ctx.store_error is not None:
+            raise ctx.store_error
         out = _allocation_verdicts(ctx)
         out += _registration_verdicts(ctx)
     except StoreUnavailable as e:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from portctl.compose.check import Target
     from portctl.compose.project import ComposeProject
+    from portctl.errors import StoreError
     from portctl.host.holders import HostPorts
     from portctl.ports.allocator import PortAllocator
     from portctl.registry.entries import Registry
@@ -66,3 +67,4 @@ class DoctorContext:
     project: ComposeProject | None = None
     now: float = 0.0
     asked_ports: tuple[int, ...] = ()  # PORT arguments that are not allocated to any service
+    store_error: StoreError | None = None  # the store did not answer: only the host was examined

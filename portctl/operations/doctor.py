@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from portctl import _validate
 from portctl.compose.check import Finding, Target, check_ports, targets
-from portctl.errors import PortctlError
+from portctl.errors import PortctlError, StoreError
 from portctl.host.holders import HostPorts, PortHolder
+from portctl.operations._doctor_extra import container_port_verdicts, firewall_verdicts, store_verdicts
 from portctl.operations._doctor_refused import refused_verdicts
 from portctl.operations._doctoring import DoctorContext, Verdict, VerdictStatus
 
@@ -88,7 +89,12 @@ def doctor(
     are services; none given: every allocated and compose-published port of the environment."""
     env = allocator.policy.environment(environment)
     ports, services = _split_names(names)
-    everything = targets(allocator, env, project, refuse_reversed=False)
+    try:
+        everything = targets(allocator, env, project, refuse_reversed=False)
+    except StoreError as e:
+        if services:
+            raise  # a service's ports are in the store: nothing to examine without it
+        return _without_store(allocator, registry, env, ports, project, host, checks, e)
     chosen = targets(allocator, env, project, services, refuse_reversed=False) if services else []
     asked: list[int] = []
     for port in ports:
@@ -108,6 +114,28 @@ def doctor(
         tuple(dict.fromkeys(asked)),
     )
     report = DoctorReport(targets=ctx.targets, asked_ports=ctx.asked_ports)
+    for check in CHECKS if checks is None else checks:
+        report.verdicts += check(ctx)
+    report.notices = _notices(ctx)
+    return report
+
+
+def _without_store(
+    allocator: PortAllocator,
+    registry: Registry,
+    env: str,
+    ports: list[int],
+    project: ComposeProject | None,
+    host: HostPorts | None,
+    checks: Sequence[Check] | None,
+    error: StoreError,
+) -> DoctorReport:
+    """The store does not answer: the PORT arguments are examined on this host all the same,
+    and the store check says what is wrong with the store."""
+    ctx = DoctorContext(
+        allocator, registry, env, [], host or HostPorts(), project, time.time(), tuple(ports), error
+    )
+    report = DoctorReport(targets=[], asked_ports=ctx.asked_ports)
     for check in CHECKS if checks is None else checks:
         report.verdicts += check(ctx)
     report.notices = _notices(ctx)
@@ -531,8 +559,7 @@ CHECKS: tuple[Check, ...] = (
     refused_verdicts,  # "Connection refused"
     bind_verdicts,  # "Cannot bind to port"
     mapping_verdicts,  # Docker port mapping: HOST:CONTAINER
-    # The checks of portctl/operations/_doctor_extra.py go here (the lead merges them):
-    #   firewall_verdicts,        firewall rules (iptables -L -n | grep PORT)
-    #   container_port_verdicts,  nothing listens inside a container on a published container port
-    #   store_verdicts,           store reachable, claims without records, zombies, long-critical
+    container_port_verdicts,  # nothing listens inside a container on a published container port
+    firewall_verdicts,  # firewall rules (iptables -L -n | grep PORT)
+    store_verdicts,  # the store answers; claims and records agree; zombies; long-critical
 )

@@ -69,6 +69,9 @@ def test_the_checks_are_in_the_troubleshooting_lists_order():
         "refused_verdicts",
         "bind_verdicts",
         "mapping_verdicts",
+        "container_port_verdicts",
+        "firewall_verdicts",
+        "store_verdicts",
     ]
 
 
