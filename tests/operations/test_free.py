@@ -51,7 +51,9 @@ def test_a_process_ended_by_sigterm_frees_the_port_and_the_bind_test_proves_it()
         assert plan.targets[0].holder.process.pid == holder.pid
         report = free(plan, grace=30)
         assert not holder.alive
-    assert report.freed and report.bind.free and report.proof == "bind test"
+    assert report.freed
+    assert report.bind.free
+    assert report.proof == "bind test"
     assert [o.describe() for o in report.outcomes] == [
         f"stopped process {COMM} pid {holder.pid}: SIGTERM ended it"
     ]
@@ -70,7 +72,8 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period() -> No
     outcome = report.outcomes[0]
     assert outcome.signal == "SIGKILL"
     assert outcome.describe().endswith("it did not exit within 0.3s of SIGTERM; SIGKILL ended it")
-    assert report.freed and _bound(port)
+    assert report.freed
+    assert _bound(port)
 
 
 def test_a_udp_holder_is_stopped_too() -> None:
@@ -78,7 +81,8 @@ def test_a_udp_holder_is_stopped_too() -> None:
     with holding(port, "udp") as holder:
         report = free(plan_free(port, "udp"), grace=30)
         assert not holder.alive
-    assert report.freed and report.where == f"{port}/udp"
+    assert report.freed
+    assert report.where == f"{port}/udp"
     assert _bound(port, "udp")
 
 
@@ -99,9 +103,11 @@ def test_a_port_still_held_after_the_stop_names_what_holds_it() -> None:
 def test_nothing_holds_a_free_port() -> None:
     port = free_port()
     plan = plan_free(port)
-    assert plan.targets == () and plan.refusal_error() is None
+    assert plan.targets == ()
+    assert plan.refusal_error() is None
     report = free(plan)
-    assert report.outcomes == [] and report.freed
+    assert report.outcomes == []
+    assert report.freed
 
 
 def test_its_own_process_is_refused(listener) -> None:
@@ -121,7 +127,8 @@ def test_its_own_child_is_refused() -> None:
     port = free_port()
     child = subprocess.Popen(listener_argv(port), stdout=subprocess.PIPE, text=True)
     try:
-        assert child.stdout is not None and child.stdout.readline()
+        assert child.stdout is not None
+        assert child.stdout.readline()
         plan = plan_free(port)
         assert plan.targets[0].refusal == "it is a child of this portctl"
         with pytest.raises(StopRefused, match="child of this portctl"):
@@ -259,7 +266,8 @@ def test_the_allocation_is_kept_unless_release_is_asked(tmp_path: Path) -> None:
     allocator.allocate("api", port=port)
     with holding(port):
         report = free(plan_free(port), grace=30, allocator=allocator)
-    assert [a.service for a in report.kept] == ["api"] and report.released == []
+    assert [a.service for a in report.kept] == ["api"]
+    assert report.released == []
     assert [a.port for a in allocator.allocations()] == [port]
 
 
