@@ -123,7 +123,7 @@ def _preview(plan: FreePlan, seconds: float, *, dry_run: bool) -> str:
 
     if not plan.targets:
         return f"nothing holds {plan.where}: nothing to stop"
-    lines = [f"{plan.where} is held by:", *(f"  {t.holder.describe()}" for t in plan.targets)]
+    lines = [f"{plan.where} is held by:", *(f"  {_one_line(t.holder.describe())}" for t in plan.targets)]
     verb = "would stop" if dry_run else "will stop"
     for t in plan.to_stop:
         how = (
@@ -148,7 +148,7 @@ def _rendered(plan: FreePlan, report: FreeReport, release: bool) -> str:
     if report.freed:
         lines.append(f"{report.where} is free now ({report.proof})")
     else:
-        held = "; ".join(h.describe() for h in report.still_held) or report.bind.reason
+        held = "; ".join(_one_line(h.describe()) for h in report.still_held) or report.bind.reason
         lines.append(f"{report.where} is still held: {held}")
     lines += [
         f"released the allocation of {a.service} ({a.environment}) on {report.where}" for a in report.released
@@ -157,3 +157,8 @@ def _rendered(plan: FreePlan, report: FreeReport, release: bool) -> str:
         how = "it is kept: the port is still held" if release else "kept (add --release to release it)"
         lines.append(f"allocation of {a.service} ({a.environment}) on {report.where}: {how}")
     return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    """A holder's description on one line: a command line may hold newlines (``python -c``)."""
+    return "".join(" " if ch < " " or ch == "\x7f" else ch for ch in text)
