@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from portctl.errors import PortctlError
+from portctl.errors import DockerUnavailable, PortctlError
 from portctl.host.containers import StopResult, require_docker, stop_container
 from portctl.host.holders import PROXIES, HostPorts, PortHolder
 from portctl.host.kernel import BindResult, bind_test, kernel_ports
@@ -124,10 +124,20 @@ def plan_free(port: int, protocol: str = "tcp", host: HostPorts | None = None) -
     stopped through Docker: that raises DockerUnavailable, naming the fix."""
     host = host if host is not None else HostPorts()
     holders = host.holders(port, protocol)
-    if any(_needs_docker(h) for h in holders) and host.docker.notice:
-        require_docker(host.docker.endpoint)  # raises DockerUnavailable with the daemon's reason
+    proxied = [h for h in holders if _needs_docker(h)]
+    if proxied and host.docker.notice:
+        _require_docker(host.docker.endpoint, proxied[0], port, protocol)
     targets = tuple(_target(h, port) for h in holders)
     return FreePlan(port, protocol, targets, host.docker.endpoint, tuple(host.notices))
+
+
+def _require_docker(endpoint: str, holder: PortHolder, port: int, protocol: str) -> None:
+    """DockerUnavailable with the daemon's reason and why Docker is needed, unless it answers."""
+    try:
+        require_docker(endpoint)
+    except DockerUnavailable as e:
+        why = f"{e.why}; {short(holder)} holds {port}/{protocol} for a container, which only Docker can stop"
+        raise DockerUnavailable(endpoint, f"{why}; nothing was stopped") from e
 
 
 def _needs_docker(holder: PortHolder) -> bool:
