@@ -262,6 +262,15 @@ def _allocate_all_with_a_failure(run: Run, tmp_path: pathlib.Path, listener: int
     return run("allocate", "--all").returncode
 
 
+def _free_refused(run: Run, listener: int, **_: object) -> int:
+    """The port's holder is this test, so portctl's own parent: refused, nothing stopped."""
+    return run("free", listener, "--yes").returncode
+
+
+def _free_nothing(run: Run, **_: object) -> int:
+    return run("free", free_port(), "--yes").returncode
+
+
 PROMISES: list[tuple[str, int, Case]] = [
     ("then exit 1 if something holds or claims the port (0 if free)", 0, _who_free),
     ("then exit 1 if something holds or claims the port (0 if free)", 1, _who_allocated),
@@ -275,6 +284,8 @@ PROMISES: list[tuple[str, int, Case]] = [
     ("Without a terminal, `--yes` is required (exit 2 otherwise)", 2, _cutover_without_yes),
     ("without a terminal it needs `--yes` (exit 2 otherwise)", 2, _release_all_without_yes),
     ("and exits 1 if any could not be allocated", 1, _allocate_all_with_a_failure),
+    ("exit 1 if a holder is refused or the port is still held", 1, _free_refused),
+    ("exit 1 if a holder is refused or the port is still held", 0, _free_nothing),
 ]
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from portctl._version import __version__
-from portctl.cli import bluegreen, doctor, host, migrate, monitoring, ports, registry, resolve, stack
+from portctl.cli import bluegreen, doctor, free, host, migrate, monitoring, ports, registry, resolve, stack
 from portctl.cli import render as render_cli
 from portctl.cli._common import JsonOption, StoreOption
 from portctl.cli._output import GLOBAL
@@ -37,6 +37,7 @@ app.add_typer(_doctor_cli.app)
 app.add_typer(monitoring.app)
 app.add_typer(resolve.app)
 app.add_typer(doctor.app)
+app.add_typer(free.app)
 
 
 def _version(value: bool) -> None:

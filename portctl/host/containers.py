@@ -36,11 +36,13 @@ __all__ = [
     "DockerScan",
     "ProxyRoute",
     "PublishedPort",
+    "StopResult",
     "container_at",
     "docker_endpoint",
     "proxy_routes",
     "publisher",
     "scan_containers",
+    "stop_container",
 ]
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -101,13 +103,15 @@ def docker_endpoint() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
 
 
-def _unix_get(path: str, target: str, timeout: float) -> tuple[int, bytes]:
-    """GET over the daemon's Unix socket with a plain HTTP/1.0 exchange: the daemon answers
-    and closes, so no HTTP library (and its import time) is needed for the common case."""
+def _unix_get(path: str, target: str, timeout: float, method: str = "GET") -> tuple[int, bytes]:
+    """A request over the daemon's Unix socket with a plain HTTP/1.0 exchange: the daemon
+    answers and closes, so no HTTP library (and its import time) is needed for the common case.
+    A POST sends an empty body (``Content-Length: 0``), all the actions used here need."""
+    body_header = "Content-Length: 0\r\n" if method != "GET" else ""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(f"GET {target} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+        sock.sendall(f"{method} {target} HTTP/1.0\r\nHost: docker\r\n{body_header}\r\n".encode())
         chunks = []
         while data := sock.recv(65536):
             chunks.append(data)
@@ -132,7 +136,7 @@ def _dechunk(body: bytes) -> bytes:
     return b"".join(out)
 
 
-def _tcp_get(endpoint: str, target: str, timeout: float) -> tuple[int, bytes]:
+def _tcp_get(endpoint: str, target: str, timeout: float, method: str = "GET") -> tuple[int, bytes]:
     import http.client
 
     parts = urlsplit(endpoint)
@@ -143,7 +147,7 @@ def _tcp_get(endpoint: str, target: str, timeout: float) -> tuple[int, bytes]:
     else:
         conn = http.client.HTTPConnection(host, port or 2375, timeout=timeout)
     try:
-        conn.request("GET", target, headers={"Host": "docker"})
+        conn.request(method, target, body=b"" if method != "GET" else None, headers={"Host": "docker"})
         response = conn.getresponse()
         return response.status, response.read()
     except http.client.HTTPException as e:
@@ -161,22 +165,47 @@ def _tls() -> ssl.SSLContext:
     return context
 
 
-def _get(endpoint: str, target: str, timeout: float) -> Any:
+def _request(endpoint: str, method: str, target: str, timeout: float) -> tuple[int, bytes]:
+    """One Engine API exchange on ``endpoint``; its status and body. Unreachable, refusing or
+    garbled daemons become DockerUnavailable; the status is the caller's to judge."""
     scheme = urlsplit(endpoint).scheme
     if scheme not in ("unix", "tcp", "http", "https"):
         raise DockerUnavailable(endpoint, "DOCKER_HOST must be unix:///path or tcp://host:port")
     try:
         if scheme == "unix":
-            status, body = _unix_get(urlsplit(endpoint).path, target, timeout)
-        else:
-            status, body = _tcp_get(endpoint, target, timeout)
+            return _unix_get(urlsplit(endpoint).path, target, timeout, method)
+        return _tcp_get(endpoint, target, timeout, method)
     except OSError as e:
         raise DockerUnavailable(endpoint, _why(endpoint, e)) from e
     except ValueError as e:
         raise DockerUnavailable(endpoint, f"bad answer from the Docker API ({e})") from e
+
+
+def _get(endpoint: str, target: str, timeout: float) -> Any:
+    status, body = _request(endpoint, "GET", target, timeout)
     if status >= 400:
         raise DockerUnavailable(endpoint, f"Docker API answered {status} to GET {target}")
     return json.loads(body)
+
+
+def _post(endpoint: str, target: str, timeout: float) -> int:
+    """POST an action with no body (stop, start, ...); its status, which is below 400, or 304
+    when there was nothing to do."""
+    status, body = _request(endpoint, "POST", target, timeout)
+    if status >= 400:
+        raise DockerUnavailable(
+            endpoint, f"Docker API answered {status} to POST {target}{_api_message(body)}"
+        )
+    return status
+
+
+def _api_message(body: bytes) -> str:
+    """``: <the daemon's message>`` from an error answer's JSON, or nothing."""
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {message}" if message else ""
 
 
 def _why(endpoint: str, e: OSError) -> str:
@@ -194,6 +223,37 @@ def require_docker(endpoint: str | None = None, timeout: float = API_TIMEOUT) ->
     endpoint = endpoint or docker_endpoint()
     _get(endpoint, "/version", timeout)
     return endpoint
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """How a stopped container ended: Docker sends its stop signal (SIGTERM unless the image
+    says otherwise), waits the grace period, then sends SIGKILL. Exit code 137 means the kill."""
+
+    was_running: bool  # False: Docker answered 304, it had stopped already
+    exit_code: int | None
+    stop_signal: str = "SIGTERM"  # the image's StopSignal, which Docker sends first
+
+    @property
+    def killed(self) -> bool:
+        return self.exit_code == 137
+
+
+def stop_container(
+    container_id: str, grace: float, endpoint: str | None = None, timeout: float = API_TIMEOUT
+) -> StopResult:
+    """Stop a container through the Engine API (``POST /containers/{id}/stop?t=GRACE``), the
+    way ``docker stop -t GRACE`` does, and read how it ended. The request waits for the stop,
+    so its timeout is the grace period plus ``timeout``."""
+    import math
+
+    endpoint = endpoint or docker_endpoint()
+    seconds = max(0, math.ceil(grace))
+    status = _post(endpoint, f"/containers/{quote(container_id)}/stop?t={seconds}", seconds + timeout)
+    inspect = _get(endpoint, f"/containers/{quote(container_id)}/json", timeout)
+    code = (inspect.get("State") or {}).get("ExitCode")
+    stop_signal = (inspect.get("Config") or {}).get("StopSignal") or "SIGTERM"
+    return StopResult(status != 304, code if isinstance(code, int) else None, str(stop_signal))
 
 
 def scan_containers(endpoint: str | None = None, timeout: float = API_TIMEOUT) -> DockerScan:

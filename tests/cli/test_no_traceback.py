@@ -39,6 +39,7 @@ EXAMPLES: dict[str, list[str]] = {
     "import": ["ports.json"],
     "who": ["7999"],
     "doctor": ["7999"],
+    "free": ["7999", "--dry-run"],  # never --yes here: whatever holds 7999 on this machine stays
     "check": ["-f", "compose.yml"],
     "override": ["-f", "compose.yml"],
     "deploy": ["-f", "compose.yml", "--wait", "1s"],
