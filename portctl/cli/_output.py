@@ -153,10 +153,20 @@ def with_iso_times(data: Any) -> Any:
     return data
 
 
-def emit(as_json: bool, data: Any, human: str | Callable[[], str], code: ExitCode = ExitCode.OK) -> None:
+def emit(
+    as_json: bool,
+    data: Any,
+    human: str | Callable[[], str],
+    code: ExitCode = ExitCode.OK,
+    error: tuple[str, str] | None = None,
+) -> None:
+    """Print ``data`` (the envelope's ``data`` with ``--json``) or ``human``, then exit ``code``.
+    ``error`` is ``(code, message)``: why a command that has data to show still failed
+    (``doctor`` found something to fix), for the envelope's ``error``."""
     if wants_json(as_json):
         ok = code == ExitCode.OK
-        envelope = {"ok": ok, "data": with_iso_times(data), "error": None}
+        failed = {"code": error[0], "message": error[1]} if error and not ok else None
+        envelope = {"ok": ok, "data": with_iso_times(data), "error": failed}
         print(json.dumps(envelope, indent=2, sort_keys=True))
     else:
         text = human() if callable(human) else human

@@ -70,7 +70,11 @@ def doctor(
         for notice in report.notices:
             note(f"note: {notice}")
         code = ExitCode.CONFLICT if report.needs_fixing else ExitCode.OK
-        emit(as_json, report.to_dict(), lambda: _human(report, every=bool(names)), code)
+        failing = [v for v in report.verdicts if v.needs_fixing]
+        why = f"{len(failing)} to fix; first: {failing[0].subject}: {failing[0].finding}" if failing else ""
+        emit(
+            as_json, report.to_dict(), lambda: _human(report, every=bool(names)), code, ("needs_fixing", why)
+        )
 
 
 def _human(report: DoctorReport, *, every: bool) -> str:

@@ -69,7 +69,8 @@ def free(
             _ask(plan, seconds, as_json)
         report = _free(plan, seconds, store, release)
         code = ExitCode.OK if report.freed else ExitCode.CONFLICT
-        emit(as_json, report.to_dict(), lambda: _rendered(plan, report, release), code)
+        still = f"{plan.where} is still held" if not report.freed else ""
+        emit(as_json, report.to_dict(), lambda: _rendered(plan, report, release), code, ("still_held", still))
 
 
 def _ask(plan: FreePlan, seconds: float, as_json: bool) -> None:

@@ -131,7 +131,18 @@ def resolve(
         for notice in report.notices:
             note(f"note: {notice}")
         text = "\n".join(report_lines(report)) or f"no conflicts to resolve in {resolver.environment}"
-        emit(as_json, report.to_dict(), text, ExitCode.CONFLICT if report.conflicts_left else ExitCode.OK)
+        code = ExitCode.CONFLICT if report.conflicts_left else ExitCode.OK
+        emit(as_json, report.to_dict(), text, code, ("conflicts_left", _left(report)))
+
+
+def _left(report: ResolveReport) -> str:
+    """Why conflicts are left, in one line: the first not moved, pending or failed."""
+    reasons = [f"{s.service} not moved: {s.reason}" for s in report.skipped]
+    reasons += [f"{p.service}: seen {p.seen} of {p.needed} times" for p in report.pending]
+    reasons += [
+        f"{m.service}: {'; '.join(m.problems) or 'does not answer on its new port'}" for m in report.moves
+    ]
+    return f"{len(reasons)} left; first: {reasons[0]}" if reasons else ""
 
 
 @app.command()

@@ -379,5 +379,5 @@ def test_the_report_as_json_lists_every_verdict(store):
     _record(store, "api", free_port(start=27300))
     data = _doctor(store).to_dict()
     assert data["needs_fixing"] is False
-    assert {v["check"] for v in data["verdicts"]} == {"in use", "refused", "bind"}
+    assert {v["check"] for v in data["verdicts"]} == {"in use", "refused", "bind", "firewall", "store"}
     assert data["counts"]["fail"] == 0
