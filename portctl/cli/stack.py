@@ -23,7 +23,7 @@ from portctl.cli._output import ExitCode, emit, note, table
 from portctl.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from portctl.compose.deploy import DeployReport, DeployStep
+    from portctl.compose.deploy import DeployReport, DeployStep, MovedPort
     from portctl.compose.stack import StackPort
 
 app = typer.Typer(rich_markup_mode=None)
@@ -152,6 +152,8 @@ def deploy(
     `docker compose -f FILE up -d` reads neither the override nor .env.ports). Each TCP port
     must then answer: the service itself, not only Docker's proxy. Without -f, the Compose
     files are found as Compose finds them (COMPOSE_FILE, compose.yaml, ... docker-compose.yml).
+    A port taken between the allocation and Compose's start moves that service alone to a
+    free port, and Compose runs once more (said in a note, and `moved` in --json).
     Running it again changes nothing. Exits 1 if a port does not answer, 3 if Docker or
     Compose is missing.
 
@@ -231,13 +233,14 @@ def _deploy_display() -> Iterator[Callable[[DeployStep], None]]:
 
 
 def _deploy_text(report: DeployReport) -> str:
+    taken = {m.name: m for m in report.moved}
     rows = [
         [
             sp.name,
             sp.mapping.service,
             sp.declared,
             r.allocation.port,
-            "moved" if r.allocation.port != sp.declared else "as declared",
+            _move_text(sp, r.allocation.port, taken),
         ]
         for sp, r in report.allocations
     ]
@@ -258,6 +261,13 @@ def _deploy_text(report: DeployReport) -> str:
     )
 
 
+def _move_text(sp: StackPort, port: int, taken: dict[str, MovedPort]) -> str:
+    moved = taken.get(sp.name)
+    if moved is not None:
+        return f"moved ({moved.old_port} was taken at start)"
+    return "moved" if port != sp.declared else "as declared"
+
+
 def _deploy_data(report: DeployReport) -> dict[str, Any]:
     return {
         "project": report.project,
@@ -274,5 +284,6 @@ def _deploy_data(report: DeployReport) -> dict[str, Any]:
         "override_file": {"path": report.override_file, "changed": report.override_written},
         "compose_command": report.command,
         "probes": [p.__dict__ for p in report.probes],
+        "moved": [m.to_dict() for m in report.moved],
         "compose_output": report.compose_output,
     }

