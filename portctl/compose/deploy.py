@@ -61,12 +61,14 @@ __all__ = [
     "MovedPort",
     "OverridePlan",
     "Probe",
+    "StackFiles",
     "deploy",
     "deploy_inputs",
     "find_compose",
     "plan_override",
     "require_compose",
     "write_if_changed",
+    "write_stack_files",
 ]
 
 OVERRIDE_MARK = "written by portctl"
@@ -370,6 +372,48 @@ def deploy(
 
 
 @dataclass(frozen=True)
+class StackFiles:
+    """The files a stack starts with: ``.env.ports`` and, when a port moves off the base
+    file's, the override; each written only when its text changed."""
+
+    env_file: str
+    env_written: bool
+    override_file: str | None
+    override_written: bool
+
+    @property
+    def written(self) -> list[str]:
+        changed = [(self.env_file, self.env_written), (self.override_file, self.override_written)]
+        return [path for path, now in changed if path and now]
+
+    def compose_files(self, project: ComposeProject) -> list[str]:
+        return [*project.files, *([self.override_file] if self.override_file else [])]
+
+
+def write_stack_files(
+    project: ComposeProject,
+    allocations: Mapping[str, Allocation],
+    environment: str,
+    host: str,
+    tool: ComposeTool | None,
+    *,
+    env_file: str | None = None,
+    override_file: str | None = None,
+) -> StackFiles:
+    """Write ``.env.ports`` (beside the first compose file unless ``env_file``) and the
+    override (``docker-compose.override.yml`` there unless ``override_file``) for
+    ``allocations``; an override someone else wrote is refused, never overwritten."""
+    env_path = env_file or os.path.join(project.directory, ".env.ports")
+    env_written = write_if_changed(env_path, render_env(list(allocations.values()), environment, host))
+    plan = plan_override(project, allocations, tool)
+    if not plan.needed:
+        return StackFiles(env_path, env_written, None, False)
+    override = override_file or os.path.join(project.directory, OVERRIDE_NAME)
+    written = write_if_changed(override, plan.text, owned_mark=OVERRIDE_MARK)
+    return StackFiles(env_path, env_written, override, written)
+
+
+@dataclass(frozen=True)
 class _Start:
     """What a start of the stack needs: run first, and once more after a taken port moved."""
 
@@ -394,15 +438,20 @@ class _Start:
 
     def _write(self, report: DeployReport, allocations: Mapping[str, Allocation]) -> list[str]:
         """Write both files (each only if changed); the compose files to run with."""
-        plan = plan_override(self.project, allocations, self.tool)
-        report.env_file = self.env_file or os.path.join(self.project.directory, ".env.ports")
-        env_text = render_env(list(allocations.values()), self.environment, self.allocator.host)
-        report.env_written |= write_if_changed(report.env_file, env_text)
-        if not plan.needed:
-            return list(self.project.files)
-        report.override_file = self.override_file or os.path.join(self.project.directory, OVERRIDE_NAME)
-        report.override_written |= write_if_changed(report.override_file, plan.text, owned_mark=OVERRIDE_MARK)
-        return [*self.project.files, report.override_file]
+        files = write_stack_files(
+            self.project,
+            allocations,
+            self.environment,
+            self.allocator.host,
+            self.tool,
+            env_file=self.env_file,
+            override_file=self.override_file,
+        )
+        report.env_file = files.env_file
+        report.env_written |= files.env_written
+        report.override_file = files.override_file
+        report.override_written |= files.override_written
+        return files.compose_files(self.project)
 
     def again(self, report: DeployReport) -> dict[str, Allocation]:
         """:meth:`run` once more, after :func:`_move_taken`; a failure says what had moved."""
