@@ -271,6 +271,15 @@ def _free_nothing(run: Run, **_: object) -> int:
     return run("free", free_port(), "--yes").returncode
 
 
+def _doctor_held(run: Run, listener: int, **_: object) -> int:
+    """Something holds the port asked about: "Address already in use" is a finding to fix."""
+    return run("doctor", listener).returncode
+
+
+def _doctor_clean(run: Run, **_: object) -> int:
+    return run("doctor", free_port()).returncode
+
+
 PROMISES: list[tuple[str, int, Case]] = [
     ("then exit 1 if something holds or claims the port (0 if free)", 0, _who_free),
     ("then exit 1 if something holds or claims the port (0 if free)", 1, _who_allocated),
@@ -286,6 +295,8 @@ PROMISES: list[tuple[str, int, Case]] = [
     ("and exits 1 if any could not be allocated", 1, _allocate_all_with_a_failure),
     ("exit 1 if a holder is refused or the port is still held", 1, _free_refused),
     ("exit 1 if a holder is refused or the port is still held", 0, _free_nothing),
+    ("exit 1 when something needs fixing", 1, _doctor_held),
+    ("exit 1 when something needs fixing", 0, _doctor_clean),
 ]
 
 

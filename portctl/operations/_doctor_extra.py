@@ -59,7 +59,8 @@ class CheckedPort:
 
     @property
     def subject(self) -> str:
-        return f"{self.service or 'port'} {self.port}/{self.protocol}"
+        where = f"{self.port}/{self.protocol}"
+        return f"{self.service} {where}" if self.service else where  # as the other checks name it
 
 
 def _ports(ctx: DoctorContext) -> list[CheckedPort]:
