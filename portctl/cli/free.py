@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from portctl import _validate
-from portctl.cli._common import JsonOption, StoreOption, confirm, handled, opened
+from portctl.cli._common import JsonOption, Opened, StoreOption, confirm, handled, opened
 from portctl.cli._output import ExitCode, emit, note, wants_json
 
 if TYPE_CHECKING:
@@ -95,15 +95,37 @@ def _free(plan: FreePlan, seconds: float, store: str | None, release: bool) -> F
 
     if release:
         with opened(store) as ctx:
-            return free(plan, seconds, allocator=ctx.allocator(), release=True)
+            report = free(plan, seconds, allocator=ctx.allocator(), release=True)
+            _record(ctx, report)
+            return report
     report = free(plan, seconds)
     try:
         with opened(store) as ctx:
             report.kept = _kept(ctx.allocator(), plan)
+            _record(ctx, report)
     except StoreError as e:
         report.notices.append(f"allocations not read: {e.message}")
-        note(f"note: allocations not read: {e.message}")
+        note(f"note: allocations not read, and what was stopped not recorded in portctl events: {e.message}")
     return report
+
+
+def _record(ctx: Opened, report: FreeReport) -> None:
+    """What was stopped, in the event log (``portctl events``); a store that refuses the write
+    is a note: the port is free all the same."""
+    import time
+
+    from portctl.errors import StoreError
+    from portctl.operations.free import freed_event
+    from portctl.ports.events import EventLog
+
+    event = freed_event(report, ctx.settings.host, time.time())
+    if event is None:
+        return
+    try:
+        EventLog(ctx.store, ctx.settings.host).record(event)
+    except StoreError as e:
+        report.notices.append(f"not recorded in portctl events: {e.message}")
+        note(f"note: what was stopped is not recorded in portctl events: {e.message}")
 
 
 def _kept(allocator: PortAllocator, plan: FreePlan) -> list[Allocation]:

@@ -166,7 +166,8 @@ def events(
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show what portctl changed by itself: ports moved by conflict resolution, oldest first.
+    """Show what portctl changed by itself, oldest first: ports moved by conflict resolution,
+    ports freed by portctl free.
 
     Example: portctl events --since 24h
     """

@@ -27,6 +27,7 @@ from portctl.host.holders import PROXIES, HostPorts, PortHolder
 from portctl.host.kernel import BindResult, bind_test, kernel_ports
 from portctl.host.stopping import ProcessEnd, process_stat, refusal, stop_process
 from portctl.ports.allocator import Allocation, PortAllocator
+from portctl.records import Event
 
 __all__ = ["FreePlan", "FreeReport", "Outcome", "StopRefused", "Target", "free", "plan_free"]
 
@@ -340,3 +341,31 @@ def _settled(plan: FreePlan) -> BindResult:
 
 def _seconds(value: float) -> str:
     return f"{value:g}s"
+
+
+def freed_event(report: FreeReport, host: str, at: float) -> Event | None:
+    """The event that records what ``report`` stopped (None when it stopped nothing), for
+    ``portctl events``: a port freed by hand is as much worth knowing later as one moved."""
+    if not report.outcomes:
+        return None
+    holders = "; ".join(_flat(o.target.holder.describe()) for o in report.outcomes)
+    state = f"{report.where} free now ({report.proof})" if report.freed else f"{report.where} still held"
+    detail = "; ".join(_flat(o.describe()) for o in report.outcomes) + f"; {state}"
+    names = sorted({f"{a.service} ({a.environment})" for a in report.released})
+    if names:
+        detail += f"; released {', '.join(names)}"
+    return Event(
+        kind="freed",
+        at=at,
+        host=host,
+        actor="portctl free",
+        protocol=report.protocol,
+        old_port=report.port,
+        holder=holders,
+        detail=detail,
+    )
+
+
+def _flat(text: str) -> str:
+    """One line: a command line may hold newlines (``python -c``)."""
+    return " ".join(text.split())

@@ -40,6 +40,10 @@ def test_free_stops_the_process_and_proves_the_port_free(run: Run) -> None:
         f"{port}/tcp is free now (bind test)",
     ]
     assert port_is_free(port)
+    (event,) = json.loads(run("--json", "events").stdout)["data"]
+    assert (event["kind"], event["old_port"], event["actor"]) == ("freed", port, "portctl free")
+    assert f"pid {holder.pid}" in event["holder"]
+    assert event["detail"].endswith(f"{port}/tcp free now (bind test)")
 
 
 def test_free_json_reports_what_was_stopped_and_how(run: Run) -> None:
@@ -103,6 +107,13 @@ def test_on_a_terminal_a_yes_stops_it(terminal: Run) -> None:
         assert not holder.alive
     assert result.returncode == 0, result.stdout
     assert f"{port}/tcp is free now (bind test)" in result.stdout
+
+
+def test_a_dry_run_records_nothing(run: Run) -> None:
+    port = free_port()
+    with holding(port):
+        assert run("free", port, "--dry-run").returncode == 0
+    assert json.loads(run("--json", "events").stdout)["data"] == []
 
 
 def test_a_free_port_has_nothing_to_stop(run: Run) -> None:
