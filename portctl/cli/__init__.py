@@ -9,35 +9,46 @@ from typing import Annotated, Any
 import typer
 
 from portctl._version import __version__
-from portctl.cli import bluegreen, doctor, free, host, migrate, monitoring, ports, registry, resolve, stack
-from portctl.cli import render as render_cli
 from portctl.cli._common import JsonOption, StoreOption
 from portctl.cli._output import GLOBAL
 
-app = typer.Typer(
-    name="portctl",
-    help="End port conflicts: see what holds each port, allocate conflict-free ports, and "
+HELP = (
+    "End port conflicts: see what holds each port, allocate conflict-free ports, and "
     "write the files your deploy needs.\n\nExit codes: 0 ok, 1 conflicts or unhealthy, "
-    "2 usage, 3 store unavailable.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # click's help: plain text, paragraphs wrapped to the terminal
-    context_settings={"max_content_width": 120},  # click's default stops at 80 columns
+    "2 usage, 3 store unavailable."
 )
-app.add_typer(ports.app)
-app.add_typer(host.app)
-app.add_typer(stack.app)
-app.add_typer(registry.app)
-app.add_typer(bluegreen.app, name="bluegreen")
-app.add_typer(render_cli.app)
-app.add_typer(migrate.app)
-from portctl.cli import doctor as _doctor_cli  # noqa: E402  (local only, not committed)
 
-app.add_typer(_doctor_cli.app)
-app.add_typer(monitoring.app)
-app.add_typer(resolve.app)
-app.add_typer(doctor.app)
-app.add_typer(free.app)
+# Each command's module (portctl/cli/<module>.py), in the order `portctl --help` lists them. A
+# command line that names one command imports only its module: start-up is most of what a
+# quick command costs. tests/cli/test_lazy_commands.py checks this table against the modules.
+MODULES = (
+    "ports",
+    "host",
+    "stack",
+    "registry",
+    "bluegreen",
+    "render",
+    "migrate",
+    "monitoring",
+    "resolve",
+    "doctor",
+    "free",
+)
+GROUPS = {"bluegreen": "bluegreen"}  # sub-command groups: name -> module
+COMMANDS = {
+    **dict.fromkeys(("status", "allocate", "release", "env", "export", "import"), "ports"),
+    **dict.fromkeys(("who", "check"), "host"),
+    **dict.fromkeys(("override", "deploy"), "stack"),
+    **dict.fromkeys(
+        ("register", "deregister", "services", "health", "ttl", "verify", "agent", "url"), "registry"
+    ),
+    "render": "render",
+    "migrate": "migrate",
+    **dict.fromkeys(("serve", "metrics"), "monitoring"),
+    **dict.fromkeys(("resolve", "events"), "resolve"),
+    "doctor": "doctor",
+    "free": "free",
+}
 
 
 def _version(value: bool) -> None:
@@ -46,7 +57,6 @@ def _version(value: bool) -> None:
         raise typer.Exit
 
 
-@app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
@@ -58,13 +68,64 @@ def _root(
     GLOBAL.as_json, GLOBAL.store = as_json, store
 
 
+def build(modules: tuple[str, ...] = MODULES) -> typer.Typer:
+    """The ``portctl`` app with the commands of ``modules`` (default: all of them)."""
+    import importlib
+
+    built = typer.Typer(
+        name="portctl",
+        help=HELP,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,  # click's help: plain text, paragraphs wrapped to the terminal
+        context_settings={"max_content_width": 120},  # click's default stops at 80 columns
+    )
+    built.callback()(_root)
+    for name in modules:
+        module = importlib.import_module(f"portctl.cli.{name}")
+        group = next((g for g, m in GROUPS.items() if m == name), None)
+        built.add_typer(module.app, name=group) if group else built.add_typer(module.app)
+    return built
+
+
+def _command(argv: list[str]) -> str | None:
+    """The command ``argv`` names after the root options (``--json``, ``--store URL``), or None
+    (no command, or a root option such as ``--help`` or ``--version``)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--json" or word.startswith("--store="):
+            continue
+        if word == "--store":
+            next(words, None)
+            continue
+        return None if word.startswith("-") else word
+    return None
+
+
+def app_for(argv: list[str]) -> typer.Typer:
+    """The app to run ``argv`` with: one command's module when it names a known command, else
+    every command (root help, completion, a misspelt command: its error lists them all)."""
+    name = _command(argv)
+    if name is None and "--version" in argv:
+        return build(())  # the version needs no command at all
+    module = COMMANDS.get(name or "") or GROUPS.get(name or "")
+    return build((module,)) if module else build()
+
+
+def __getattr__(name: str) -> Any:
+    """``portctl.cli.app``: the whole app, built when first asked for."""
+    if name == "app":
+        return build()
+    raise AttributeError(name)
+
+
 def run(argv: list[str]) -> int:
     """Run one command line; its exit code. A usage error is one line (a JSON envelope with
     ``--json``), exit 2, like every other refusal."""
     from portctl.cli._click import UsageError, is_help_request
 
     try:
-        result = app(args=argv, prog_name="portctl", standalone_mode=False)
+        result = app_for(argv)(args=argv, prog_name="portctl", standalone_mode=False)
     except UsageError as e:
         if is_help_request(e):
             e.show()
