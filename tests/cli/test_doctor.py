@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from tests.cli.test_unprivileged import MAIN, _as_nobody, _python_for_nobody
 
-from .conftest import error_line, free_port
+from .conftest import PORTCTL, error_line, free_port
 
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/doctor-docker.sock"}
 
@@ -168,3 +170,46 @@ def _export(port: int, service: str = "api") -> str:
             ],
         }
     )
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("iptables") is None or shutil.which("ip") is None,
+    reason="needs root, iptables and ip (iproute2) to make a network namespace of its own",
+)
+def test_doctor_finds_a_drop_rule_and_its_fix_removes_it(run, cli_env, tmp_path):
+    """In a network namespace of the test's own, never the host's: a DROP rule on an allocated
+    port fails doctor, naming the rule; the fix it prints removes the rule; doctor then passes."""
+    port = free_port()
+    assert run("import", "-", input=_export(port)).returncode == 0
+    netns = f"doctor-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        inside = ["ip", "netns", "exec", netns]
+        subprocess.run(
+            [*inside, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"], check=True
+        )
+
+        def doctor() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*inside, PORTCTL, "doctor", "api", "--json"],
+                capture_output=True,
+                text=True,
+                env={**cli_env, **NO_DOCKER},
+                cwd=tmp_path,
+                check=False,
+            )
+
+        blocked = doctor()
+        assert blocked.returncode == 1, blocked.stderr
+        (rule,) = [v for v in json.loads(blocked.stdout)["data"]["verdicts"] if v["check"] == "firewall"]
+        assert rule["status"] == "fail"
+        assert f"-A INPUT -p tcp -m tcp --dport {port} -j DROP" in rule["finding"]
+        fix = rule["fix"].split(" (or ")[0]
+        assert fix == f"iptables -D INPUT -p tcp -m tcp --dport {port} -j DROP"
+        subprocess.run([*inside, *fix.split()], check=True)
+        cleared = doctor()
+        (ok,) = [v for v in json.loads(cleared.stdout)["data"]["verdicts"] if v["check"] == "firewall"]
+        assert ok["status"] == "ok"
+        assert cleared.returncode == 0, cleared.stdout
+    finally:
+        subprocess.run(["ip", "netns", "delete", netns], check=False)

@@ -173,3 +173,48 @@ def _export(port: int) -> str:
             ],
         }
     )
+
+
+def test_doctor_finds_nothing_listening_on_the_container_port(
+    tmp_path, docker_host, busybox_image, compose_bin
+):
+    """A stack whose mapping names container port 8080 while its server listens on 80: the
+    host port is held (docker-proxy), yet every connection fails; doctor reads the container's
+    own socket table and says so, with the mapping to write."""
+    port = free_port(start=27800)
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(
+        "name: doctor-mapped\nservices:\n  web:\n"
+        f"    image: {busybox_image}\n"
+        '    command: ["/bin/busybox", "httpd", "-f", "-p", "80"]\n'
+        f'    ports: ["{port}:8080"]\n'
+    )
+    env = {
+        **os.environ,
+        "DOCKER_HOST": docker_host,
+        "PORTCTL_STORE": str(tmp_path / "store.json"),
+        "PORTCTL_HOST": "doctor-host",
+    }
+    up = [*compose_bin, "-f", str(compose), "up", "-d"]
+    subprocess.run(up, env=env, check=True, capture_output=True, cwd=tmp_path)
+    try:
+        done = subprocess.run(
+            [PORTCTL, "doctor", "-f", str(compose), "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        verdicts = json.loads(done.stdout)["data"]["verdicts"]
+        (inside,) = [v for v in verdicts if v["check"] == "container port"]
+        assert inside["status"] == "fail"
+        assert (
+            f"publishes {port} -> container port 8080, but nothing listens on 8080 inside it (it listens on 80)"
+            in inside["finding"]
+        )
+        assert f"{port}:80" in inside["fix"]
+    finally:
+        down = [*compose_bin, "-f", str(compose), "down"]
+        subprocess.run(down, env=env, check=False, capture_output=True, cwd=tmp_path)
