@@ -6,7 +6,8 @@ The package, one layer per line; each imports only the layers below it (an impor
 contract in ``pyproject.toml`` enforces it)::
 
     cli/, testing/   the commands (parse, one library call, render); store and registry contracts
-    operations/      whole-store operations: migrate
+    operations/      whole-host and whole-store operations: doctor, free, conflict resolution,
+                     migrate
     discovery/       ServiceDiscovery: snapshots kept current by the change feed, the disk cache
     routing/         blue-green (live pointer read side, cutover) | compose/: files, ports,
                      override, stacks, deploy, check
@@ -62,11 +63,22 @@ if TYPE_CHECKING:
     from portctl.errors import StoreUnavailable as StoreUnavailable
     from portctl.errors import VersionConflict as VersionConflict
     from portctl.host.kernel import bind_test as bind_test
+    from portctl.operations.doctor import DoctorReport as DoctorReport
+    from portctl.operations.doctor import Verdict as Verdict
+    from portctl.operations.doctor import doctor as doctor
+    from portctl.operations.free import FreePlan as FreePlan
+    from portctl.operations.free import FreeReport as FreeReport
+    from portctl.operations.free import free as free
+    from portctl.operations.free import plan_free as plan_free
+    from portctl.operations.resolve import ResolveReport as ResolveReport
+    from portctl.operations.resolve import Resolver as Resolver
+    from portctl.ports.events import EventLog as EventLog
     from portctl.host.kernel import kernel_ports as kernel_ports
     from portctl.ports.allocator import Allocation as Allocation
     from portctl.ports.allocator import AllocationResult as AllocationResult
     from portctl.ports.allocator import PortAllocator as PortAllocator
     from portctl.records import CheckSpec as CheckSpec
+    from portctl.records import Event as Event
     from portctl.records import ServiceEntry as ServiceEntry
     from portctl.records import Status as Status
     from portctl.registry.entries import Instance as Instance

@@ -60,6 +60,17 @@ def test_public_names_are_what_users_import():
         "BlueGreen",
         "CutoverRefused",
         "CutoverConflict",
+        "doctor",
+        "DoctorReport",
+        "Verdict",
+        "plan_free",
+        "free",
+        "FreePlan",
+        "FreeReport",
+        "Resolver",
+        "ResolveReport",
+        "EventLog",
+        "Event",
     }
     assert set(portctl.__all__) == expected
 

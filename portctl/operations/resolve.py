@@ -392,8 +392,9 @@ def _allocated(target: Target) -> bool:
 
 
 def _foreign_only(finding: Finding) -> bool:
-    """A foreign holder, and the service itself not running on its port."""
-    return bool(finding.conflicts) and not finding.own
+    """A foreign holder, and the service itself not running on its port (its own stopped
+    container, which holds nothing now, does not count as running)."""
+    return bool(finding.conflicts) and not any(h.blocking for h in finding.own)
 
 
 def _reregister(registry: Registry, entry: ServiceEntry, new_port: int) -> str:

@@ -66,11 +66,14 @@ def moved_events(stack):
     return [e for e in json.loads(done.stdout)["data"] if e["kind"] == "moved"]
 
 
-def test_the_agent_moves_a_stopped_service_off_a_port_a_foreign_container_took(stack, docker, compose_bin):
+@pytest.mark.parametrize("stopped_by", ["down", "stop"])  # containers removed, or kept stopped
+def test_the_agent_moves_a_stopped_service_off_a_port_a_foreign_container_took(
+    stack, docker, compose_bin, stopped_by
+):
     port = stack["port"]
     deployed = portctl(stack, "deploy", "-f", stack["compose"], "--env", "development")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    down = [*compose_bin, "-p", PROJECT, "-f", str(stack["compose"]), "down"]
+    down = [*compose_bin, "-p", PROJECT, "-f", str(stack["compose"]), stopped_by]
     subprocess.run(down, env=stack["env"], cwd=stack["dir"], check=True, capture_output=True)
     docker(
         "run",
