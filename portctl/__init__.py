@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from portctl.errors import StoreUnavailable as StoreUnavailable
     from portctl.errors import VersionConflict as VersionConflict
     from portctl.host.kernel import bind_test as bind_test
+    from portctl.host.kernel import kernel_ports as kernel_ports
     from portctl.operations.doctor import DoctorReport as DoctorReport
     from portctl.operations.doctor import Verdict as Verdict
     from portctl.operations.doctor import doctor as doctor
@@ -70,13 +71,12 @@ if TYPE_CHECKING:
     from portctl.operations.free import FreeReport as FreeReport
     from portctl.operations.free import free as free
     from portctl.operations.free import plan_free as plan_free
-    from portctl.operations.resolve import ResolveReport as ResolveReport
     from portctl.operations.resolve import Resolver as Resolver
-    from portctl.ports.events import EventLog as EventLog
-    from portctl.host.kernel import kernel_ports as kernel_ports
+    from portctl.operations.resolve import ResolveReport as ResolveReport
     from portctl.ports.allocator import Allocation as Allocation
     from portctl.ports.allocator import AllocationResult as AllocationResult
     from portctl.ports.allocator import PortAllocator as PortAllocator
+    from portctl.ports.events import EventLog as EventLog
     from portctl.records import CheckSpec as CheckSpec
     from portctl.records import Event as Event
     from portctl.records import ServiceEntry as ServiceEntry
