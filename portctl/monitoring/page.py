@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import html
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from portctl.monitoring.snapshot import SOURCES, Snapshot, Source, stale
-from portctl.records import Status, iso_utc
+from portctl.records import Event, Status, iso_utc
 from portctl.registry.entries import Instance
 from portctl.routing.live import color_of
 
@@ -100,8 +101,16 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
         "environments": environments,
         "ranges": _ranges(snapshot),
         "conflicts": conflicts,
+        "events": [{**e.to_dict(), "at": e.at} for e in _recent(store_view.events if store_view else ())],
         "notices": list(s.scan.notices) if s.scan else [],
     }
+
+
+RECENT = 10  # events on the page, newest first
+
+
+def _recent(events: Sequence[Event]) -> list[Event]:
+    return sorted(events, key=lambda e: (e.at, e.key), reverse=True)[:RECENT]
 
 
 def _source_dict(source: Source) -> dict[str, Any]:
@@ -208,6 +217,7 @@ def status_html(snapshot: Snapshot, refresh: float = 10.0) -> str:
         _banner(data, now),
         _services(data),
         _conflicts(data, now),
+        _events_html(data, now),
         _ranges_html(data),
         _sources(data, now),
         "</main></body></html>",
@@ -352,6 +362,29 @@ def _conflicts(data: dict[str, Any], now: float) -> str:
             )
         out.append("</table>")
     out.append("</section>")
+    return "".join(out)
+
+
+def _events_html(data: dict[str, Any], now: float) -> str:
+    """What portctl changed by itself lately: ports moved by conflict resolution, ports freed."""
+    out = ['<section id="events"><h2>Recent changes</h2>']
+    if not data["events"]:
+        out.append('<p class="muted">portctl has moved or freed no port (portctl events).</p></section>')
+        return "".join(out)
+    out.append(
+        "<table><tr><th>When</th><th>Host</th><th>Change</th><th>Service</th><th>Port</th><th>Holder</th></tr>"
+    )
+    for e in data["events"]:
+        ports = (
+            f"{e['old_port'] or '-'} &rarr; {e['new_port']}" if e["new_port"] else f"{e['old_port'] or '-'}"
+        )
+        service = f"{_e(e['service'])} ({_e(e['environment'])})" if e["service"] else "-"
+        out.append(
+            f'<tr class="event" data-kind="{_e(e["kind"])}"><td>{_e(_ago(e["at"], now))}</td>'
+            f"<td>{_e(e['host'])}</td><td>{_e(e['kind'])}</td><td>{service}</td><td>{ports}</td>"
+            f'<td class="wrap">{_e(e["holder"])}</td></tr>'
+        )
+    out.append('</table><p class="muted">All of them: portctl events.</p></section>')
     return "".join(out)
 
 

@@ -189,3 +189,28 @@ def test_a_critical_instance_nothing_checks_stays_critical(registry, store):
     (instance,) = data["environments"][0]["services"][0]["instances"]
     assert instance["shown"] == "critical"
     assert data["summary"]["critical"] == 1
+
+
+def test_recent_changes_show_the_newest_moves_and_frees_first(store):
+    from portctl.ports.events import EventLog
+    from portctl.records import Event
+
+    assert "portctl has moved or freed no port" in "".join(parsed(status_html(view(store))).text)
+    log = EventLog(store, HOST)
+    log.record(
+        Event("moved", 100.0, HOST, "portctl resolve", "production", "api", "tcp", 8000, 8001, "process x")
+    )
+    log.record(
+        Event("freed", 200.0, HOST, "portctl free", protocol="tcp", old_port=5432, holder="container <y>")
+    )
+    page = status_html(view(store))
+    tags = parsed(page)
+    kinds = [a["data-kind"] for t, a in tags.tags if t == "tr" and "data-kind" in a]
+    assert kinds == ["freed", "moved"]
+    text = "".join(tags.text)
+    assert "8000 → 8001" in text
+    assert "api (production)" in text
+    assert "container <y>" in text
+    assert "<y>" not in page
+    events = status_json(view(store))["events"]
+    assert [(e["kind"], e["at"]) for e in events] == [("freed", 200.0), ("moved", 100.0)]
