@@ -403,17 +403,23 @@ def agent(
         every = parse_duration(resolve_every, "--resolve-every")
         with opened(store) as ctx:
             worker = Agent(_registry(ctx), environment=env, all_environments=env is None, zombie_grace=grace)
-            resolver = None
+            resolvers = []
             if resolve:
-                resolver = make_resolver(
-                    ctx,
-                    files,
-                    env,
-                    confirmations=confirmations,
-                    dry_run=dry_run,
-                    redeploy=redeploy,
-                    actor="portctl agent --resolve",
-                )
+                # Like the checks, every environment unless one is given; a compose project's
+                # files belong to one environment (the given one, or the default).
+                environments = [env] if env or files else list(ctx.settings.policy.environments)
+                resolvers = [
+                    make_resolver(
+                        ctx,
+                        files,
+                        e,
+                        confirmations=confirmations,
+                        dry_run=dry_run,
+                        redeploy=redeploy,
+                        actor="portctl agent --resolve",
+                    )
+                    for e in environments
+                ]
             elif files or redeploy or dry_run:
                 raise InputProblem(
                     "--resolve", None, "-f, --redeploy and --dry-run go with --resolve: add it"
@@ -428,36 +434,41 @@ def agent(
                 lines = [f"{i}: {s.value}" for i, s in report.checked]
                 lines += [f"deregistered {i}: {why}" for i, why in report.deregistered]
                 lines += [f"registered {i} again: its lease had run out" for i in report.rewritten]
-                if resolver is not None:
+                if resolvers:
                     from portctl.operations.resolve import resolve as resolve_now
 
-                    resolved = resolve_now(resolver)
-                    data["resolve"] = resolved.to_dict()
-                    lines += report_lines(resolved)
+                    resolved = [resolve_now(r) for r in resolvers]
+                    data["resolve"] = {
+                        r.environment: x.to_dict() for r, x in zip(resolvers, resolved, strict=True)
+                    }
+                    lines += [line for x in resolved for line in report_lines(x)]
                 emit(as_json, data, "\n".join(lines) or "nothing to check on this host")
                 return
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            doing = " and resolving port conflicts" if resolver else ""
+            doing = " and resolving port conflicts" if resolvers else ""
             where = f"{ctx.settings.host}'s services{doing} in {ctx.choice.url}"
             note(f"portctl agent: checking {where}; Ctrl-C stops")
-            if resolver is not None:
-                _start_resolving(resolver, stop, every)
+            if resolvers:
+                _start_resolving(resolvers, stop, every)
             try:
                 worker.run(stop)
             except KeyboardInterrupt:
                 stop.set()
 
 
-def _start_resolving(resolver: Resolver, stop: threading.Event, every: float) -> threading.Thread:
-    """The resolver's passes, every ``every`` seconds beside the checks, each move on stderr."""
+def _start_resolving(resolvers: list[Resolver], stop: threading.Event, every: float) -> threading.Thread:
+    """The resolvers' passes, every ``every`` seconds beside the checks, each move on stderr."""
     from portctl.errors import PortctlError
+    from portctl.host.holders import HostPorts
 
     def passes() -> None:
         while not stop.is_set():
             try:
-                for line in report_lines(resolver.run_once()):
-                    note(f"resolve: {line}")
+                host = HostPorts()  # one scan of the host per pass, for every environment
+                for resolver in resolvers:
+                    for line in report_lines(resolver.run_once(host)):
+                        note(f"resolve: {line}")
             except PortctlError as e:
                 note(f"resolve: {message_of(e)}; trying again")
             stop.wait(every)

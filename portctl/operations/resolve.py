@@ -206,9 +206,10 @@ class Resolver:
 
     # One pass ----------------------------------------------------------------------------
 
-    def run_once(self) -> ResolveReport:
+    def run_once(self, host: HostPorts | None = None) -> ResolveReport:
+        """One pass; ``host`` is this pass's scan when several resolvers share one."""
         report = ResolveReport()
-        host = self.scan()
+        host = host or self.scan()
         report.notices += host.notices
         seen = self.observe(host)
         confirmed = self._count(seen, report)

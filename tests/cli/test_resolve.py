@@ -169,3 +169,12 @@ def test_a_move_whose_files_cannot_be_written_is_still_recorded_and_exits_1(
     assert theirs.read_text() == "services: {}\n"
     (event,) = json.loads(run("--json", "events").stdout)["data"]
     assert "files not rewritten" in event["detail"]
+
+
+def test_the_agent_resolves_every_environment_unless_told_one(run: Run, intruder) -> None:
+    port = free_port(range(7800, 7900))
+    allocated(run, "api", port)  # in development; the agent is given no --env
+    intruder(port)
+    done = run("agent", "--once", "--resolve")
+    assert done.returncode == 0, done.stderr
+    assert f"moved api (development) {port} -> " in done.stdout
