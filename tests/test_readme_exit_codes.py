@@ -47,6 +47,7 @@ def command_rows() -> dict[str, str]:
 @pytest.fixture
 def listener() -> Iterator[int]:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # free_port() counts TIME_WAIT as free
         sock.bind(("0.0.0.0", free_port()))
         sock.listen(1)
         yield sock.getsockname()[1]

@@ -146,6 +146,7 @@ def listener_on():
     import socket
 
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # free_port() counts TIME_WAIT as free
         s.bind(("0.0.0.0", free_port()))
         s.listen()
         yield s.getsockname()[1]
