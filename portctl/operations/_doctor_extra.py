@@ -191,11 +191,12 @@ def _judge_container(
     if isinstance(table, str) or table.listeners is None:
         return verdict(VerdictStatus.UNKNOWN, f"{mapping}; its sockets could not be read: {reason}")
     here = table.on_port(inside, p.protocol)
-    details["listening"] = sorted(
-        {f"{x.address}:{x.port}" for x in table.listeners if x.protocol == p.protocol}
-    )
+    # Docker's embedded DNS server listens inside every container of a user-defined network
+    # (compose's), on 127.0.0.11 and a random port: Docker's, not the service's.
+    own = [x for x in table.listeners if x.protocol == p.protocol and x.address != DOCKER_DNS]
+    details["listening"] = sorted({f"{x.address}:{x.port}" for x in own})
     if not here:
-        others = sorted({x.port for x in table.listeners if x.protocol == p.protocol})
+        others = sorted({x.port for x in own})
         found = f"it listens on {_join(others)}" if others else "nothing listens inside it at all"
         change = f"{p.port}:{others[0]}" if len(others) == 1 else f"{p.port}:PORT"
         return verdict(
@@ -212,6 +213,9 @@ def _judge_container(
             f"make the service bind 0.0.0.0:{inside} (every address) inside the container",
         )
     return verdict(VerdictStatus.OK, f"{mapping}, and something listens on {inside} inside it")
+
+
+DOCKER_DNS = "127.0.0.11"
 
 
 def _join(items: list[int] | list[str]) -> str:

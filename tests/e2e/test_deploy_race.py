@@ -54,7 +54,10 @@ def stack(tmp_path, docker_host, busybox_image, compose_bin, monkeypatch, reques
     file.write_text(f"name: {name}\nservices:\n{body}")
     yield {"file": file, "folder": folder, "name": name, "web": web, "side": side}
     subprocess.run(
-        [*compose_bin, "-p", name, "-f", str(file), "down"], capture_output=True, check=False, cwd=folder
+        [*compose_bin, "-p", name, "-f", str(file), "down", "-t", "0"],
+        capture_output=True,
+        check=False,
+        cwd=folder,
     )
 
 
@@ -217,7 +220,7 @@ def squatted(tmp_path, docker_host, busybox_image, compose_bin, request):
     yield make
     for name, file in made:
         subprocess.run(
-            [*compose_bin, "-p", name, "-f", str(file), "down"],
+            [*compose_bin, "-p", name, "-f", str(file), "down", "-t", "0"],
             capture_output=True,
             check=False,
             env={**os.environ, "DOCKER_HOST": docker_host},
@@ -291,7 +294,9 @@ def test_a_failure_that_is_no_ports_is_not_retried(tmp_path, docker_host, compos
         with pytest.raises(DeployFailed) as failed:
             deploy(_allocator(tmp_path), load_compose([str(file)]), wait=5, progress=_starts(starts.append))
     finally:
-        subprocess.run([*compose_bin, "-p", "race-absent", "down"], capture_output=True, check=False)
+        subprocess.run(
+            [*compose_bin, "-p", "race-absent", "down", "-t", "0"], capture_output=True, check=False
+        )
     message = failed.value.message
     assert starts == [1]
     assert "\n" not in message

@@ -216,5 +216,5 @@ def test_doctor_finds_nothing_listening_on_the_container_port(
         )
         assert f"{port}:80" in inside["fix"]
     finally:
-        down = [*compose_bin, "-f", str(compose), "down"]
+        down = [*compose_bin, "-f", str(compose), "down", "-t", "0"]
         subprocess.run(down, env=env, check=False, capture_output=True, cwd=tmp_path)

@@ -74,7 +74,7 @@ def test_who_names_the_container_when_no_docker_proxy_runs(published):
 
 def test_allocation_refuses_the_port_of_a_stopped_container(published, docker_host_no_proxy):
     port, env = published
-    _docker(docker_host_no_proxy, "stop", "iptables-only")
+    _docker(docker_host_no_proxy, "stop", "-t", "0", "iptables-only")
     listeners = subprocess.run(
         ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=False
     )

@@ -189,7 +189,11 @@ def _stack(directory: Path, name: str, services: dict[str, tuple[str, int, str]]
 
 def _down(compose_bin: list[str], project: str, env: dict[str, str], directory: Path) -> None:
     subprocess.run(
-        [*compose_bin, "-p", project, "down"], env=env, cwd=directory, capture_output=True, check=False
+        [*compose_bin, "-p", project, "down", "-t", "0"],
+        env=env,
+        cwd=directory,
+        capture_output=True,
+        check=False,
     )
 
 

@@ -110,9 +110,11 @@ def plan_host(tmp_path, docker, docker_host, busybox_image, compose_bin):
     yield {"env": env, "dir": new_dir, "base": base, "stray_pid": stray.pid, "old_file": old_file}
     stray.terminate()
     stray.wait()
-    subprocess.run([*compose_bin, "-f", str(old_file), "down"], env=env, capture_output=True, check=False)
     subprocess.run(
-        [*compose_bin, "-p", "orchestra", "-f", str(base), "down"],
+        [*compose_bin, "-f", str(old_file), "down", "-t", "0"], env=env, capture_output=True, check=False
+    )
+    subprocess.run(
+        [*compose_bin, "-p", "orchestra", "-f", str(base), "down", "-t", "0"],
         env=env,
         capture_output=True,
         check=False,
@@ -223,7 +225,7 @@ def test_deploy_moves_the_conflicts_and_every_port_answers(plan_host, docker):
 
 def test_stopped_container_is_a_warning_not_a_conflict(plan_host, docker):
     """`check` warns; `who` exits 1, as the port is not free to take (allocate refuses it)."""
-    docker("stop", f"{OLD_PROJECT}-grafana-1")
+    docker("stop", "-t", "0", f"{OLD_PROJECT}-grafana-1")
     result = _portctl(plan_host, "who", "3001")
     assert result.returncode == 1
     assert f"container {OLD_PROJECT}-grafana-1" in result.stdout

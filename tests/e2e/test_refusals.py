@@ -43,7 +43,9 @@ def old_db(tmp_path, docker_host, busybox_image, compose_bin):
     }
     subprocess.run([*compose_bin, "-f", str(compose), "up", "-d"], check=True, env=env, capture_output=True)
     yield {"port": port, "env": env, "dir": tmp_path, "compose": compose_bin}
-    subprocess.run([*compose_bin, "-p", "nc-old", "down"], env=env, capture_output=True, check=False)
+    subprocess.run(
+        [*compose_bin, "-p", "nc-old", "down", "-t", "0"], env=env, capture_output=True, check=False
+    )
 
 
 def _run(ctx, *args: str) -> subprocess.CompletedProcess[str]:
@@ -65,7 +67,7 @@ def test_allocating_a_containers_port_names_it_and_the_command_that_frees_it(old
     assert "release it first" not in line
     assert "::: container" not in line
     # The advice works.
-    assert _run(old_db, *old_db["compose"], "-p", "nc-old", "down").returncode == 0
+    assert _run(old_db, *old_db["compose"], "-p", "nc-old", "down", "-t", "0").returncode == 0
     assert _run(old_db, PORTCTL, "allocate", "--service", "grafana", "--port", port).returncode == 0
 
 

@@ -40,7 +40,7 @@ def stack(tmp_path, docker, docker_host, busybox_image, compose_bin):
     yield {"env": env, "dir": tmp_path, "compose": compose, "port": port, "image": busybox_image}
     docker("rm", "-f", INTRUDER, check=False)
     subprocess.run(
-        [*compose_bin, "-p", PROJECT, "-f", str(compose), "down"],
+        [*compose_bin, "-p", PROJECT, "-f", str(compose), "down", "-t", "0"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -73,7 +73,7 @@ def test_the_agent_moves_a_stopped_service_off_a_port_a_foreign_container_took(
     port = stack["port"]
     deployed = portctl(stack, "deploy", "-f", stack["compose"], "--env", "development")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    down = [*compose_bin, "-p", PROJECT, "-f", str(stack["compose"]), stopped_by]
+    down = [*compose_bin, "-p", PROJECT, "-f", str(stack["compose"]), stopped_by, "-t", "0"]
     subprocess.run(down, env=stack["env"], cwd=stack["dir"], check=True, capture_output=True)
     docker(
         "run",
