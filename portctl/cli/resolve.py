@@ -140,6 +140,9 @@ def _left(report: ResolveReport) -> str:
     reasons = [f"{s.service} not moved: {s.reason}" for s in report.skipped]
     reasons += [f"{p.service}: seen {p.seen} of {p.needed} times" for p in report.pending]
     reasons += [
+        f"{m.service} would move {m.old_port} -> {m.new_port} (dry run)" for m in report.moves if not m.done
+    ]
+    reasons += [
         f"{m.service}: {'; '.join(m.problems) or 'does not answer on its new port'}" for m in report.moves
     ]
     return f"{len(reasons)} left; first: {reasons[0]}" if reasons else ""

@@ -105,7 +105,7 @@ def _unallocated_note(left: list[StackPort], files: list[str], env: str | None) 
 def _write_override(path: str, text: str) -> bool:
     """Write the override unless unchanged; refuse a file someone else wrote. A blank file (what
     a failed `portctl override > FILE` leaves) holds nothing of anyone's, so it is replaced."""
-    from portctl.compose.deploy import OVERRIDE_MARK, write_if_changed
+    from portctl.compose.deploy import OVERRIDE_MARK, UnwritableFile, write_if_changed
 
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -114,10 +114,10 @@ def _write_override(path: str, text: str) -> bool:
         blank = False  # missing or unreadable: write_if_changed says which
     try:
         return write_if_changed(path, text, owned_mark=None if blank else OVERRIDE_MARK)
-    except OSError as e:  # no such folder, a folder, permission denied (a full disk is exit 3)
-        raise InvalidInput(
-            "--output", path, f"a writable file path in an existing folder ({e.strerror or e})"
-        ) from e
+    except (OSError, UnwritableFile) as e:  # no such folder, a folder, permission denied
+        cause = e.__cause__ if isinstance(e, UnwritableFile) else e
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        raise InvalidInput("--output", path, f"a writable file path in an existing folder ({why})") from e
 
 
 @app.command()

@@ -252,8 +252,26 @@ def write_if_changed(path: str, text: str, *, owned_mark: str | None = None) -> 
             f"a file portctl wrote (it has no '{owned_mark}' "
             "line): move it aside or choose another path with -o",
         )
-    write_atomically(path, text)
+    try:
+        write_atomically(path, text)
+    except OSError as e:  # permission denied, no such folder (a full or read-only disk is exit 3)
+        raise UnwritableFile(path, e) from e
     return True
+
+
+class UnwritableFile(InvalidInput):
+    """A file to write that this user may not create or replace (exit 2, as a bad path is);
+    the file that was there is left as it was."""
+
+    def __init__(self, path: str, error: OSError) -> None:
+        folder = os.path.dirname(os.path.abspath(path))
+        self.field, self.value = path, path
+        self.expected = f"a file this user may write ({error.strerror or error})"
+        PortctlError.__init__(
+            self,
+            f"cannot write {path}: {error.strerror or error}; it was left as it was (give this "
+            f"user write permission on {folder}, or run as its owner)",
+        )
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any
 from portctl.compose.check import Finding, Target, check_ports, targets
 from portctl.compose.project import ComposeProject
 from portctl.errors import PortctlError, RangeExhausted, VersionConflict
-from portctl.host.holders import HostPorts, PortHolder
+from portctl.host.holders import PROXIES, HostPorts, PortHolder
 from portctl.ports.allocator import PortAllocator
 from portctl.ports.events import EventLog
 from portctl.records import Event
@@ -150,7 +150,9 @@ class ResolveReport:
     @property
     def conflicts_left(self) -> bool:
         return bool(
-            self.pending or self.skipped or any(m.answered is False or m.problems for m in self.moves)
+            self.pending
+            or self.skipped
+            or any(not m.done or m.answered is False or m.problems for m in self.moves)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -212,7 +214,11 @@ class Resolver:
         host = host or self.scan()
         report.notices += host.notices
         seen = self.observe(host)
-        confirmed = self._count(seen, report)
+        unsure = [x for x in seen if _doubt(x)]
+        for x in unsure:
+            t = x.target
+            report.skipped.append(Skipped(t.service, t.environment, t.port, _doubt(x)))
+        confirmed = self._count([x for x in seen if x not in unsure], report)
         for sighting in confirmed:
             self._act(sighting, report)
         return report
@@ -275,17 +281,23 @@ class Resolver:
         backoff = self._backoff.get((target.environment, target.service))
         if backoff is not None and now < backoff.until:
             return f"its range was full; trying again in {backoff.until - now:.0f}s"
-        self._moved_at = [at for at in self._moved_at if now - at < self.per]
-        if len(self._moved_at) >= self.max_moves:
+        if self._recent_moves(now) >= self.max_moves:
             return f"rate limit: {self.max_moves} moves in {self.per:g}s already; it moves on a later pass"
         return ""
+
+    def _recent_moves(self, now: float) -> int:
+        """Moves on this host within ``per`` seconds, by any resolver (the event log is in the
+        store, so one ``portctl resolve`` after another is limited too), or by this one."""
+        self._moved_at = [at for at in self._moved_at if now - at < self.per]
+        logged = [e for e in self.events.read(since=now - self.per).events if e.kind == "moved"]
+        return max(len(logged), len(self._moved_at))
 
     def _back_off(self, target: Target, now: float, error: RangeExhausted) -> str:
         key = (target.environment, target.service)
         previous = self._backoff.get(key)
         delay = min(MAX_BACKOFF, previous.delay * 2) if previous else FIRST_BACKOFF
         self._backoff[key] = _Backoff(now + delay, delay)
-        return f"nothing moved: {error.message}; trying again in {delay:g}s"
+        return f"{error.message}; trying again in {delay:g}s"
 
     def _move(self, sighting: Sighting) -> Move:
         t = sighting.target
@@ -318,7 +330,7 @@ class Resolver:
         # The allocation has moved: whatever fails from here on is reported with the move, and
         # the move is recorded all the same.
         move = self._rewrite_files(move)
-        move = replace(move, registrations=self._follow_registrations(t, new.port))
+        move = self._follow_registrations(t, move)
         if self.redeploy and t.compose_service:
             move = self._redeploy(move, t)
         self._record(move)
@@ -338,11 +350,17 @@ class Resolver:
             return replace(move, problems=(*move.problems, f"files not rewritten: {e.message}"))
         return replace(move, files=tuple(written))
 
-    def _follow_registrations(self, target: Target, new_port: int) -> tuple[str, ...]:
+    def _follow_registrations(self, target: Target, move: Move) -> Move:
         """Re-register this host's instances of the service that were on the old port at the
         new one: at the old port their checks would report the foreign holder's health."""
         registry = Registry(self.allocator.store, self.allocator.settings)
-        return tuple(i for i in (_reregister(registry, e, new_port) for e in target.registered) if i)
+        ids, problems = [], []
+        for entry in target.registered:
+            try:
+                ids.append(_reregister(registry, entry, move.new_port))
+            except PortctlError as e:
+                problems.append(f"registration {entry.id} left on {move.old_port}: {e.message}")
+        return replace(move, registrations=tuple(ids), problems=(*move.problems, *problems))
 
     def _redeploy(self, move: Move, target: Target) -> Move:
         from portctl.compose.rewrite import restart_services
@@ -388,6 +406,32 @@ class Resolver:
         )
 
 
+def _doubt(sighting: Sighting) -> str:
+    """Why it cannot be told that what holds the port is not the service itself ("" when it
+    can). Only Docker gives a holder an identity to compare: a service of a compose stack runs
+    in its container, so a host process, or another stack's container, is not it. A process
+    on the port of a service that is not a compose stack's may be the service, restarted (a
+    new pid): it is left alone, and so is a port held by Docker's proxy for a container Docker
+    did not name (Docker not reachable): then the stack's own container may be the one serving."""
+    t = sighting.target
+    compose = t.project is not None and t.compose_service is not None
+    for h in sighting.holders:
+        if h.process is not None and h.process.name in PROXIES and h.container is None:
+            return (
+                f"{t.port} is held by Docker's proxy ({h.describe()}) for a container Docker "
+                "did not name (is Docker reachable?): it may be the service's own"
+            )
+        if h.container is not None and (compose or h.container.project is not None):
+            continue  # another stack's container (or any container, for a compose service)
+        if h.container is None and compose:
+            continue  # a host process: not the stack's container
+        return (
+            f"cannot tell whether {h.describe()} is {t.service} itself (restarted, with a "
+            f"new pid): free the port (portctl free {t.port}) or move {t.service} by hand"
+        )
+    return ""
+
+
 def _allocated(target: Target) -> bool:
     return target.source == "allocation" or target.project is not None
 
@@ -400,32 +444,41 @@ def _foreign_only(finding: Finding) -> bool:
 
 def _reregister(registry: Registry, entry: ServiceEntry, new_port: int) -> str:
     """``entry`` registered again at ``new_port`` (its id too, when it was the default one that
-    names the port); the old registration goes once the new one is written. "" when it could
-    not be written: then the old one stays, as it was."""
+    names the port), and the old registration removed once the new one is written; the new
+    id. A refusal is raised, and the old registration then stays as it was."""
     from portctl.registry.health import run_check
 
     default_id = entry.id.endswith(f"-{entry.port}")
     check = entry.check
     if check.url:
-        check = replace(check, url=check.url.replace(f":{entry.port}/", f":{new_port}/"))
-    try:
-        found = registry.register(
-            entry.service,
-            port=new_port,
-            address=entry.address,
-            instance_id=None if default_id else entry.id,
-            tags=entry.tags,
-            meta=entry.meta,
-            check=check,
-            environment=entry.environment,
-            probe=run_check,
-            lease=entry.lease,
-        )
-        if found.entry.id != entry.id:
-            registry.deregister(entry.id, entry.environment)
-    except PortctlError:
-        return ""
+        check = replace(check, url=_moved_url(check.url, entry.port, new_port))
+    found = registry.register(
+        entry.service,
+        port=new_port,
+        address=entry.address,
+        instance_id=None if default_id else entry.id,
+        tags=entry.tags,
+        meta=entry.meta,
+        check=check,
+        environment=entry.environment,
+        probe=run_check,
+        lease=entry.lease,
+    )
+    if found.entry.id != entry.id:
+        registry.deregister(entry.id, entry.environment)
     return found.entry.id
+
+
+def _moved_url(url: str, old: int, new: int) -> str:
+    """``url`` with its port ``old`` (``http://127.0.0.1:8000/health``, ``http://h:8000``,
+    ``http://h:8000?x=1``) made ``new``; any other URL as it is."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.port != old or parts.hostname is None:
+        return url
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return urlunsplit(parts._replace(netloc=f"{host}:{new}"))
 
 
 def resolve(

@@ -46,9 +46,14 @@ def intruder() -> Iterator:
         p.wait()
 
 
-def allocated(run: Run, service: str, port: int) -> None:
-    done = run("allocate", "--service", service, "--port", port, "--env", "development")
+def allocated(run: Run, tmp_path: Path, service: str, port: int) -> Path:
+    """``service`` of a compose stack (``docker-compose.yml`` in ``tmp_path``), allocated at
+    ``port``: it runs in its container, so a host process on its port is someone else."""
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(f'services:\n  {service}:\n    image: busybox\n    ports:\n      - "{port}:80"\n')
+    done = run("allocate", "--all", "-f", compose, "--env", "development")
     assert done.returncode == 0, done.stderr
+    return compose
 
 
 def port_of(run: Run, service: str) -> int:
@@ -56,9 +61,11 @@ def port_of(run: Run, service: str) -> int:
     return next(a["port"] for a in data["allocations"] if a["service"] == service)
 
 
-def test_resolve_moves_a_service_whose_port_a_foreign_process_took(run: Run, intruder) -> None:
+def test_resolve_moves_a_service_whose_port_a_foreign_process_took(
+    run: Run, intruder, tmp_path: Path
+) -> None:
     port = free_port(range(7300, 7400))
-    allocated(run, "api", port)
+    allocated(run, tmp_path, "api", port)
     holder = intruder(port)
     done = run("resolve", "--env", "development")
     assert done.returncode == 0, done.stderr
@@ -82,7 +89,7 @@ def test_resolve_rewrites_the_compose_projects_files(run: Run, intruder, tmp_pat
     port = free_port(range(7400, 7500))
     compose = tmp_path / "docker-compose.yml"
     compose.write_text(f'services:\n  api:\n    image: busybox\n    ports:\n      - "{port}:80"\n')
-    allocated(run, "api", port)
+    allocated(run, tmp_path, "api", port)
     intruder(port)
     done = run("resolve", "-f", compose, "--env", "development")
     assert done.returncode == 0, done.stderr
@@ -101,10 +108,10 @@ def test_resolve_rewrites_the_compose_projects_files(run: Run, intruder, tmp_pat
 
 def test_a_dry_run_changes_nothing(run: Run, intruder, tmp_path: Path) -> None:
     port = free_port(range(7500, 7600))
-    allocated(run, "api", port)
+    allocated(run, tmp_path, "api", port)
     intruder(port)
     done = run("resolve", "--dry-run", "--env", "development")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # the conflict is still there
     assert f"would move api (development) {port} -> " in done.stdout
     assert port_of(run, "api") == port
     assert run("events").stdout.strip() == "no events"
@@ -115,23 +122,35 @@ def test_a_full_range_is_reported_and_nothing_moves(run: Run, intruder, tmp_path
     (tmp_path / "portctl.toml").write_text(
         f"[types.tiny]\nrange = [{port}, {port}]\n[services.worker]\ntype = 'tiny'\nport = {port}\n"
     )
-    assert run("allocate", "--service", "worker", "--env", "development").returncode == 0
+    allocated(run, tmp_path, "worker", port)
     intruder(port)
     done = run("resolve", "--env", "development")
     assert done.returncode == 1
-    assert f"not moved: worker (development) {port}: nothing moved: no free port for 'worker'" in done.stdout
+    assert f"not moved: worker (development) {port}: no free port for 'worker'" in done.stdout
     assert port_of(run, "worker") == port
 
 
-def test_the_agent_resolves_once_with_once(run: Run, intruder) -> None:
+def test_the_agent_resolves_once_with_once(run: Run, intruder, tmp_path: Path) -> None:
     port = free_port(range(7700, 7800))
-    allocated(run, "api", port)
+    allocated(run, tmp_path, "api", port)
     intruder(port)
     done = run("agent", "--once", "--resolve", "--env", "development")
     assert done.returncode == 0, done.stderr
     assert f"moved api (development) {port} -> " in done.stdout
     (event,) = json.loads(run("--json", "events").stdout)["data"]
     assert event["actor"] == "portctl agent --resolve"
+
+
+def test_a_process_on_a_host_services_port_is_not_moved(run: Run, intruder, tmp_path: Path) -> None:
+    """No compose stack: the process may be the service itself, restarted: leave it, say so."""
+    port = free_port(range(7350, 7400))
+    assert run("allocate", "--service", "api", "--port", port, "--env", "development").returncode == 0
+    holder = intruder(port)
+    done = run("resolve", "--env", "development")
+    assert done.returncode == 1
+    assert f"not moved: api (development) {port}: cannot tell whether process " in done.stdout
+    assert f" pid {holder.pid} " in done.stdout
+    assert port_of(run, "api") == port
 
 
 @pytest.mark.parametrize(
@@ -158,7 +177,7 @@ def test_a_move_whose_files_cannot_be_written_is_still_recorded_and_exits_1(
     compose.write_text(f'services:\n  api:\n    image: busybox\n    ports:\n      - "{port}:80"\n')
     theirs = tmp_path / "docker-compose.override.yml"
     theirs.write_text("services: {}\n")  # a person's own override: never overwritten
-    allocated(run, "api", port)
+    allocated(run, tmp_path, "api", port)
     intruder(port)
     done = run("resolve", "-f", compose, "--env", "development")
     assert done.returncode == 1, done.stdout + done.stderr
@@ -171,9 +190,9 @@ def test_a_move_whose_files_cannot_be_written_is_still_recorded_and_exits_1(
     assert "files not rewritten" in event["detail"]
 
 
-def test_the_agent_resolves_every_environment_unless_told_one(run: Run, intruder) -> None:
+def test_the_agent_resolves_every_environment_unless_told_one(run: Run, intruder, tmp_path: Path) -> None:
     port = free_port(range(7800, 7900))
-    allocated(run, "api", port)  # in development; the agent is given no --env
+    allocated(run, tmp_path, "api", port)  # in development; the agent is given no --env
     intruder(port)
     done = run("agent", "--once", "--resolve")
     assert done.returncode == 0, done.stderr

@@ -14,6 +14,7 @@ from portctl.host.kernel import bind_test
 from portctl.operations.resolve import Resolver, resolve
 from portctl.ports.allocator import PortAllocator
 from portctl.ports.events import EventLog
+from portctl.records import CheckSpec
 from portctl.registry.entries import Registry
 from portctl.registry.health import run_check
 from tests.conftest import free_port
@@ -27,9 +28,12 @@ def allocator(store):
     return PortAllocator(store, Settings(host=HOST))
 
 
-def allocate(allocator, service, start):
+def allocate(allocator, service, start, compose=True):
+    """A port of a compose stack's service (``app/SERVICE``): a host process on it is not the
+    service, which runs in its container; ``compose=False``: a service run on the host."""
     port = free_port(start=start)
-    return allocator.allocate(service, port=port, environment=ENV).allocation
+    tag = f"app/{service}" if compose else None
+    return allocator.allocate(service, port=port, environment=ENV, compose=tag).allocation
 
 
 def resolver(allocator, **kw):
@@ -62,6 +66,67 @@ def test_a_foreign_holder_is_confirmed_over_passes_then_the_service_moves(alloca
     )
     assert event.actor == "portctl resolve"
     assert f"pid {os.getpid()}" in event.holder
+
+
+def test_a_process_on_a_host_services_port_may_be_it_restarted_and_is_left_alone(allocator):
+    api = allocate(allocator, "api", 22000, compose=False)
+    registry = Registry(allocator.store, allocator.settings)
+    first = _serve(api.port)
+    try:
+        registry.register("api", port=api.port, environment=ENV, probe=run_check)
+    finally:
+        _stop(first)
+    again = _serve(api.port)  # the service restarted: a new pid, the same program
+    try:
+        report = resolver(allocator, confirmations=1).run_once()
+        assert report.moves == []
+        (skipped,) = report.skipped
+        assert f"cannot tell whether process python3 pid {again.pid}" in skipped.reason.replace(
+            "python ", "python3 "
+        )
+        assert allocator.get("api", ENV).port == api.port
+        assert registry.instances("api", ENV)[0].entry.port == api.port
+    finally:
+        _stop(again)
+
+
+def test_a_docker_proxy_without_its_container_is_left_alone(allocator, tmp_path, monkeypatch):
+    """Docker not reachable: a docker-proxy on a stack's port may serve the stack's own container."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    api = allocate(allocator, "api", 22100)
+    proxy = tmp_path / "docker-proxy"
+    proxy.symlink_to(sys.executable)
+    child = _serve(api.port, program=str(proxy))
+    try:
+        report = resolver(allocator, confirmations=1).run_once()
+        assert report.moves == []
+        (skipped,) = report.skipped
+        assert "held by Docker's proxy" in skipped.reason
+        assert allocator.get("api", ENV).port == api.port
+    finally:
+        _stop(child)
+
+
+def test_the_rate_limit_holds_across_resolvers_through_the_event_log(allocator, listener):
+    taken = [allocate(allocator, name, 22200 + 10 * i) for i, name in enumerate(("api", "admin_ui"))]
+    for a in taken:
+        listener(a.port)
+    assert len(resolver(allocator, confirmations=1, max_moves=1, per=3600).run_once().moves) == 1
+    later = resolver(allocator, confirmations=1, max_moves=1, per=3600).run_once()  # another run
+    assert later.moves == []
+    assert "rate limit" in later.skipped[0].reason
+
+
+def test_a_registration_whose_check_url_has_no_path_follows_too(allocator, listener):
+    api = allocate(allocator, "api", 22300)
+    registry = Registry(allocator.store, allocator.settings)
+    check = CheckSpec("http", url=f"http://127.0.0.1:{api.port}")
+    registry.register("api", port=api.port, environment=ENV, pid=999_999, check=check)
+    listener(api.port)
+    (move,) = resolver(allocator, confirmations=1).run_once().moves
+    (instance,) = registry.instances("api", ENV)
+    assert instance.entry.check.url == f"http://127.0.0.1:{move.new_port}"
+    assert move.problems == ()
 
 
 def test_a_conflict_that_goes_away_starts_its_count_again(allocator, listener):
@@ -151,12 +216,12 @@ def test_a_full_range_moves_nothing_and_backs_off(tmp_path, store, listener):
     )
     settings = load_settings(str(config))
     allocator = PortAllocator(store, Settings(policy=settings.policy, host=HOST))
-    allocator.allocate("worker", environment=ENV)
+    allocator.allocate("worker", environment=ENV, compose="app/worker")
     listener(port)
     now = [1000.0]
     r = resolver(allocator, confirmations=1, clock=lambda: now[0])
     (skipped,) = r.run_once().skipped
-    assert "nothing moved" in skipped.reason
+    assert "no free port" in skipped.reason
     assert "no free port" in skipped.reason
     assert "30s" in skipped.reason
     assert allocator.get("worker", ENV).port == port
@@ -187,14 +252,14 @@ def test_with_nothing_to_resolve_it_looks_once(allocator):
     assert not report.conflicts_left
 
 
-def _serve(port: int) -> subprocess.Popen:
+def _serve(port: int, program: str = sys.executable) -> subprocess.Popen:
     """A process of its own listening on ``port``; returns once it listens."""
     code = (
         "import socket,sys,time\n"
         f"s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0',{port}))\n"
         "s.listen(8); print('up', flush=True); time.sleep(600)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([program, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "up"
     return child
