@@ -77,12 +77,17 @@ def doctor(
         )
 
 
+def _flat(text: str) -> str:
+    """One line per row: a holder's command line may hold newlines (``python -c``)."""
+    return " ".join(text.split())
+
+
 def _human(report: DoctorReport, *, every: bool) -> str:
     shown = [v for v in report.verdicts if every or v.status.value != "ok"]
     shown.sort(key=lambda v: _ORDER[v.status.value])  # stable: the checks' order within a status
     counts = report.counts()
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "nothing to check"
-    rows = [[v.check, v.subject, v.status.value, v.finding, v.fix or "-"] for v in shown]
+    rows = [[v.check, v.subject, v.status.value, _flat(v.finding), _flat(v.fix) or "-"] for v in shown]
     body = table(["CHECK", "SUBJECT", "STATUS", "FINDING", "FIX"], rows) + "\n" if rows else ""
     if not report.needs_fixing and not rows:
         return f"{body}all checks passed: {summary}"

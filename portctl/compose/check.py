@@ -221,7 +221,7 @@ def _serves(holder: PortHolder, entry: ServiceEntry) -> bool:
     that was already there, and not recorded, is someone else's."""
     if not holder.blocking or holder.process is None:  # a stopped container: still a warning
         return False
-    if not (_wildcard(holder.addresses) or entry.address in holder.addresses):
+    if not (_wildcard(holder.addresses) or _answers_at(entry.address, holder.addresses)):
         return False
     if entry.pid is None:
         return _started_at(holder.process.pid) >= entry.registered_at - _START_TIME_SLACK
@@ -240,6 +240,24 @@ def _started_at(pid: int) -> float:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return 0.0
+
+
+def _answers_at(address: str, addresses: Sequence[str]) -> bool:
+    """Whether a listener on ``addresses`` is where ``address`` points: the same address, or
+    loopback for loopback (an instance registered at 127.0.0.1 that listens on ::1 is still that
+    instance, reachable on this host; doctor says IPv4 clients are refused)."""
+    return address in addresses or (_loopback(address) and any(_loopback(a) for a in addresses))
+
+
+def _loopback(address: str) -> bool:
+    import ipaddress
+
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _wildcard(addresses: Sequence[str]) -> bool:

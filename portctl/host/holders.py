@@ -70,6 +70,10 @@ class PortHolder:
         if self.process is not None and self.process.name in PROXIES:
             # Docker's own process, for a container Docker did not name: stop the container.
             return f"docker ps --filter publish={self.port} (then docker stop the container)"
+        if self.process is not None and _namespace_init(self.process.pid):
+            # Killing PID 1 of a namespace ends everything in it: stop what runs it instead.
+            pid = self.process.pid
+            return f"stop the container or sandbox whose init is pid {pid} (PID 1 of its own PID namespace)"
         if self.process is not None:
             unit = _systemd_unit(self.process.pid)
             kill = f"kill {self.process.pid}"
@@ -207,6 +211,19 @@ def _and(items: Iterable[str]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     words = list(items)
     return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
+
+
+def _namespace_init(pid: int) -> bool:
+    """Whether ``pid`` is PID 1 of a PID namespace of its own (``NSpid: 4242 1``)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    ids = line.split()[1:]
+                    return len(ids) > 1 and ids[-1] == "1"
+    except OSError:
+        pass
+    return False
 
 
 def _systemd_unit(pid: int) -> str | None:

@@ -39,6 +39,8 @@ PROBE_TIMEOUT = 1.0
 OK, WARN, FAIL = VerdictStatus.OK, VerdictStatus.WARN, VerdictStatus.FAIL
 LOOPBACK_FIX = "bind 0.0.0.0 (listen on every address), or the bridge gateway's address, not 127.0.0.1"
 IPV6_FIX = "listen on 0.0.0.0 too, or clear IPV6_V6ONLY on the socket / sudo sysctl -w net.ipv6.bindv6only=0"
+# A socket bound to one IPv6 address (::1) takes no IPv4 whatever its options: bind IPv4 too.
+IPV6_ADDRESS_FIX = "listen on 127.0.0.1 too (or on 0.0.0.0 and ::, every address)"
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,7 @@ def _ipv6_only(target: Target, addresses: list[str], details: dict[str, Any]) ->
         target,
         FAIL,
         f"listens on {shown} only (no IPv4 listener): IPv4 clients (127.0.0.1, containers) are refused",
-        IPV6_FIX,
+        IPV6_ADDRESS_FIX,
         **details,
     )
 

@@ -160,7 +160,7 @@ def _notices(ctx: DoctorContext) -> list[str]:
             "not root: other users' processes and the firewall may not be visible; "
             "sudo portctl doctor sees everything"
         )
-    if not ctx.targets and not ctx.asked_ports:
+    if not ctx.targets and not ctx.asked_ports and ctx.store_error is None:
         found.append(
             f"nothing allocated in {ctx.environment} and no compose file given: "
             "allocate first (portctl allocate --all) or name the compose file (-f)"
@@ -313,11 +313,11 @@ def _bind_of(
                 f"{port} is in the ephemeral range {kernel.ephemeral_low}-{kernel.ephemeral_high} "
                 "(net.ipv4.ip_local_port_range): an outgoing connection may take it while the "
                 "service is down",
-                f"{_move(target, port)}, or reserve it: "
-                f"sudo sysctl -w net.ipv4.ip_local_reserved_ports={port}",
+                f"{_move(target, port)}, or reserve it (the ports reserved now, and it): "
+                f"sudo sysctl -w net.ipv4.ip_local_reserved_ports={_port_list(kernel.reserved | {port})}",
             )
         )
-    elif port in kernel.reserved and not kernel.is_ephemeral(port):
+    elif port in kernel.reserved:
         out.append(
             make(
                 WARN,
@@ -327,6 +327,17 @@ def _bind_of(
             )
         )
     return out or [make(OK, f"{port} may be bound: not privileged, not ephemeral, not reserved")]
+
+
+def _port_list(ports: Iterable[int]) -> str:
+    """``ip_local_reserved_ports`` syntax for ``ports``: ``8080,9000-9005``."""
+    runs: list[list[int]] = []
+    for p in sorted(ports):
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _privileged(

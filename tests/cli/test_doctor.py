@@ -8,8 +8,11 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -214,3 +217,68 @@ def test_doctor_finds_a_drop_rule_and_its_fix_removes_it(run, cli_env, tmp_path)
         assert cleared.returncode == 0, cleared.stdout
     finally:
         subprocess.run(["ip", "netns", "delete", netns], check=False)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None,
+    reason="needs root and ip (iproute2) to make a network namespace of its own",
+)
+def test_reserved_ports_warn_and_reserving_one_keeps_the_others(cli_env, tmp_path):
+    """In a namespace of the test's own (its sysctls are its own): a reserved port inside the
+    ephemeral range warns; the fix that reserves another port keeps those reserved already."""
+    netns = f"doctor-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    inside = ["ip", "netns", "exec", netns]
+    try:
+        subprocess.run([*inside, "sysctl", "-qw", "net.ipv4.ip_local_port_range=32768 60999"], check=True)
+        subprocess.run([*inside, "sysctl", "-qw", "net.ipv4.ip_local_reserved_ports=50000-50010"], check=True)
+
+        def bind_verdict(port: int) -> dict:
+            done = subprocess.run(
+                [*inside, PORTCTL, "doctor", str(port), "--json"],
+                capture_output=True,
+                text=True,
+                env={**cli_env, **NO_DOCKER},
+                cwd=tmp_path,
+                check=False,
+            )
+            (found,) = [v for v in json.loads(done.stdout)["data"]["verdicts"] if v["check"] == "bind"]
+            return found
+
+        reserved = bind_verdict(50005)
+        assert reserved["status"] == "warn"
+        assert "50005 is in net.ipv4.ip_local_reserved_ports" in reserved["finding"]
+        ephemeral = bind_verdict(40000)
+        assert ephemeral["status"] == "warn"
+        assert "sudo sysctl -w net.ipv4.ip_local_reserved_ports=40000,50000-50010" in ephemeral["fix"]
+    finally:
+        subprocess.run(["ip", "netns", "delete", netns], check=False)
+
+
+def test_a_registered_service_on_ipv6_loopback_only_is_refused_to_ipv4_not_foreign(run, tmp_path):
+    """Registered at 127.0.0.1, started afterwards on ::1 only: it is the service itself (not
+    "another process" to kill), and IPv4 clients are refused; the fix binds IPv4 too."""
+    port = free_port()
+    assert run("allocate", "--service", "web6", "--port", port).returncode == 0
+    assert run("register", "web6", "--check", "tcp").returncode in (0, 1)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "::1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("::1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        result = run("doctor", "web6", "--json", env=NO_DOCKER)
+        verdicts = {v["check"]: v for v in json.loads(result.stdout)["data"]["verdicts"]}
+        assert verdicts["in use"]["status"] == "ok", verdicts["in use"]
+        assert verdicts["refused"]["status"] == "fail"
+        assert "listens on [::1] only" in verdicts["refused"]["finding"]
+        assert verdicts["refused"]["fix"].startswith("listen on 127.0.0.1 too")
+    finally:
+        server.kill()
+        server.wait()
