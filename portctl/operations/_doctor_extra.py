@@ -2,8 +2,10 @@
 the store's own consistency.
 
 * :func:`firewall_verdicts` - a DROP or REJECT rule (iptables, ip6tables, nft) naming a
-  checked port fails, with the command that deletes it or lets the port through; an unreadable
-  firewall is one UNKNOWN saying why (no tool installed, not root).
+  checked port fails, and so does a rule naming it that jumps to a chain that drops it, with
+  the command that deletes the rule or lets the port through; a rule that an earlier plain
+  ACCEPT of the port in its chain keeps from being reached is not blocking (doctor's own
+  "allow it" fix is such an ACCEPT); an unreadable firewall is one UNKNOWN saying why.
 * :func:`container_port_verdicts` - a running container that publishes a checked port must
   have something listening on the container port inside it, on an address the published port
   reaches (not only 127.0.0.1); read from the container's own network namespace.
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from portctl.errors import DockerUnavailable, StoreCorrupt, StoreDenied, StoreUnavailable
-from portctl.host.firewall import FirewallRule, FirewallView, read_firewall
+from portctl.host.firewall import Block, FirewallView, read_firewall
 from portctl.host.netns import NamespaceSockets, container_pid, local_pids, read_namespace
 from portctl.keys import allocation_key, allocations_prefix, claims_prefix
 from portctl.operations._doctoring import Verdict, VerdictStatus
@@ -89,21 +91,46 @@ def firewall_findings(view: FirewallView, ports: list[CheckedPort]) -> list[Verd
         return [_unreadable_firewall(view)]
     out: list[Verdict] = []
     for p in ports:
-        rules = view.blocking(p.port, p.protocol)
-        out += [_blocked(p, r) for r in rules]
-        if not rules:
-            out.append(
-                Verdict(
-                    "firewall",
-                    p.subject,
-                    VerdictStatus.OK,
-                    f"no {_tools(view)} rule drops or rejects {p.port}/{p.protocol}",
-                    service=p.service,
-                    port=p.port,
-                    protocol=p.protocol,
-                    details={"read_by": list(view.read_by), "notes": list(view.notes)},
-                )
-            )
+        blocks = view.blocks(p.port, p.protocol)
+        out += [_blocked(p, b) for b in blocks]
+        if not blocks:
+            out.append(_let_through(view, p, view.blocks(p.port, p.protocol, shadowed=True)))
+    return out
+
+
+def _let_through(view: FirewallView, p: CheckedPort, shadowed: list[Block]) -> Verdict:
+    """OK: no rule drops the port, or only rules an earlier ACCEPT of the port keeps it from."""
+    where = f"{p.port}/{p.protocol}"
+    finding = f"no {_tools(view)} rule drops or rejects {where}"
+    if shadowed and shadowed[0].accepted_by is not None:
+        accept = shadowed[0].accepted_by
+        finding = (
+            f"an ACCEPT rule in {accept.where} lets {where} through ahead of the "
+            f"{shadowed[0].dropper.action} rule that names it: {accept.text}"
+        )
+    return Verdict(
+        "firewall",
+        p.subject,
+        VerdictStatus.OK,
+        finding,
+        service=p.service,
+        port=p.port,
+        protocol=p.protocol,
+        details={
+            "read_by": list(view.read_by),
+            "notes": list(view.notes),
+            "shadowed": [_block_dict(b) for b in shadowed],
+        },
+    )
+
+
+def _block_dict(block: Block) -> dict[str, object]:
+    out = block.rule.to_dict()
+    if block.via:
+        out["via"] = list(block.via)
+        out["dropped_by"] = block.dropper.text
+    if block.accepted_by is not None:
+        out["accepted_by"] = block.accepted_by.text
     return out
 
 
@@ -113,18 +140,26 @@ def _unreadable_firewall(view: FirewallView) -> Verdict:
     return Verdict("firewall", "firewall", VerdictStatus.UNKNOWN, notice, fix)
 
 
-def _blocked(p: CheckedPort, rule: FirewallRule) -> Verdict:
-    verb = "drops" if rule.action == "DROP" else "rejects"
+def _blocked(p: CheckedPort, block: Block) -> Verdict:
+    rule, where = block.rule, f"{p.port}/{p.protocol}"
+    if block.via:
+        chains = block.via[0] + (f" (then {', '.join(block.via[1:])})" if len(block.via) > 1 else "")
+        finding = (
+            f"a rule in {rule.where} sends {where} to chain {chains}, whose rule "
+            f"{block.dropper.text} {block.verb} it: {rule.text}"
+        )
+    else:
+        finding = f"a {rule.action} rule in {rule.where} {block.verb} {where}: {rule.text}"
     return Verdict(
         "firewall",
         p.subject,
         VerdictStatus.FAIL,
-        f"a {rule.action} rule in {rule.where} {verb} {p.port}/{p.protocol}: {rule.text}",
+        finding,
         f"{rule.delete_command()} (or allow it: {rule.allow_command(p.port, p.protocol)})",
         service=p.service,
         port=p.port,
         protocol=p.protocol,
-        details={"rule": rule.to_dict()},
+        details={"rule": _block_dict(block)},
     )
 
 
