@@ -30,12 +30,15 @@ from portctl.operations._doctoring import Verdict, VerdictStatus
 
 # _claim_owner: the allocator's own reading of a claim (StoreCorrupt if not its JSON)
 from portctl.ports.allocator import Allocation, _claim_owner, parse_allocation
+from portctl.records import Status, iso_utc
 from portctl.registry.agent import critical_too_long, listens_in, zombie_signs
+from portctl.registry.health import RUNNABLE, run_check
 
 if TYPE_CHECKING:
     from portctl.backends.base import Entry
     from portctl.host.containers import Container, PublishedPort
     from portctl.operations._doctoring import DoctorContext
+    from portctl.records import ServiceEntry
     from portctl.registry.entries import Instance
 
 __all__ = [
@@ -441,38 +444,98 @@ def _zombie(ctx: DoctorContext, instance: Instance) -> Verdict | None:
         signs.append(f"its process {entry.pid} is gone")
     # A port that is silent while its process lives may be a restart under way: a warning.
     status = VerdictStatus.FAIL if orphan else VerdictStatus.WARN
+    finding = f"{entry.service} ({entry.environment}) instance {entry.id} is a zombie: {' and '.join(signs)}"
+    fix = (
+        f"portctl deregister {entry.id} --env {entry.environment} (or run portctl agent: it removes zombies)"
+    )
+    fresh = _check_now(entry)
+    if fresh is not None and fresh[0] != Status.CRITICAL:
+        # Something answers its check right now: the service may have been restarted under
+        # another process, or started since the listeners were read. Not a failure to fix.
+        status = VerdictStatus.WARN
+        finding = (
+            f"{entry.service} ({entry.environment}) instance {entry.id} looks like a zombie "
+            f"({' and '.join(signs)}), but its check {_passes(fresh[0])} now: {fresh[1]}"
+        )
+        fix = (
+            f"register it again from the process that serves it now, or portctl deregister {entry.id} "
+            f"--env {entry.environment} if it is not {entry.service}"
+        )
+    elif fresh is not None:
+        finding += f"; checked now: {fresh[1]}"
     return Verdict(
         "store",
         f"registration {entry.id}",
         status,
-        f"{entry.service} ({entry.environment}) instance {entry.id} is a zombie: {' and '.join(signs)}",
-        f"portctl deregister {entry.id} --env {entry.environment} (or run portctl agent: it removes zombies)",
+        finding,
+        fix,
         entry.service,
         entry.port,
         "tcp",
-        {"instance": entry.to_dict(), "silent": silent, "orphan": orphan},
+        {"instance": entry.to_dict(), "silent": silent, "orphan": orphan, **_fresh_details(fresh)},
     )
 
 
 def _long_critical(instance: Instance, now: float) -> Verdict | None:
+    """FAIL for an instance critical for long - judged on its check run now, not only on the
+    stored record, which nobody may have renewed (no agent running): a check that passes now
+    makes it a WARN saying nothing records its health."""
     entry, limit = instance.entry, instance.entry.check.deregister_after
     reason = critical_too_long(entry, instance.health, now, LONG_CRITICAL if limit is None else limit)
     if reason is None:
         return None
+    subject = f"{entry.service} ({entry.environment}) instance {entry.id}"
+    recorded = f"last recorded at {iso_utc(instance.health.updated_at)}"
+    fresh = _check_now(entry)
+    details = {"instance": entry.to_dict(), "health": instance.health.to_dict(), **_fresh_details(fresh)}
+    if fresh is not None and fresh[0] != Status.CRITICAL:
+        head, _, tail = reason.partition(" (")
+        return Verdict(
+            "store",
+            f"registration {entry.id}",
+            VerdictStatus.WARN,
+            f"{subject} is recorded {head} ({recorded}{'; ' + tail if tail else ')'}, but its check "
+            f"{_passes(fresh[0])} now: nothing is recording its health — run portctl agent",
+            "portctl agent (or portctl verify, once)",
+            entry.service,
+            entry.port,
+            "tcp",
+            details,
+        )
     fix = (
         f"make {entry.service} pass its check ({entry.check.describe()}), "
         f"or portctl deregister {entry.id} --env {entry.environment}"
     )
     if limit is not None:
         fix += "; run portctl agent, which removes it after deregister_after"
+    if fresh is None:  # a TTL check: only its owner can report; the record is all there is
+        finding = f"{subject} is {reason}: {instance.output} ({recorded})"
+    else:
+        finding = f"{subject} is {reason} ({recorded}); checked now: {fresh[1]}"
     return Verdict(
         "store",
         f"registration {entry.id}",
         VerdictStatus.FAIL,
-        f"{entry.service} ({entry.environment}) instance {entry.id} is {reason}: {instance.output}",
+        finding,
         fix,
         entry.service,
         entry.port,
         "tcp",
-        {"instance": entry.to_dict(), "health": instance.health.to_dict()},
+        details,
     )
+
+
+def _check_now(entry: ServiceEntry) -> tuple[Status, str] | None:
+    """The instance's check run now (``(status, output)``); None for a check doctor cannot
+    run (ttl, none)."""
+    if entry.check.kind not in RUNNABLE:
+        return None
+    return run_check(entry)
+
+
+def _passes(status: Status) -> str:
+    return "passes" if status == Status.PASSING else f"gives {status.value}"
+
+
+def _fresh_details(fresh: tuple[Status, str] | None) -> dict[str, object]:
+    return {} if fresh is None else {"checked_now": {"status": fresh[0].value, "output": fresh[1]}}
