@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "Block",
     "FirewallRule",
     "FirewallView",
     "PortMatch",
@@ -82,10 +83,35 @@ class FirewallRule:
     ports: tuple[PortMatch, ...] = ()  # every one must match; () when the rule names no port
     nft_family: str = ""  # nft: "ip", "ip6", "inet", ...
     handle: int | None = None  # nft: the rule's handle, to delete it by
+    # Whether the rule has a condition beyond protocol and port (a source, an interface, a
+    # state): True unless known otherwise, so an ACCEPT is never taken to let everyone through.
+    conditional: bool = True
 
     @property
     def blocks(self) -> bool:
         return self.action in BLOCKING
+
+    @property
+    def jumps_to(self) -> str | None:
+        """The user chain this rule jumps or goes to; None for a verdict."""
+        return self.action.removeprefix("JUMP ") if self.action.startswith("JUMP ") else None
+
+    @property
+    def chain_key(self) -> tuple[str, str, str]:
+        """Which rules share this rule's chain: same tool (family) and table."""
+        return (self.tool, self.nft_family, self.table)
+
+    def may_match(self, port: int, protocol: str = "tcp") -> bool:
+        """Whether traffic to ``port``/``protocol`` may meet this rule: it names the port, or
+        names no port and no other protocol (its other conditions are not judged)."""
+        if self.ports:
+            return self.matches(port, protocol)
+        return not self.protocols or (protocol in self.protocols) != self.protocols_negated
+
+    def lets_through(self, port: int, protocol: str = "tcp") -> bool:
+        """Whether this rule accepts every packet to ``port``/``protocol`` that reaches it: an
+        ACCEPT with no condition but protocol and port (the shape doctor's own fix has)."""
+        return self.action == "ACCEPT" and not self.conditional and self.matches(port, protocol)
 
     def matches(self, port: int, protocol: str = "tcp") -> bool:
         """Whether traffic to ``port``/``protocol`` meets this rule's port matches; a rule that
@@ -143,8 +169,83 @@ class FirewallView:
         return bool(self.read_by)
 
     def blocking(self, port: int, protocol: str = "tcp") -> list[FirewallRule]:
-        """The DROP and REJECT rules that name ``port``/``protocol``."""
-        return [r for r in self.rules if r.blocks and r.matches(port, protocol)]
+        """The rules that name ``port``/``protocol`` and drop or reject it, themselves or in a
+        chain they send it to, and that no earlier ACCEPT in their chain makes unreachable."""
+        return [b.rule for b in self.blocks(port, protocol)]
+
+    def blocks(self, port: int, protocol: str = "tcp", *, shadowed: bool = False) -> list[Block]:
+        """Each rule naming ``port`` that drops it (see :class:`Block`), in rule order; with
+        ``shadowed``, those an earlier ACCEPT lets the port past instead."""
+        chains = _chains(self.rules)
+        out = []
+        for key, rules in chains.items():
+            for i, rule in enumerate(rules):
+                if not rule.matches(port, protocol):
+                    continue
+                path, dropper = _dropper(rule, key, chains, port, protocol)
+                if dropper is None:
+                    continue
+                accept = next((r for r in rules[:i] if r.lets_through(port, protocol)), None)
+                if (accept is not None) == shadowed:
+                    out.append(Block(rule, tuple(path), dropper, accept))
+        return out
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rule naming a port that drops it: ``rule`` itself (``via`` empty, ``dropper`` the
+    rule), or by sending it through the chains ``via`` to ``dropper``, a DROP or REJECT that
+    matches the port or names none. ``accepted_by``: an earlier ACCEPT in ``rule``'s chain
+    that lets the port through first, so ``rule`` is never reached for it."""
+
+    rule: FirewallRule
+    via: tuple[str, ...]
+    dropper: FirewallRule
+    accepted_by: FirewallRule | None = None
+
+    @property
+    def verb(self) -> str:
+        return "drops" if self.dropper.action == "DROP" else "rejects"
+
+
+_ChainKey = tuple[tuple[str, str, str], str]
+
+
+def _chains(rules: Iterable[FirewallRule]) -> dict[_ChainKey, list[FirewallRule]]:
+    """The rules of each chain, in the order the tool printed them (the order they run in)."""
+    chains: dict[_ChainKey, list[FirewallRule]] = {}
+    for rule in rules:
+        chains.setdefault((rule.chain_key, rule.chain), []).append(rule)
+    return chains
+
+
+def _dropper(
+    rule: FirewallRule,
+    key: _ChainKey,
+    chains: dict[_ChainKey, list[FirewallRule]],
+    port: int,
+    protocol: str,
+    seen: frozenset[_ChainKey] = frozenset(),
+) -> tuple[list[str], FirewallRule | None]:
+    """The DROP or REJECT that ``rule`` leads the port to (itself, or in the chain it jumps or
+    goes to, followed further; a cycle ends the search), and the chains on the way."""
+    if rule.blocks:
+        return [], rule
+    target = rule.jumps_to
+    if target is None:
+        return [], None
+    into = (key[0], target)
+    if into in seen or into == key:
+        return [], None
+    for inner in chains.get(into, []):
+        if not inner.may_match(port, protocol):
+            continue
+        if inner.action in ("ACCEPT", "RETURN") and not inner.conditional:
+            return [], None  # every packet to the port leaves the chain here, not dropped
+        path, found = _dropper(inner, into, chains, port, protocol, seen | {key})
+        if found is not None:
+            return [target, *path], found
+    return [], None
 
 
 # --- iptables-save ----------------------------------------------------------------------------
@@ -179,6 +280,7 @@ def _iptables_rule(line: str, tool: str, family: int, table: str) -> FirewallRul
     ports: list[PortMatch] = []
     action = ""
     negate = False
+    conditional = False
     i = 2
     while i < len(words):
         word = words[i]
@@ -197,9 +299,28 @@ def _iptables_rule(line: str, tool: str, family: int, table: str) -> FirewallRul
             ports.append(match)
         elif word in ("-j", "--jump", "-g", "--goto"):
             action = value.upper() if value.upper() in BLOCKING | {"ACCEPT", "RETURN"} else f"JUMP {value}"
+        elif word in ("-m", "--match"):
+            conditional = conditional or value not in _PORT_MODULES
+        elif word != "--comment" and not action:  # after the target: its options (--reject-with)
+            conditional = True  # a source, an interface, a state...: a condition not judged
         negate = False
         i += 2 if word.startswith("-") and value and not value.startswith("-") else 1
-    return FirewallRule(tool, family, table, chain, action, line, protocols, protocols_negated, tuple(ports))
+    return FirewallRule(
+        tool,
+        family,
+        table,
+        chain,
+        action,
+        line,
+        protocols,
+        protocols_negated,
+        tuple(ports),
+        conditional=conditional,
+    )
+
+
+# The match modules that only say protocol and port, and a comment, which matches everything.
+_PORT_MODULES = frozenset({"tcp", "udp", "multiport", "comment"})
 
 
 def _port_spec(spec: str, negated: bool) -> PortMatch | None:
@@ -263,6 +384,7 @@ def _nft_rule(raw: dict[str, Any], named: dict[tuple[str, str, str], Any]) -> Fi
     ports: list[PortMatch] = []
     action = ""
     words = []
+    conditional = False
     for expr in raw.get("expr") or []:
         if not isinstance(expr, dict) or not expr:
             return None
@@ -273,6 +395,7 @@ def _nft_rule(raw: dict[str, Any], named: dict[tuple[str, str, str], Any]) -> Fi
             if found is None:
                 return None  # a port match we cannot judge (a set we could not read)
             what, value = found
+            conditional = conditional or what == "other"
             if what == "protocol":
                 protocols, protocols_negated = value
             elif what == "port":
@@ -288,8 +411,10 @@ def _nft_rule(raw: dict[str, Any], named: dict[tuple[str, str, str], Any]) -> Fi
         elif kind == "xt" and isinstance(body, dict):
             if body.get("type") == "target" and str(body.get("name", "")).upper() in BLOCKING:
                 action = str(body["name"]).upper()
+            conditional = conditional or body.get("type") != "target"
             words.append(f"xt {body.get('type', '')} {body.get('name', '')}")
         elif kind != "counter":
+            conditional = True  # a limit, a log, a mangle...: not known to let every packet on
             words.append(kind)
     handle = raw.get("handle")
     return FirewallRule(
@@ -304,6 +429,7 @@ def _nft_rule(raw: dict[str, Any], named: dict[tuple[str, str, str], Any]) -> Fi
         tuple(ports),
         nft_family,
         handle if isinstance(handle, int) else None,
+        conditional,
     )
 
 

@@ -2,8 +2,10 @@
 the store's own consistency.
 
 * :func:`firewall_verdicts` - a DROP or REJECT rule (iptables, ip6tables, nft) naming a
-  checked port fails, with the command that deletes it or lets the port through; an unreadable
-  firewall is one UNKNOWN saying why (no tool installed, not root).
+  checked port fails, and so does a rule naming it that jumps to a chain that drops it, with
+  the command that deletes the rule or lets the port through; a rule that an earlier plain
+  ACCEPT of the port in its chain keeps from being reached is not blocking (doctor's own
+  "allow it" fix is such an ACCEPT); an unreadable firewall is one UNKNOWN saying why.
 * :func:`container_port_verdicts` - a running container that publishes a checked port must
   have something listening on the container port inside it, on an address the published port
   reaches (not only 127.0.0.1); read from the container's own network namespace.
@@ -21,19 +23,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from portctl.errors import DockerUnavailable, StoreCorrupt, StoreDenied, StoreUnavailable
-from portctl.host.firewall import FirewallRule, FirewallView, read_firewall
+from portctl.host.firewall import Block, FirewallView, read_firewall
 from portctl.host.netns import NamespaceSockets, container_pid, local_pids, read_namespace
 from portctl.keys import allocation_key, allocations_prefix, claims_prefix
 from portctl.operations._doctoring import Verdict, VerdictStatus
 
 # _claim_owner: the allocator's own reading of a claim (StoreCorrupt if not its JSON)
 from portctl.ports.allocator import Allocation, _claim_owner, parse_allocation
+from portctl.records import Status, iso_utc
 from portctl.registry.agent import critical_too_long, listens_in, zombie_signs
+from portctl.registry.health import RUNNABLE, run_check
 
 if TYPE_CHECKING:
     from portctl.backends.base import Entry
     from portctl.host.containers import Container, PublishedPort
     from portctl.operations._doctoring import DoctorContext
+    from portctl.records import ServiceEntry
     from portctl.registry.entries import Instance
 
 __all__ = [
@@ -89,21 +94,46 @@ def firewall_findings(view: FirewallView, ports: list[CheckedPort]) -> list[Verd
         return [_unreadable_firewall(view)]
     out: list[Verdict] = []
     for p in ports:
-        rules = view.blocking(p.port, p.protocol)
-        out += [_blocked(p, r) for r in rules]
-        if not rules:
-            out.append(
-                Verdict(
-                    "firewall",
-                    p.subject,
-                    VerdictStatus.OK,
-                    f"no {_tools(view)} rule drops or rejects {p.port}/{p.protocol}",
-                    service=p.service,
-                    port=p.port,
-                    protocol=p.protocol,
-                    details={"read_by": list(view.read_by), "notes": list(view.notes)},
-                )
-            )
+        blocks = view.blocks(p.port, p.protocol)
+        out += [_blocked(p, b) for b in blocks]
+        if not blocks:
+            out.append(_let_through(view, p, view.blocks(p.port, p.protocol, shadowed=True)))
+    return out
+
+
+def _let_through(view: FirewallView, p: CheckedPort, shadowed: list[Block]) -> Verdict:
+    """OK: no rule drops the port, or only rules an earlier ACCEPT of the port keeps it from."""
+    where = f"{p.port}/{p.protocol}"
+    finding = f"no {_tools(view)} rule drops or rejects {where}"
+    if shadowed and shadowed[0].accepted_by is not None:
+        accept = shadowed[0].accepted_by
+        finding = (
+            f"an ACCEPT rule in {accept.where} lets {where} through ahead of the "
+            f"{shadowed[0].dropper.action} rule that names it: {accept.text}"
+        )
+    return Verdict(
+        "firewall",
+        p.subject,
+        VerdictStatus.OK,
+        finding,
+        service=p.service,
+        port=p.port,
+        protocol=p.protocol,
+        details={
+            "read_by": list(view.read_by),
+            "notes": list(view.notes),
+            "shadowed": [_block_dict(b) for b in shadowed],
+        },
+    )
+
+
+def _block_dict(block: Block) -> dict[str, object]:
+    out = block.rule.to_dict()
+    if block.via:
+        out["via"] = list(block.via)
+        out["dropped_by"] = block.dropper.text
+    if block.accepted_by is not None:
+        out["accepted_by"] = block.accepted_by.text
     return out
 
 
@@ -113,18 +143,26 @@ def _unreadable_firewall(view: FirewallView) -> Verdict:
     return Verdict("firewall", "firewall", VerdictStatus.UNKNOWN, notice, fix)
 
 
-def _blocked(p: CheckedPort, rule: FirewallRule) -> Verdict:
-    verb = "drops" if rule.action == "DROP" else "rejects"
+def _blocked(p: CheckedPort, block: Block) -> Verdict:
+    rule, where = block.rule, f"{p.port}/{p.protocol}"
+    if block.via:
+        chains = block.via[0] + (f" (then {', '.join(block.via[1:])})" if len(block.via) > 1 else "")
+        finding = (
+            f"a rule in {rule.where} sends {where} to chain {chains}, whose rule "
+            f"{block.dropper.text} {block.verb} it: {rule.text}"
+        )
+    else:
+        finding = f"a {rule.action} rule in {rule.where} {block.verb} {where}: {rule.text}"
     return Verdict(
         "firewall",
         p.subject,
         VerdictStatus.FAIL,
-        f"a {rule.action} rule in {rule.where} {verb} {p.port}/{p.protocol}: {rule.text}",
+        finding,
         f"{rule.delete_command()} (or allow it: {rule.allow_command(p.port, p.protocol)})",
         service=p.service,
         port=p.port,
         protocol=p.protocol,
-        details={"rule": rule.to_dict()},
+        details={"rule": _block_dict(block)},
     )
 
 
@@ -406,38 +444,98 @@ def _zombie(ctx: DoctorContext, instance: Instance) -> Verdict | None:
         signs.append(f"its process {entry.pid} is gone")
     # A port that is silent while its process lives may be a restart under way: a warning.
     status = VerdictStatus.FAIL if orphan else VerdictStatus.WARN
+    finding = f"{entry.service} ({entry.environment}) instance {entry.id} is a zombie: {' and '.join(signs)}"
+    fix = (
+        f"portctl deregister {entry.id} --env {entry.environment} (or run portctl agent: it removes zombies)"
+    )
+    fresh = _check_now(entry)
+    if fresh is not None and fresh[0] != Status.CRITICAL:
+        # Something answers its check right now: the service may have been restarted under
+        # another process, or started since the listeners were read. Not a failure to fix.
+        status = VerdictStatus.WARN
+        finding = (
+            f"{entry.service} ({entry.environment}) instance {entry.id} looks like a zombie "
+            f"({' and '.join(signs)}), but its check {_passes(fresh[0])} now: {fresh[1]}"
+        )
+        fix = (
+            f"register it again from the process that serves it now, or portctl deregister {entry.id} "
+            f"--env {entry.environment} if it is not {entry.service}"
+        )
+    elif fresh is not None:
+        finding += f"; checked now: {fresh[1]}"
     return Verdict(
         "store",
         f"registration {entry.id}",
         status,
-        f"{entry.service} ({entry.environment}) instance {entry.id} is a zombie: {' and '.join(signs)}",
-        f"portctl deregister {entry.id} --env {entry.environment} (or run portctl agent: it removes zombies)",
+        finding,
+        fix,
         entry.service,
         entry.port,
         "tcp",
-        {"instance": entry.to_dict(), "silent": silent, "orphan": orphan},
+        {"instance": entry.to_dict(), "silent": silent, "orphan": orphan, **_fresh_details(fresh)},
     )
 
 
 def _long_critical(instance: Instance, now: float) -> Verdict | None:
+    """FAIL for an instance critical for long - judged on its check run now, not only on the
+    stored record, which nobody may have renewed (no agent running): a check that passes now
+    makes it a WARN saying nothing records its health."""
     entry, limit = instance.entry, instance.entry.check.deregister_after
     reason = critical_too_long(entry, instance.health, now, LONG_CRITICAL if limit is None else limit)
     if reason is None:
         return None
+    subject = f"{entry.service} ({entry.environment}) instance {entry.id}"
+    recorded = f"last recorded at {iso_utc(instance.health.updated_at)}"
+    fresh = _check_now(entry)
+    details = {"instance": entry.to_dict(), "health": instance.health.to_dict(), **_fresh_details(fresh)}
+    if fresh is not None and fresh[0] != Status.CRITICAL:
+        head, _, tail = reason.partition(" (")
+        return Verdict(
+            "store",
+            f"registration {entry.id}",
+            VerdictStatus.WARN,
+            f"{subject} is recorded {head} ({recorded}{'; ' + tail if tail else ')'}, but its check "
+            f"{_passes(fresh[0])} now: nothing is recording its health — run portctl agent",
+            "portctl agent (or portctl verify, once)",
+            entry.service,
+            entry.port,
+            "tcp",
+            details,
+        )
     fix = (
         f"make {entry.service} pass its check ({entry.check.describe()}), "
         f"or portctl deregister {entry.id} --env {entry.environment}"
     )
     if limit is not None:
         fix += "; run portctl agent, which removes it after deregister_after"
+    if fresh is None:  # a TTL check: only its owner can report; the record is all there is
+        finding = f"{subject} is {reason}: {instance.output} ({recorded})"
+    else:
+        finding = f"{subject} is {reason} ({recorded}); checked now: {fresh[1]}"
     return Verdict(
         "store",
         f"registration {entry.id}",
         VerdictStatus.FAIL,
-        f"{entry.service} ({entry.environment}) instance {entry.id} is {reason}: {instance.output}",
+        finding,
         fix,
         entry.service,
         entry.port,
         "tcp",
-        {"instance": entry.to_dict(), "health": instance.health.to_dict()},
+        details,
     )
+
+
+def _check_now(entry: ServiceEntry) -> tuple[Status, str] | None:
+    """The instance's check run now (``(status, output)``); None for a check doctor cannot
+    run (ttl, none)."""
+    if entry.check.kind not in RUNNABLE:
+        return None
+    return run_check(entry)
+
+
+def _passes(status: Status) -> str:
+    return "passes" if status == Status.PASSING else f"gives {status.value}"
+
+
+def _fresh_details(fresh: tuple[Status, str] | None) -> dict[str, object]:
+    return {} if fresh is None else {"checked_now": {"status": fresh[0].value, "output": fresh[1]}}

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portctl.host.firewall import PortMatch, parse_iptables_save, parse_nft_json, read_firewall
+from portctl.host.firewall import FirewallView, PortMatch, parse_iptables_save, parse_nft_json, read_firewall
 
 DATA = Path(__file__).parent / "data"
 IPTABLES = (DATA / "iptables-save.txt").read_text()
@@ -266,3 +266,223 @@ def test_not_root_says_so_in_one_line(netns):
     view = read_in(netns, 80, user="nobody")
     assert view["read_by"] == []
     assert "need root (permission denied): run portctl doctor as root to check the firewall" in view["notice"]
+
+
+# --- jumps into chains that drop, and ACCEPT rules ahead of a DROP ----------------------------
+
+
+def in_netns(netns: str, *argv: str) -> None:
+    subprocess.run(["ip", "netns", "exec", netns, *argv], check=True, capture_output=True)
+
+
+def doctor_in(netns: str, port: int) -> list[dict]:
+    """The firewall verdicts doctor gives on ``port`` inside ``netns``, and whether a real
+    connection to a listener on the port gets through there."""
+    code = (
+        "import json, socket; from portctl.host.firewall import read_firewall; "
+        "from portctl.operations._doctor_extra import CheckedPort, firewall_findings; "
+        f"vs = firewall_findings(read_firewall(), [CheckedPort({port}, 'tcp', None)]); "
+        f"srv = socket.create_server(('127.0.0.1', {port})); "
+        "c = socket.socket(); c.settimeout(0.5); "
+        f"ok = c.connect_ex(('127.0.0.1', {port})) == 0; "
+        "print(json.dumps({'verdicts': [v.to_dict() for v in vs], 'connects': ok}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    in_netns(netns, "ip", "link", "set", "lo", "up")
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@needs_root_and_tools
+def test_a_jump_to_a_chain_that_rejects_fails_naming_both_rules(netns):
+    port = 20000 + secrets.randbelow(20000)
+    in_netns(netns, "iptables", "-N", "DOCTORX-BLOCK")
+    in_netns(netns, "iptables", "-A", "DOCTORX-BLOCK", "-j", "REJECT")
+    in_netns(netns, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "DOCTORX-BLOCK")
+    seen = doctor_in(netns, port)
+    assert not seen["connects"]  # the traffic is refused for real
+    [verdict] = [v for v in seen["verdicts"] if v["status"] != "ok"]
+    assert verdict["status"] == "fail"
+    sending = f"-A INPUT -p tcp -m tcp --dport {port} -j DOCTORX-BLOCK"
+    assert verdict["finding"] == (
+        f"a rule in chain INPUT of table filter (iptables) sends {port}/tcp to chain DOCTORX-BLOCK, "
+        f"whose rule -A DOCTORX-BLOCK -j REJECT --reject-with icmp-port-unreachable rejects it: {sending}"
+    )
+    assert verdict["fix"].startswith(f"iptables -D INPUT -p tcp -m tcp --dport {port} -j DOCTORX-BLOCK ")
+    in_netns(netns, *verdict["fix"].split(" (or ")[0].split())  # the fix deletes the sending rule
+    after = doctor_in(netns, port)
+    assert after["connects"]
+    assert [v["status"] for v in after["verdicts"]] == ["ok"]
+
+
+@needs_root_and_tools
+def test_a_jump_to_a_chain_that_returns_first_is_not_blocking(netns):
+    """fail2ban's shape: the chain drops some sources and returns the rest."""
+    port = 20000 + secrets.randbelow(20000)
+    in_netns(netns, "iptables", "-N", "DOCTORX-F2B")
+    in_netns(netns, "iptables", "-A", "DOCTORX-F2B", "-s", "192.0.2.7/32", "-j", "REJECT")
+    in_netns(netns, "iptables", "-A", "DOCTORX-F2B", "-j", "RETURN")
+    in_netns(netns, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "DOCTORX-F2B")
+    [verdict] = doctor_in(netns, port)["verdicts"]
+    # the REJECT names a source, not the port: conservatively the port is dropped (for some)
+    assert verdict["status"] == "fail"
+    assert "whose rule -A DOCTORX-F2B -s 192.0.2.7/32 -j REJECT" in verdict["finding"]
+    in_netns(netns, "iptables", "-D", "DOCTORX-F2B", "-s", "192.0.2.7/32", "-j", "REJECT")
+    assert [v["status"] for v in doctor_in(netns, port)["verdicts"]] == ["ok"]
+
+
+@needs_root_and_tools
+def test_jumps_in_a_cycle_end(netns):
+    port = 20000 + secrets.randbelow(20000)
+    for chain in ("DOCTORX-A", "DOCTORX-B"):
+        in_netns(netns, "iptables", "-N", chain)
+    in_netns(netns, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "DOCTORX-A")
+    in_netns(netns, "iptables", "-A", "DOCTORX-A", "-j", "DOCTORX-B")
+    in_netns(netns, "iptables", "-A", "DOCTORX-B", "-p", "tcp", "--dport", str(port), "-j", "DROP")
+    sending, dropping = doctor_in(netns, port)["verdicts"]  # the DROP names the port itself too
+    assert (sending["status"], dropping["status"]) == ("fail", "fail")
+    assert (
+        f"sends {port}/tcp to chain DOCTORX-A (then DOCTORX-B), whose rule -A DOCTORX-B" in sending["finding"]
+    )
+    assert dropping["finding"].startswith("a DROP rule in chain DOCTORX-B of table filter (iptables) drops")
+    # iptables refuses a loop, so the cycle is parsed from text
+    text = "*filter\n-A INPUT -p tcp --dport 80 -j A\n-A A -j B\n-A B -j A\n-A B -p udp -j DROP\n"
+    view = FirewallView(tuple(parse_iptables_save(text)), ("iptables",))
+    assert view.blocks(80) == []
+
+
+@needs_root_and_tools
+def test_doctors_own_allow_fix_clears_the_drop(netns):
+    port = 20000 + secrets.randbelow(20000)
+    in_netns(netns, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP")
+    [before] = doctor_in(netns, port)["verdicts"]
+    assert before["status"] == "fail"
+    allow = before["fix"].split("(or allow it: ")[1].rstrip(")")
+    assert allow == f"iptables -I INPUT -p tcp --dport {port} -j ACCEPT"
+    in_netns(netns, *allow.split())
+    after = doctor_in(netns, port)
+    assert after["connects"]
+    [verdict] = after["verdicts"]
+    assert verdict["status"] == "ok"
+    assert verdict["finding"] == (
+        f"an ACCEPT rule in chain INPUT of table filter (iptables) lets {port}/tcp through ahead of the "
+        f"DROP rule that names it: -A INPUT -p tcp -m tcp --dport {port} -j ACCEPT"
+    )
+    assert verdict["details"]["shadowed"][0]["rule"] == f"-A INPUT -p tcp -m tcp --dport {port} -j DROP"
+
+
+@needs_root_and_tools
+def test_an_accept_with_other_conditions_does_not_clear_the_drop(netns):
+    port = 20000 + secrets.randbelow(20000)
+    in_netns(netns, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP")
+    in_netns(
+        netns,
+        "iptables",
+        "-I",
+        "INPUT",
+        "-s",
+        "192.0.2.0/24",
+        "-p",
+        "tcp",
+        "--dport",
+        str(port),
+        "-j",
+        "ACCEPT",
+    )
+    in_netns(
+        netns, "iptables", "-I", "INPUT", "-i", "eth9", "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"
+    )
+    [verdict] = doctor_in(netns, port)["verdicts"]
+    assert verdict["status"] == "fail"
+    assert verdict["finding"].startswith("a DROP rule in chain INPUT of table filter (iptables) drops")
+    # a multiport ACCEPT counts as a port condition only
+    in_netns(
+        netns,
+        "iptables",
+        "-I",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "multiport",
+        "--dports",
+        f"1,{port}",
+        "-j",
+        "ACCEPT",
+    )
+    assert [v["status"] for v in doctor_in(netns, port)["verdicts"]] == ["ok"]
+
+
+needs_nft = pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft (nftables)")
+
+
+def nft_table(netns: str) -> list[str]:
+    nft = ["nft"]
+    in_netns(netns, *nft, "add", "table", "inet", "doctorx")
+    in_netns(
+        netns, *nft, "add", "chain", "inet", "doctorx", "input", "{ type filter hook input priority 0; }"
+    )
+    in_netns(netns, *nft, "add", "chain", "inet", "doctorx", "blk")
+    return nft
+
+
+@needs_root_and_tools
+@needs_nft
+def test_an_nft_jump_to_a_chain_that_drops_fails(netns):
+    port = 20000 + secrets.randbelow(20000)
+    nft = nft_table(netns)
+    in_netns(netns, *nft, "add", "rule", "inet", "doctorx", "blk", "drop")
+    in_netns(netns, *nft, "add", "rule", "inet", "doctorx", "input", "tcp", "dport", str(port), "jump", "blk")
+    seen = doctor_in(netns, port)
+    assert not seen["connects"]
+    [verdict] = seen["verdicts"]
+    assert verdict["status"] == "fail"
+    assert verdict["finding"] == (
+        f"a rule in chain input of table inet doctorx (nft) sends {port}/tcp to chain blk, "
+        f"whose rule drop drops it: tcp dport {port} jump blk"
+    )
+    in_netns(netns, *verdict["fix"].split(" (or ")[0].split())
+    assert [v["status"] for v in doctor_in(netns, port)["verdicts"]] == ["ok"]
+
+
+@needs_root_and_tools
+@needs_nft
+def test_an_nft_accept_ahead_of_a_drop_clears_it(netns):
+    port = 20000 + secrets.randbelow(20000)
+    nft = nft_table(netns)
+    in_netns(netns, *nft, "add", "rule", "inet", "doctorx", "input", "tcp", "dport", str(port), "drop")
+    [before] = doctor_in(netns, port)["verdicts"]
+    allow = before["fix"].split("(or allow it: ")[1].rstrip(")")
+    assert allow == f"nft insert rule inet doctorx input tcp dport {port} accept"
+    in_netns(netns, *allow.split())
+    after = doctor_in(netns, port)
+    assert after["connects"]
+    assert [v["status"] for v in after["verdicts"]] == ["ok"]
+    # an accept for one source only does not
+    in_netns(netns, *nft, "delete", "table", "inet", "doctorx")
+    nft_table(netns)
+    in_netns(netns, *nft, "add", "rule", "inet", "doctorx", "input", "tcp", "dport", str(port), "drop")
+    in_netns(
+        netns,
+        *nft,
+        "insert",
+        "rule",
+        "inet",
+        "doctorx",
+        "input",
+        "ip",
+        "saddr",
+        "192.0.2.1",
+        "tcp",
+        "dport",
+        str(port),
+        "accept",
+    )
+    assert [v["status"] for v in doctor_in(netns, port)["verdicts"]] == ["fail"]

@@ -4,8 +4,10 @@ that is down; and the firewall check's verdicts on rules the real iptables print
 
 from __future__ import annotations
 
+import http.server
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from portctl.keys import allocation_key, claim_key
 from portctl.operations._doctor_extra import LONG_CRITICAL, CheckedPort, firewall_findings, store_verdicts
 from portctl.operations._doctoring import DoctorContext, VerdictStatus
 from portctl.ports.allocator import PortAllocator
+from portctl.records import iso_utc
 from portctl.registry.entries import CheckSpec, Registry, Status
+from portctl.registry.health import run_check
 from tests.conftest import free_port
 
 HOST = "doctor-host"
@@ -51,6 +55,29 @@ def gone_pid() -> int:
 
 def by_subject(verdicts):
     return {v.subject: v for v in verdicts}
+
+
+@pytest.fixture
+def failing():
+    """Start a real HTTP server on 127.0.0.1:PORT that answers every request with 500."""
+    servers: list[http.server.HTTPServer] = []
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(500)
+
+        def log_message(self, *args):
+            pass
+
+    def start(port: int) -> None:
+        server = http.server.HTTPServer(("127.0.0.1", port), Failing)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
@@ -107,19 +134,19 @@ def test_a_record_without_its_claim_fails_and_the_fix_repairs_it(store):
     assert [v.status for v in store_verdicts(ctx)] == [VerdictStatus.OK]
 
 
-def test_zombie_and_long_critical_registrations(store, listener):
+def test_zombie_and_long_critical_registrations(store, failing):
     ctx = context(store)
     silent_port, critical_port = free_port(start=26400), free_port(start=26500)
     zombie = ctx.registry.register(
         "worker", port=silent_port, environment=ENV, pid=gone_pid(), check=CheckSpec("tcp")
     ).entry
-    listener(critical_port, "127.0.0.1")
+    failing(critical_port)
     critical = ctx.registry.register(
         "web",
         port=critical_port,
         environment=ENV,
-        check=CheckSpec("tcp", deregister_after=60),
-        probe=lambda e: (Status.CRITICAL, "HTTP 500"),
+        check=CheckSpec("http", url=f"http://127.0.0.1:{critical_port}/", deregister_after=60),
+        probe=run_check,
     ).entry
     found = by_subject(store_verdicts(context(store)))
     assert set(found) == {f"registration {zombie.id}"}  # critical just now: not for long
@@ -127,7 +154,8 @@ def test_zombie_and_long_critical_registrations(store, listener):
     assert bad.status == VerdictStatus.FAIL
     assert bad.finding == (
         f"worker ({ENV}) instance {zombie.id} is a zombie: nothing listens on 127.0.0.1:{silent_port} "
-        f"and its process {zombie.pid} is gone"
+        f"and its process {zombie.pid} is gone; checked now: tcp connect to 127.0.0.1:{silent_port} "
+        "failed: connection refused"
     )
     assert bad.fix == f"portctl deregister {zombie.id} --env {ENV} (or run portctl agent: it removes zombies)"
     # critical for 30s is not long for a registration removed after 60s; for 2 minutes it is
@@ -136,7 +164,8 @@ def test_zombie_and_long_critical_registrations(store, listener):
     long = later[f"registration {critical.id}"]
     assert long.status == VerdictStatus.FAIL
     assert long.finding.startswith(f"web ({ENV}) instance {critical.id} is critical for 12")
-    assert "(deregister after 60s): HTTP 500" in long.finding
+    assert "(deregister after 60s) (last recorded at " in long.finding
+    assert long.finding.endswith("; checked now: HTTP 500 Internal Server Error")  # run again now
     assert long.fix.endswith("; run portctl agent, which removes it after deregister_after")
     # the fix it names removes it
     ctx.registry.deregister(zombie.id, ENV)
@@ -144,12 +173,16 @@ def test_zombie_and_long_critical_registrations(store, listener):
     assert [v.status for v in store_verdicts(ctx)] == [VerdictStatus.OK]
 
 
-def test_critical_without_deregister_after_fails_after_five_minutes(store, listener):
+def test_critical_without_deregister_after_fails_after_five_minutes(store, failing):
     ctx = context(store)
     port = free_port(start=26600)
-    listener(port, "127.0.0.1")
+    failing(port)
     entry = ctx.registry.register(
-        "db", port=port, environment=ENV, probe=lambda e: (Status.CRITICAL, "refused")
+        "db",
+        port=port,
+        environment=ENV,
+        check=CheckSpec("http", url=f"http://127.0.0.1:{port}/health"),
+        probe=run_check,
     ).entry
     assert [v.status for v in store_verdicts(context(store, now=time.time() + LONG_CRITICAL / 2))] == [
         VerdictStatus.OK
@@ -158,8 +191,60 @@ def test_critical_without_deregister_after_fails_after_five_minutes(store, liste
     assert verdict.subject == f"registration {entry.id}"
     assert verdict.status == VerdictStatus.FAIL
     assert (
-        verdict.fix == f"make db pass its check (tcp every 5s), or portctl deregister {entry.id} --env {ENV}"
+        verdict.fix
+        == f"make db pass its check (http http://127.0.0.1:{port}/health every 5s), or portctl deregister {entry.id} --env {ENV}"
     )
+
+
+def test_a_stale_critical_record_of_a_service_that_answers_now_is_a_warning(store, listener):
+    """Recorded critical when nothing listened; the service started since, and no agent ran."""
+    ctx = context(store)
+    port = free_port(start=26700)
+    entry = ctx.registry.register(
+        "web", port=port, environment=ENV, check=CheckSpec("tcp"), probe=run_check
+    ).entry
+    [recorded] = [i for i in ctx.registry.instances(all_environments=True) if i.entry.id == entry.id]
+    assert recorded.status == Status.CRITICAL
+    listener(port, "127.0.0.1")  # web starts
+    [verdict] = store_verdicts(context(store, now=time.time() + LONG_CRITICAL + 131))
+    assert verdict.status == VerdictStatus.WARN
+    assert verdict.finding.startswith(f"web ({ENV}) instance {entry.id} is recorded critical for 4")
+    assert verdict.finding.endswith(
+        f"s (last recorded at {iso_utc(recorded.health.updated_at)}; deregister after 300s), "
+        "but its check passes now: "
+        "nothing is recording its health — run portctl agent"
+    )
+    assert verdict.fix == "portctl agent (or portctl verify, once)"
+    assert verdict.details["checked_now"]["status"] == "passing"
+
+
+def test_a_zombie_whose_port_answers_now_is_a_warning(store, listener):
+    """Its registering process is gone, but the port answers: restarted under another pid."""
+    ctx = context(store)
+    port = free_port(start=26800)
+    listener(port, "127.0.0.1")
+    entry = ctx.registry.register(
+        "api", port=port, environment=ENV, pid=gone_pid(), check=CheckSpec("tcp"), probe=run_check
+    ).entry
+    [verdict] = store_verdicts(context(store))
+    assert verdict.status == VerdictStatus.WARN
+    assert verdict.finding == (
+        f"api ({ENV}) instance {entry.id} looks like a zombie (its process {entry.pid} is gone), "
+        f"but its check passes now: tcp connect to 127.0.0.1:{port} ok"
+    )
+
+
+def test_an_expired_ttl_keeps_its_record_and_says_when(store):
+    ctx = context(store)
+    entry = ctx.registry.register(
+        "batch", port=free_port(start=26900), environment=ENV, check=CheckSpec("ttl", ttl=30)
+    ).entry
+    [instance] = [i for i in ctx.registry.instances(all_environments=True) if i.entry.id == entry.id]
+    [verdict] = store_verdicts(context(store, now=time.time() + 30 + LONG_CRITICAL + 60))
+    assert verdict.status == VerdictStatus.FAIL
+    assert verdict.finding.startswith(f"batch ({ENV}) instance {entry.id} is critical for ")
+    assert verdict.finding.endswith(f" (last recorded at {iso_utc(instance.health.updated_at)})")
+    assert "checked_now" not in verdict.details
 
 
 def test_a_store_that_is_down_is_one_fail_naming_it():
