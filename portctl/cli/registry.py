@@ -449,16 +449,23 @@ def agent(
             doing = " and resolving port conflicts" if resolvers else ""
             where = f"{ctx.settings.host}'s services{doing} in {ctx.choice.url}"
             note(f"portctl agent: checking {where}; Ctrl-C stops")
+            broken: list[str] = []
             if resolvers:
-                _start_resolving(resolvers, stop, every)
+                _start_resolving(resolvers, stop, every, broken)
             try:
                 worker.run(stop)
             except KeyboardInterrupt:
                 stop.set()
+            if broken:
+                raise typer.Exit(1)
 
 
-def _start_resolving(resolvers: list[Resolver], stop: threading.Event, every: float) -> threading.Thread:
-    """The resolvers' passes, every ``every`` seconds beside the checks, each move on stderr."""
+def _start_resolving(
+    resolvers: list[Resolver], stop: threading.Event, every: float, broken: list[str]
+) -> threading.Thread:
+    """The resolvers' passes, every ``every`` seconds beside the checks, each move on stderr.
+    An error that is not portctl's own stops the whole agent (exit 1), saying so in one line:
+    an agent that goes on checking while it no longer resolves would look as if it did."""
     from portctl.errors import PortctlError
     from portctl.host.holders import HostPorts
 
@@ -471,6 +478,11 @@ def _start_resolving(resolvers: list[Resolver], stop: threading.Event, every: fl
                         note(f"resolve: {line}")
             except PortctlError as e:
                 note(f"resolve: {message_of(e)}; trying again")
+            except Exception as e:  # noqa: BLE001 - said in one line, then the agent stops (exit 1)
+                broken.append(repr(e))
+                note(f"resolve: stopped by an unexpected error ({e!r}); the agent stops")
+                stop.set()
+                return
             stop.wait(every)
 
     thread = threading.Thread(target=passes, name="portctl-resolve", daemon=True)
