@@ -207,6 +207,7 @@ class ListenerScan:
         self._by_port: dict[tuple[str, int], list[Row]] | None = None
         self._lookups = 0
         self._holder: dict[str, int] = {}  # "socket:[inode]" -> pid, for every link read
+        self._sharers: dict[str, set[int]] = {}  # "socket:[inode]" -> every pid it was read in
         self._done: set[int] = set()  # pids whose fds were all read
         self._processes: dict[int, ProcessInfo] = {}
         self._owners: dict[int, ProcessInfo | None] = {}
@@ -232,13 +233,34 @@ class ListenerScan:
         """inode -> the process holding it; None when it could not be attributed.
 
         A socket shared by several processes (a pre-forking server, socket activation) is
-        attributed to one of them.
+        attributed to one of them: the search stops as soon as every socket has an owner, which
+        keeps ``who`` and ``check`` fast. :meth:`holders` names them all.
         """
         wanted = list(listeners)
         missing = {f"socket:[{x.inode}]": x.inode for x in wanted if x.inode not in self._owners}
         if missing:
             self._resolve(missing, {x.uid for x in wanted})
         return {x.inode: self._owners[x.inode] for x in wanted}
+
+    def holders(self, listeners: Iterable[Listener]) -> dict[int, tuple[ProcessInfo, ...]]:
+        """inode -> every process holding it (the one :meth:`owners` names first, the others in
+        ascending pid order); empty when none could be seen.
+
+        What stopping a socket's holders takes: a pre-forking server's workers keep the port
+        after its master ends. Every fd of every readable process is read once for this (the
+        links stay cached), so it costs a full walk of /proc where :meth:`owners` stops early.
+        """
+        wanted = list(listeners)
+        first = self.owners(wanted)
+        self._read_everything()
+        found: dict[int, tuple[ProcessInfo, ...]] = {}
+        for x in wanted:
+            owner = first[x.inode]
+            pids = sorted(self._sharers.get(f"socket:[{x.inode}]", ()))
+            if owner is not None:
+                pids = [owner.pid, *(pid for pid in pids if pid != owner.pid)]
+            found[x.inode] = tuple(self._process(pid) for pid in pids)
+        return found
 
     @property
     def complete_attribution(self) -> bool:
@@ -300,10 +322,17 @@ class ListenerScan:
             pass
         return not missing
 
+    def _read_everything(self) -> None:
+        """Every fd of every process not read in full yet (those this user may read)."""
+        for pid in _pids(set()):
+            if pid not in self._done:
+                self._visit(pid, {}, None)
+
     def _read_all(self, table: _FdTable, missing: dict[str, int]) -> None:
+        looking = bool(missing)  # reading for owners stops once none is missing
         for name in table.names():
             self._note(table, name, missing)
-            if not missing:
+            if looking and not missing:
                 return
         self._done.add(table.pid)
 
@@ -311,7 +340,8 @@ class ListenerScan:
         """Read one fd link, record it when it is a socket and claim it when it is wanted."""
         link = table.link(name)
         if link is not None and link.startswith("socket:"):
-            self._holder[link] = table.pid
+            self._holder.setdefault(link, table.pid)
+            self._sharers.setdefault(link, set()).add(table.pid)
             if link in missing:
                 self._claim(missing, link, table.pid)
         return link

@@ -633,3 +633,29 @@ def test_not_root_lists_listeners_but_cannot_attribute_roots(held):
     assert result["other"] == [["0.0.0.0", 0]]  # listed, with root's uid from the socket table
     assert result["other_owners"] == [None]
     assert result["complete"] is False
+
+
+# --- a socket shared by several processes -------------------------------------------------------
+
+
+def test_every_holder_of_a_socket_shared_by_a_forked_child():
+    """A pre-fork server: parent and child hold the same socket; owners() names one of them,
+    holders() names both."""
+    from tests.support.port_holders import holding
+
+    port = fresh_port()
+    with holding(port, fork=True) as holder:
+        snapshot = ListenerScan()
+        listeners = snapshot.on_port(port)
+        assert len(listeners) == 1
+        inode = listeners[0].inode
+        assert snapshot.owners(listeners)[inode].pid in {holder.pid, holder.child}
+        every = snapshot.holders(listeners)
+        assert sorted(info.pid for info in every[inode]) == sorted([holder.pid, holder.child])
+        assert all(info.name.startswith("python") for info in every[inode])
+        assert snapshot.owners(listeners)[inode] == every[inode][0]  # the one owners() named first
+
+
+def test_holders_of_a_vanished_socket_is_empty(held):
+    gone = Listener("tcp", "127.0.0.1", 1, 4, 2**40 + 12346, os.geteuid())
+    assert ListenerScan().holders([gone]) == {gone.inode: ()}
