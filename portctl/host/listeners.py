@@ -37,11 +37,13 @@ __all__ = [
     "ProcessInfo",
     "blocks",
     "decode_proc_address",
+    "hidden_process",
     "parse_diag_messages",
     "parse_proc_line",
     "parse_proc_table",
     "read_listeners",
     "read_process",
+    "unattributed_notice",
     "user_name",
 ]
 
@@ -110,6 +112,29 @@ def user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+# Why root cannot see a socket's process: it is not in this PID namespace's /proc, /proc is
+# mounted hidepid, or a capability is missing (CAP_SYS_PTRACE to read a non-dumpable process's fds).
+_HIDDEN_FROM_ROOT = "in another PID namespace or hidden from this one (/proc hidepid or a missing capability)"
+
+
+def hidden_process(command: str) -> str:
+    """Why a socket's process is not named, and what to do, in words true for this user:
+    ``command`` (``sudo portctl free 80``) is advice for a user who is not root; to root, who
+    already is, the reason is the namespace or the capability, and the process is stopped from
+    where it runs."""
+    if os.geteuid() == 0:
+        return f"its process is {_HIDDEN_FROM_ROOT}: stop it from where it runs"
+    return f"its process is not visible to this user: run as root to see and stop it ({command})"
+
+
+def unattributed_notice() -> str:
+    """The note for sockets whose processes could not be named (see
+    :attr:`ListenerScan.complete_attribution`), true for this user as :func:`hidden_process` is."""
+    if os.geteuid() == 0:
+        return f"some sockets' processes are {_HIDDEN_FROM_ROOT}: name them from where they run"
+    return "some sockets' processes are not visible to this user: run as root to name them"
 
 
 def _read_bytes(path: str) -> bytes:

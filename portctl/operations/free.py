@@ -25,6 +25,7 @@ from portctl.errors import DockerUnavailable, PortctlError
 from portctl.host.containers import Container, StopResult, require_docker, stop_container
 from portctl.host.holders import PROXIES, HostPorts, PortHolder
 from portctl.host.kernel import BindResult, bind_test, kernel_ports
+from portctl.host.listeners import hidden_process
 from portctl.host.stopping import ProcessEnd, process_stat, refusal, stop_processes
 from portctl.ports.allocator import Allocation, PortAllocator
 from portctl.records import Event
@@ -174,9 +175,7 @@ def _target(holder: PortHolder, port: int) -> Target:
     if holder.container is not None:
         return Target(holder, STOP_CONTAINER if holder.blocking else LEAVE)
     if holder.process is None:
-        again = f"sudo portctl free {port}"
-        why = f"its process is not visible to this user: run as root to see and stop it ({again})"
-        return Target(holder, STOP_PROCESS, why)
+        return Target(holder, STOP_PROCESS, hidden_process(f"sudo portctl free {port}"))
     p = holder.process
     stat = process_stat(p.pid)
     return Target(holder, STOP_PROCESS, refusal(p.pid, p.name, port), stat.start_time if stat else None)

@@ -307,6 +307,43 @@ def test_a_holder_whose_process_is_not_visible_is_refused() -> None:
         assert holder.alive
 
 
+# How root itself may not see a socket's process: a planner whose /proc is that of a PID
+# namespace of its own, or one without CAP_SYS_PTRACE looking at a process that is not dumpable.
+HIDDEN_FROM_ROOT = {
+    "another PID namespace": ["unshare", "--pid", "--fork", "--mount-proc"],
+    "a missing capability": ["setpriv", "--bounding-set=-sys_ptrace"],
+}
+
+
+@pytest.mark.parametrize("how", list(HIDDEN_FROM_ROOT))
+def test_as_root_a_hidden_process_is_explained_not_sent_to_root(how: str) -> None:
+    """Root is not told to run as root: it is told why it cannot see the process, and where to
+    stop it from."""
+    if os.geteuid() != 0:
+        pytest.skip("the words for root are seen as root")
+    wrapper = HIDDEN_FROM_ROOT[how]
+    if shutil.which(wrapper[0]) is None:
+        pytest.skip(f"{wrapper[0]} (util-linux) is not installed")
+    port = free_port()
+    code = f"from portctl.operations.free import plan_free; print(plan_free({port}).refusal_error())"
+    with holding(port, undumpable=True) as holder:
+        done = subprocess.run(
+            [*wrapper, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert holder.alive
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"refusing to free {port}/tcp: {port}/tcp is held by a socket of user root: its process is in "
+        "another PID namespace or hidden from this one (/proc hidepid or a missing capability): "
+        "stop it from where it runs; nothing was stopped"
+    )
+
+
 def test_with_one_holder_refused_none_is_stopped(listener) -> None:
     """An IPv4 listener that may be stopped, an IPv6 one that may not: all or none."""
     port = free_port()

@@ -55,6 +55,9 @@ while True:
     signal.pause()
 """
 
+# Not dumpable (PR_SET_DUMPABLE 0): reading its fds takes CAP_SYS_PTRACE, even for root.
+UNDUMPABLE = "import ctypes\nctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\n" + LISTENER
+
 LAUNCHER = "import subprocess, sys; subprocess.Popen(sys.argv[1:], start_new_session=True)"
 
 
@@ -88,10 +91,11 @@ def listener_argv(
     ignore_term: bool = False,
     fork: bool = False,
     handoff: bool = False,
+    undumpable: bool = False,
     python: str = sys.executable,
 ) -> list[str]:
     on_term = "handoff" if handoff else "ignore" if ignore_term else "term"
-    argv = [python, "-c", LISTENER, str(port), protocol, on_term]
+    argv = [python, "-c", UNDUMPABLE if undumpable else LISTENER, str(port), protocol, on_term]
     return [*argv, "fork"] if fork else argv
 
 
@@ -123,13 +127,23 @@ def holding(
     ignore_term: bool = False,
     fork: bool = False,
     handoff: bool = False,
+    undumpable: bool = False,
     user: str | None = None,
 ) -> Iterator[Holder]:
     """A detached process listening on ``port``; killed afterwards if it is still there.
     With ``fork`` a child shares the socket (and ignores SIGTERM); with ``handoff`` SIGTERM
-    hands the socket to a new process."""
+    hands the socket to a new process; ``undumpable`` hides its fds from a reader without
+    CAP_SYS_PTRACE."""
     python = "/usr/bin/python3" if user else sys.executable
-    argv = listener_argv(port, protocol, ignore_term=ignore_term, fork=fork, handoff=handoff, python=python)
+    argv = listener_argv(
+        port,
+        protocol,
+        ignore_term=ignore_term,
+        fork=fork,
+        handoff=handoff,
+        undumpable=undumpable,
+        python=python,
+    )
     line = detached(argv, user=user)
     pid, child = (int(word) for word in line.split())
     holder = Holder(pid, port, protocol, child if child > 0 else None)
