@@ -37,11 +37,13 @@ __all__ = [
     "ProcessInfo",
     "blocks",
     "decode_proc_address",
+    "hidden_process",
     "parse_diag_messages",
     "parse_proc_line",
     "parse_proc_table",
     "read_listeners",
     "read_process",
+    "unattributed_notice",
     "user_name",
 ]
 
@@ -110,6 +112,29 @@ def user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+# Why root cannot see a socket's process: it is not in this PID namespace's /proc, /proc is
+# mounted hidepid, or a capability is missing (CAP_SYS_PTRACE to read a non-dumpable process's fds).
+_HIDDEN_FROM_ROOT = "in another PID namespace or hidden from this one (/proc hidepid or a missing capability)"
+
+
+def hidden_process(command: str) -> str:
+    """Why a socket's process is not named, and what to do, in words true for this user:
+    ``command`` (``sudo portctl free 80``) is advice for a user who is not root; to root, who
+    already is, the reason is the namespace or the capability, and the process is stopped from
+    where it runs."""
+    if os.geteuid() == 0:
+        return f"its process is {_HIDDEN_FROM_ROOT}: stop it from where it runs"
+    return f"its process is not visible to this user: run as root to see and stop it ({command})"
+
+
+def unattributed_notice() -> str:
+    """The note for sockets whose processes could not be named (see
+    :attr:`ListenerScan.complete_attribution`), true for this user as :func:`hidden_process` is."""
+    if os.geteuid() == 0:
+        return f"some sockets' processes are {_HIDDEN_FROM_ROOT}: name them from where they run"
+    return "some sockets' processes are not visible to this user: run as root to name them"
 
 
 def _read_bytes(path: str) -> bytes:
@@ -207,6 +232,7 @@ class ListenerScan:
         self._by_port: dict[tuple[str, int], list[Row]] | None = None
         self._lookups = 0
         self._holder: dict[str, int] = {}  # "socket:[inode]" -> pid, for every link read
+        self._sharers: dict[str, set[int]] = {}  # "socket:[inode]" -> every pid it was read in
         self._done: set[int] = set()  # pids whose fds were all read
         self._processes: dict[int, ProcessInfo] = {}
         self._owners: dict[int, ProcessInfo | None] = {}
@@ -232,13 +258,34 @@ class ListenerScan:
         """inode -> the process holding it; None when it could not be attributed.
 
         A socket shared by several processes (a pre-forking server, socket activation) is
-        attributed to one of them.
+        attributed to one of them: the search stops as soon as every socket has an owner, which
+        keeps ``who`` and ``check`` fast. :meth:`holders` names them all.
         """
         wanted = list(listeners)
         missing = {f"socket:[{x.inode}]": x.inode for x in wanted if x.inode not in self._owners}
         if missing:
             self._resolve(missing, {x.uid for x in wanted})
         return {x.inode: self._owners[x.inode] for x in wanted}
+
+    def holders(self, listeners: Iterable[Listener]) -> dict[int, tuple[ProcessInfo, ...]]:
+        """inode -> every process holding it (the one :meth:`owners` names first, the others in
+        ascending pid order); empty when none could be seen.
+
+        What stopping a socket's holders takes: a pre-forking server's workers keep the port
+        after its master ends. Every fd of every readable process is read once for this (the
+        links stay cached), so it costs a full walk of /proc where :meth:`owners` stops early.
+        """
+        wanted = list(listeners)
+        first = self.owners(wanted)
+        self._read_everything()
+        found: dict[int, tuple[ProcessInfo, ...]] = {}
+        for x in wanted:
+            owner = first[x.inode]
+            pids = sorted(self._sharers.get(f"socket:[{x.inode}]", ()))
+            if owner is not None:
+                pids = [owner.pid, *(pid for pid in pids if pid != owner.pid)]
+            found[x.inode] = tuple(self._process(pid) for pid in pids)
+        return found
 
     @property
     def complete_attribution(self) -> bool:
@@ -300,10 +347,17 @@ class ListenerScan:
             pass
         return not missing
 
+    def _read_everything(self) -> None:
+        """Every fd of every process not read in full yet (those this user may read)."""
+        for pid in _pids(set()):
+            if pid not in self._done:
+                self._visit(pid, {}, None)
+
     def _read_all(self, table: _FdTable, missing: dict[str, int]) -> None:
+        looking = bool(missing)  # reading for owners stops once none is missing
         for name in table.names():
             self._note(table, name, missing)
-            if not missing:
+            if looking and not missing:
                 return
         self._done.add(table.pid)
 
@@ -311,7 +365,8 @@ class ListenerScan:
         """Read one fd link, record it when it is a socket and claim it when it is wanted."""
         link = table.link(name)
         if link is not None and link.startswith("socket:"):
-            self._holder[link] = table.pid
+            self._holder.setdefault(link, table.pid)
+            self._sharers.setdefault(link, set()).add(table.pid)
             if link in missing:
                 self._claim(missing, link, table.pid)
         return link

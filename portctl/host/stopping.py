@@ -17,12 +17,21 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 from portctl.errors import PortctlError
 
-__all__ = ["KILL_WAIT", "ProcessEnd", "ProcessStat", "StopFailed", "process_stat", "refusal", "stop_process"]
+__all__ = [
+    "KILL_WAIT",
+    "ProcessEnd",
+    "ProcessStat",
+    "StopFailed",
+    "process_stat",
+    "refusal",
+    "stop_process",
+    "stop_processes",
+]
 
 PF_KTHREAD = 0x00200000  # include/linux/sched.h: the task is a kernel thread
 KTHREADD = 2  # the kernel's thread creator; every kernel thread is its child
@@ -196,6 +205,98 @@ def stop_process(pid: int, grace: float, start_time: int | None = None) -> Proce
         return _stop_pidfd(fd, pid, grace)
     finally:
         os.close(fd)
+
+
+def stop_processes(processes: Sequence[tuple[int, int | None]], grace: float) -> list[ProcessEnd]:
+    """Stop several processes together, each given as (pid, start time from :func:`process_stat`):
+    SIGTERM to every one, up to ``grace`` seconds for them all to exit, then SIGKILL to those
+    left. Together, because processes sharing a socket (a pre-forking server) may need to end
+    as one: a master whose worker is stopped alone may start another, and ``grace`` is waited
+    once, not once per process. Ends in the order given."""
+    stops = [_Stop.open(pid, start_time) for pid, start_time in processes]
+    try:
+        termed = [stop for stop in stops if stop.send(signal.SIGTERM)]
+        left = _wait_all(termed, grace)
+        killed = [stop for stop in left if stop.send(signal.SIGKILL)]
+        stuck = _wait_all(killed, KILL_WAIT)
+        return [stop.end(stop in stuck) for stop in stops]
+    finally:
+        for stop in stops:
+            stop.close()
+
+
+@dataclass
+class _Stop:
+    """One process being stopped: held by a pidfd where the kernel has them (else watched in
+    /proc), the signals it was sent."""
+
+    pid: int
+    start_time: int | None
+    fd: int | None
+    alive: bool
+    sent: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, pid: int, start_time: int | None) -> _Stop:
+        try:
+            fd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return cls(pid, start_time, None, False)
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+                raise
+            fd = None
+        stop = cls(pid, start_time, fd, True)
+        stop.alive = _same(pid, start_time)  # checked once the pidfd holds it: no reuse after
+        return stop
+
+    def send(self, sig: signal.Signals) -> bool:
+        """Send ``sig``; False when the process had exited (or was never the one planned)."""
+        if not self.alive:
+            return False
+        if self.fd is not None:
+            sent = _pidfd_signal(self.fd, self.pid, sig)
+        else:
+            sent = _same(self.pid, self.start_time) and _kill(self.pid, sig)
+        if sent:
+            self.sent.append(sig.name)
+        self.alive = sent
+        return sent
+
+    def exited(self) -> bool:
+        if self.fd is not None:
+            return _pidfd_exited(self.fd, 0)
+        return not _alive(self.pid, self.start_time)
+
+    def end(self, stuck: bool) -> ProcessEnd:
+        return ProcessEnd(self.pid, self.sent[-1] if self.sent else None, not stuck)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _wait_all(stops: list[_Stop], seconds: float) -> list[_Stop]:
+    """Wait up to ``seconds`` for every one of ``stops`` to exit; those that have not. Pidfds
+    turn readable when their process exits, so they are polled together; processes without
+    one are looked at in /proc between polls."""
+    deadline = time.monotonic() + seconds
+    left = [stop for stop in stops if not stop.exited()]
+    pause = 0.005
+    while left:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return left
+        watched = {stop.fd: stop for stop in left if stop.fd is not None}
+        wait = remaining if len(watched) == len(left) else min(pause, remaining)
+        poller = select.poll()
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
+        poller.poll(max(1, int(wait * 1000)))
+        left = [stop for stop in left if not stop.exited()]
+        pause = min(pause * 2, 0.1)
+    return left
 
 
 def _same(pid: int, start_time: int | None) -> bool:

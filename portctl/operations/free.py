@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from portctl.errors import DockerUnavailable, PortctlError
-from portctl.host.containers import StopResult, require_docker, stop_container
+from portctl.host.containers import Container, StopResult, require_docker, stop_container
 from portctl.host.holders import PROXIES, HostPorts, PortHolder
 from portctl.host.kernel import BindResult, bind_test, kernel_ports
-from portctl.host.stopping import ProcessEnd, process_stat, refusal, stop_process
+from portctl.host.listeners import hidden_process
+from portctl.host.stopping import ProcessEnd, process_stat, refusal, stop_processes
 from portctl.ports.allocator import Allocation, PortAllocator
 from portctl.records import Event
 
@@ -124,12 +125,36 @@ def plan_free(port: int, protocol: str = "tcp", host: HostPorts | None = None) -
     A docker-proxy holding the port while Docker cannot be asked is a container that must be
     stopped through Docker: that raises DockerUnavailable, naming the fix."""
     host = host if host is not None else HostPorts()
-    holders = host.holders(port, protocol)
+    holders = _with_sharers(host, host.holders(port, protocol), port, protocol)
     proxied = [h for h in holders if _needs_docker(h)]
     if proxied and host.docker.notice:
         _require_docker(host.docker.endpoint, proxied[0], port, protocol)
     targets = tuple(_target(h, port) for h in holders)
     return FreePlan(port, protocol, targets, host.docker.endpoint, tuple(host.notices))
+
+
+def _with_sharers(host: HostPorts, holders: list[PortHolder], port: int, protocol: str) -> list[PortHolder]:
+    """``holders`` and, after each process, every other process holding the same sockets: a
+    pre-forking server's workers share its listening socket and keep the port after it ends,
+    so each is shown, checked against the refusals and stopped with it."""
+    listeners = host.listeners.blocking(port, protocol)
+    if not any(h.process is not None and h.container is None for h in holders):
+        return holders
+    every = host.listeners.holders(listeners)
+    named = {h.process.pid for h in holders if h.process is not None}
+    out: list[PortHolder] = []
+    for h in holders:
+        out.append(h)
+        if h.process is None or h.container is not None:
+            continue
+        shared = [x for x in listeners if every[x.inode][:1] and every[x.inode][0].pid == h.process.pid]
+        for x in shared:
+            for other in every[x.inode][1:]:
+                if other.pid not in named:
+                    named.add(other.pid)
+                    addresses = tuple(dict.fromkeys(y.address for y in shared if other in every[y.inode]))
+                    out.append(PortHolder("process", port, protocol, addresses, other))
+    return out
 
 
 def _require_docker(endpoint: str, holder: PortHolder, port: int, protocol: str) -> None:
@@ -150,9 +175,7 @@ def _target(holder: PortHolder, port: int) -> Target:
     if holder.container is not None:
         return Target(holder, STOP_CONTAINER if holder.blocking else LEAVE)
     if holder.process is None:
-        again = f"sudo portctl free {port}"
-        why = f"its process is not visible to this user: run as root to see and stop it ({again})"
-        return Target(holder, STOP_PROCESS, why)
+        return Target(holder, STOP_PROCESS, hidden_process(f"sudo portctl free {port}"))
     p = holder.process
     stat = process_stat(p.pid)
     return Target(holder, STOP_PROCESS, refusal(p.pid, p.name, port), stat.start_time if stat else None)
@@ -279,7 +302,7 @@ def free(
     error = plan.refusal_error()
     if error is not None:
         raise error
-    outcomes = [_stop(t, grace, plan.endpoint) for t in plan.to_stop]
+    outcomes = _stop_all(plan.to_stop, grace, plan.endpoint)
     report = _proved(plan, grace, outcomes, rescan)
     if allocator is not None:
         on_port = allocations_on(allocator, plan.port, plan.protocol)
@@ -295,18 +318,33 @@ def allocations_on(allocator: PortAllocator, port: int, protocol: str) -> list[A
     return [a for a in allocator.allocations(all_hosts=False) if a.port == port and a.protocol == protocol]
 
 
-def _stop(target: Target, grace: float, endpoint: str) -> Outcome:
-    holder = target.holder
-    if holder.container is not None:
-        result: StopResult = stop_container(holder.container.id, grace, endpoint)
-        if not result.was_running:
-            return Outcome(target, None, result.exit_code, grace=grace)
-        signal = "SIGKILL" if result.killed else result.stop_signal
-        return Outcome(target, signal, result.exit_code, grace=grace)
-    if holder.process is None:  # an invisible process is refused when planned
-        raise StopRefused(f"{short(holder)}: its process is not visible; nothing more was stopped")
-    end: ProcessEnd = stop_process(holder.process.pid, grace, target.start_time)
-    return Outcome(target, end.signal, exited=end.exited, grace=grace)
+def _stop_all(targets: list[Target], grace: float, endpoint: str) -> list[Outcome]:
+    """Containers one by one through Docker, then every process together (SIGTERM to all, the
+    grace once, SIGKILL to those left): processes sharing a socket end as one."""
+    outcomes = [
+        _stop_container(t, t.holder.container, grace, endpoint)
+        for t in targets
+        if t.action == STOP_CONTAINER and t.holder.container is not None
+    ]
+    processes = [t for t in targets if t.action == STOP_PROCESS]
+    for t in processes:
+        if t.holder.process is None:  # an invisible process is refused when planned
+            raise StopRefused(f"{short(t.holder)}: its process is not visible; nothing more was stopped")
+    ends: list[ProcessEnd] = stop_processes(
+        [(t.holder.process.pid, t.start_time) for t in processes if t.holder.process is not None], grace
+    )
+    outcomes += [
+        Outcome(t, end.signal, exited=end.exited, grace=grace) for t, end in zip(processes, ends, strict=True)
+    ]
+    return outcomes
+
+
+def _stop_container(target: Target, container: Container, grace: float, endpoint: str) -> Outcome:
+    result: StopResult = stop_container(container.id, grace, endpoint)
+    if not result.was_running:
+        return Outcome(target, None, result.exit_code, grace=grace)
+    signal = "SIGKILL" if result.killed else result.stop_signal
+    return Outcome(target, signal, result.exit_code, grace=grace)
 
 
 def _proved(

@@ -195,15 +195,43 @@ def test_a_pid_1_holder_is_refused(run: Run) -> None:
     assert "it is PID 1 of its own PID namespace" in envelope["error"]["message"]
 
 
-def test_still_held_says_what_holds_it_and_exits_1(run: Run) -> None:
+def test_a_socket_shared_by_a_forked_child_names_both_and_stops_both(run: Run) -> None:
+    """A pre-fork server: the dry run and the real run name parent and child; the child,
+    which ignores SIGTERM, is killed after the grace; the port is free, exit 0."""
     port = free_port()
     with holding(port, fork=True) as holder:
+        preview = run("free", port, "--dry-run", input="")
+        assert holder.alive
         result = run("free", port, "--yes", "--grace", "200ms", input="")
+        assert not holder.alive
+    assert preview.returncode == 0, preview.stderr
+    lines = preview.stdout.splitlines()
+    assert lines[0] == f"{port}/tcp is held by:"
+    assert lines[1].startswith(f"  process {COMM} pid {holder.pid} user ")
+    assert lines[2].startswith(f"  process {COMM} pid {holder.child} user ")
+    assert lines[3].startswith(f"would stop process {COMM} pid {holder.pid} with SIGTERM")
+    assert lines[4].startswith(f"would stop process {COMM} pid {holder.child} with SIGTERM")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        f"stopped process {COMM} pid {holder.pid}: SIGTERM ended it",
+        f"stopped process {COMM} pid {holder.child}: it did not exit within 0.2s of SIGTERM; SIGKILL ended it",
+        f"{port}/tcp is free now (bind test)",
+    ]
+    assert port_is_free(port)
+
+
+def test_still_held_says_what_holds_it_and_exits_1(run: Run) -> None:
+    """A holder that hands its socket to a new process when stopped: that one was in no plan."""
+    port = free_port()
+    with holding(port, handoff=True) as holder:
+        result = run("free", port, "--yes", input="")
         assert not port_is_free(port)
+        last = result.stdout.splitlines()[-1]
+        assert last.startswith(f"{port}/tcp is still held: process {COMM} pid "), result.stdout
+        successor = int(last.split(" pid ")[1].split()[0])
+        os.kill(successor, 9)
     assert result.returncode == 1, result.stderr
-    last = result.stdout.splitlines()[-1]
-    assert last.startswith(f"{port}/tcp is still held: process {COMM} pid ")
-    assert {holder.pid, holder.child} & {int(last.split(" pid ")[1].split()[0])}
+    assert successor != holder.pid
 
 
 def test_the_allocation_is_kept_unless_release_is_given(run: Run) -> None:

@@ -633,3 +633,89 @@ def test_not_root_lists_listeners_but_cannot_attribute_roots(held):
     assert result["other"] == [["0.0.0.0", 0]]  # listed, with root's uid from the socket table
     assert result["other_owners"] == [None]
     assert result["complete"] is False
+
+
+# --- a socket shared by several processes -------------------------------------------------------
+
+
+def test_every_holder_of_a_socket_shared_by_a_forked_child():
+    """A pre-fork server: parent and child hold the same socket; owners() names one of them,
+    holders() names both."""
+    from tests.support.port_holders import holding
+
+    port = fresh_port()
+    with holding(port, fork=True) as holder:
+        snapshot = ListenerScan()
+        listeners = snapshot.on_port(port)
+        assert len(listeners) == 1
+        inode = listeners[0].inode
+        assert snapshot.owners(listeners)[inode].pid in {holder.pid, holder.child}
+        every = snapshot.holders(listeners)
+        assert sorted(info.pid for info in every[inode]) == sorted([holder.pid, holder.child])
+        assert all(info.name.startswith("python") for info in every[inode])
+        assert snapshot.owners(listeners)[inode] == every[inode][0]  # the one owners() named first
+
+
+def test_holders_of_a_vanished_socket_is_empty(held):
+    gone = Listener("tcp", "127.0.0.1", 1, 4, 2**40 + 12346, os.geteuid())
+    assert ListenerScan().holders([gone]) == {gone.inode: ()}
+
+
+# --- what is said about sockets whose process is not seen --------------------------------------
+
+NOTICE = (
+    "import sys; from portctl.host.listeners import ListenerScan, unattributed_notice;"
+    " s = ListenerScan(); s.owners(s.on_port(int(sys.argv[1])));"
+    " print(s.complete_attribution); print(unattributed_notice())"
+)
+
+
+def test_root_without_a_capability_is_told_why_not_to_run_as_root():
+    """Root without CAP_SYS_PTRACE cannot read a non-dumpable process's fds: the notice gives
+    that reason, not "run as root"."""
+    from tests.support.port_holders import holding
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux)")
+    port = fresh_port()
+    with holding(port, undumpable=True):
+        done = subprocess.run(
+            ["setpriv", "--bounding-set=-sys_ptrace", sys.executable, "-c", NOTICE, str(port)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "False",
+        "some sockets' processes are in another PID namespace or hidden from this one "
+        "(/proc hidepid or a missing capability): name them from where they run",
+    ]
+
+
+def test_a_user_who_is_not_root_is_told_to_run_as_root():
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to run as nobody")
+    python = python_for_nobody()
+    if python is None:
+        pytest.skip("no python >= 3.11 the nobody user may run")
+    code = "from portctl.host.listeners import hidden_process, unattributed_notice;"
+    code += " print(unattributed_notice()); print(hidden_process('sudo portctl free 80'))"
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(
+        [*as_nobody(), python, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0 and "No module named 'portctl'" in done.stderr:
+        pytest.skip(f"the nobody user cannot read {ROOT}")
+    assert done.stdout.splitlines() == [
+        "some sockets' processes are not visible to this user: run as root to name them",
+        "its process is not visible to this user: run as root to see and stop it (sudo portctl free 80)",
+    ]

@@ -23,7 +23,7 @@ from portctl.host.stopping import process_stat, refusal
 from portctl.operations.free import STOP_PROCESS, StopRefused, free, plan_free
 from portctl.ports.allocator import PortAllocator
 from tests.conftest import free_port
-from tests.support.port_holders import detached, holding, listener_argv
+from tests.support.port_holders import Holder, detached, holding, listener_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 COMM = Path(sys.executable).name[:15]  # the holders' command name, as the kernel keeps it
@@ -86,18 +86,84 @@ def test_a_udp_holder_is_stopped_too() -> None:
     assert _bound(port, "udp")
 
 
-def test_a_port_still_held_after_the_stop_names_what_holds_it() -> None:
-    """A child that kept the listening socket (a prefork server's worker) holds the port on."""
+def test_every_process_sharing_the_socket_is_planned_and_stopped() -> None:
+    """A pre-fork server: parent and child hold the same listening socket; the child ignores
+    SIGTERM. Both are planned, both are stopped (SIGTERM to both, SIGKILL to the one left after
+    the grace), and the port is proved free."""
     port = free_port()
     with holding(port, fork=True) as holder:
-        report = free(plan_free(port), grace=0.3)
-        assert not report.freed
-        stopped = report.outcomes[0].target.holder.process
-        assert stopped is not None
-        remaining = {h.process.pid for h in report.still_held if h.process is not None}
-        assert remaining == {holder.pid, holder.child} - {stopped.pid}
-        assert "still held" not in report.bind.reason  # the kernel's words: "... already in use"
-        assert not _bound(port)
+        assert holder.child is not None
+        plan = plan_free(port)
+        pids = [t.holder.process.pid for t in plan.targets if t.holder.process is not None]
+        assert sorted(pids) == sorted([holder.pid, holder.child])
+        assert [(t.action, t.refusal) for t in plan.targets] == [(STOP_PROCESS, None)] * 2
+        report = free(plan, grace=0.3)
+        assert not holder.alive
+        assert not Holder(holder.child, port).alive
+    ends = {o.target.holder.process.pid: o.describe() for o in report.outcomes if o.target.holder.process}
+    assert ends == {
+        holder.pid: f"stopped process {COMM} pid {holder.pid}: SIGTERM ended it",
+        holder.child: f"stopped process {COMM} pid {holder.child}: it did not exit within 0.3s of SIGTERM; "
+        "SIGKILL ended it",
+    }
+    assert report.freed
+    assert _bound(port)
+
+
+SHARER = (
+    "import os, signal, subprocess, sys; fd = int(sys.argv[1]);"
+    " subprocess.Popen([sys.executable, '-c', 'import os, signal; print(os.getpid(), flush=True);"
+    " os.dup2(os.open(os.devnull, os.O_WRONLY), 1); signal.pause()'], pass_fds=[fd], start_new_session=True)"
+)
+
+
+def test_a_refused_sharer_of_the_socket_refuses_the_whole_free(listener) -> None:
+    """This process's socket, shared with a detached process (no descendant of it): that one
+    may be stopped, this process may not; so neither is."""
+    port = free_port()
+    sock = listener(port)
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", SHARER, str(sock.fileno())],
+        pass_fds=[sock.fileno()],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert launcher.stdout is not None
+    sharer = Holder(int(launcher.stdout.readline()), port)
+    launcher.wait(timeout=30)
+    try:
+        plan = plan_free(port)
+        pids = sorted(t.holder.process.pid for t in plan.targets if t.holder.process is not None)
+        assert pids == sorted([os.getpid(), sharer.pid])
+        error = plan.refusal_error()
+        assert error is not None
+        assert f"1 of the 2 holders of {port}/tcp are refused" in error.message
+        assert f"pid {os.getpid()}: it is this portctl itself" in error.message
+        with pytest.raises(StopRefused):
+            free(plan)
+        assert sharer.alive
+    finally:
+        sharer.kill()
+
+
+def test_a_port_still_held_after_the_stop_names_what_holds_it() -> None:
+    """A holder that hands its socket to a new process when stopped: that process was in no
+    plan, so the port is still held, and the report names it."""
+    port = free_port()
+    with holding(port, handoff=True) as holder:
+        report = free(plan_free(port), grace=30)
+        try:
+            assert not report.freed
+            assert not holder.alive
+            remaining = [h.process.pid for h in report.still_held if h.process is not None]
+            assert len(remaining) == 1
+            assert remaining[0] != holder.pid
+            assert "still held" not in report.bind.reason  # the kernel's words: "... already in use"
+            assert not _bound(port)
+        finally:
+            for h in report.still_held:
+                if h.process is not None:
+                    os.kill(h.process.pid, 9)
 
 
 def test_nothing_holds_a_free_port() -> None:
@@ -239,6 +305,43 @@ def test_a_holder_whose_process_is_not_visible_is_refused() -> None:
         assert "a socket of user nobody: its process is not visible to this user: run as root" in message
         assert f"sudo portctl free {port}" in message
         assert holder.alive
+
+
+# How root itself may not see a socket's process: a planner whose /proc is that of a PID
+# namespace of its own, or one without CAP_SYS_PTRACE looking at a process that is not dumpable.
+HIDDEN_FROM_ROOT = {
+    "another PID namespace": ["unshare", "--pid", "--fork", "--mount-proc"],
+    "a missing capability": ["setpriv", "--bounding-set=-sys_ptrace"],
+}
+
+
+@pytest.mark.parametrize("how", list(HIDDEN_FROM_ROOT))
+def test_as_root_a_hidden_process_is_explained_not_sent_to_root(how: str) -> None:
+    """Root is not told to run as root: it is told why it cannot see the process, and where to
+    stop it from."""
+    if os.geteuid() != 0:
+        pytest.skip("the words for root are seen as root")
+    wrapper = HIDDEN_FROM_ROOT[how]
+    if shutil.which(wrapper[0]) is None:
+        pytest.skip(f"{wrapper[0]} (util-linux) is not installed")
+    port = free_port()
+    code = f"from portctl.operations.free import plan_free; print(plan_free({port}).refusal_error())"
+    with holding(port, undumpable=True) as holder:
+        done = subprocess.run(
+            [*wrapper, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert holder.alive
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"refusing to free {port}/tcp: {port}/tcp is held by a socket of user root: its process is in "
+        "another PID namespace or hidden from this one (/proc hidepid or a missing capability): "
+        "stop it from where it runs; nothing was stopped"
+    )
 
 
 def test_with_one_holder_refused_none_is_stopped(listener) -> None:

@@ -16,13 +16,26 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-# argv: port protocol term|ignore [fork]. "ignore" ignores SIGTERM (only SIGKILL ends it);
-# "fork" leaves a child in another session holding the same socket after the parent ends.
+# argv: port protocol term|ignore|handoff [fork]. "ignore" ignores SIGTERM (only SIGKILL ends
+# it); "handoff" hands the socket to a new process when SIGTERM comes (a server re-executing
+# itself): that process is in no plan made before, and ends itself after a minute. "fork"
+# leaves a child in another session holding the same socket (a pre-fork server's worker),
+# which ignores SIGTERM.
 LISTENER = r"""
 import os, signal, socket, sys
 port, protocol, on_term = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 if on_term == "ignore":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def handoff(*_):
+    if os.fork() == 0:
+        os.setsid()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.alarm(60)
+        while True:
+            signal.pause()
+    os._exit(0)
+if on_term == "handoff":
+    signal.signal(signal.SIGTERM, handoff)
 kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
 sock = socket.socket(socket.AF_INET, kind)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -41,6 +54,9 @@ os.dup2(devnull, 1)
 while True:
     signal.pause()
 """
+
+# Not dumpable (PR_SET_DUMPABLE 0): reading its fds takes CAP_SYS_PTRACE, even for root.
+UNDUMPABLE = "import ctypes\nctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\n" + LISTENER
 
 LAUNCHER = "import subprocess, sys; subprocess.Popen(sys.argv[1:], start_new_session=True)"
 
@@ -74,9 +90,12 @@ def listener_argv(
     *,
     ignore_term: bool = False,
     fork: bool = False,
+    handoff: bool = False,
+    undumpable: bool = False,
     python: str = sys.executable,
 ) -> list[str]:
-    argv = [python, "-c", LISTENER, str(port), protocol, "ignore" if ignore_term else "term"]
+    on_term = "handoff" if handoff else "ignore" if ignore_term else "term"
+    argv = [python, "-c", UNDUMPABLE if undumpable else LISTENER, str(port), protocol, on_term]
     return [*argv, "fork"] if fork else argv
 
 
@@ -107,12 +126,24 @@ def holding(
     *,
     ignore_term: bool = False,
     fork: bool = False,
+    handoff: bool = False,
+    undumpable: bool = False,
     user: str | None = None,
 ) -> Iterator[Holder]:
     """A detached process listening on ``port``; killed afterwards if it is still there.
-    With ``fork`` it leaves a child that keeps the socket (and ignores SIGTERM) behind."""
+    With ``fork`` a child shares the socket (and ignores SIGTERM); with ``handoff`` SIGTERM
+    hands the socket to a new process; ``undumpable`` hides its fds from a reader without
+    CAP_SYS_PTRACE."""
     python = "/usr/bin/python3" if user else sys.executable
-    argv = listener_argv(port, protocol, ignore_term=ignore_term, fork=fork, python=python)
+    argv = listener_argv(
+        port,
+        protocol,
+        ignore_term=ignore_term,
+        fork=fork,
+        handoff=handoff,
+        undumpable=undumpable,
+        python=python,
+    )
     line = detached(argv, user=user)
     pid, child = (int(word) for word in line.split())
     holder = Holder(pid, port, protocol, child if child > 0 else None)
