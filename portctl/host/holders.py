@@ -9,13 +9,21 @@ container whose bindings return on restart is a warning.
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from portctl.host.containers import Container, DockerScan, scan_containers
-from portctl.host.listeners import Listener, ListenerScan, ProcessInfo, blocks
+from portctl.host.listeners import (
+    Listener,
+    ListenerScan,
+    ProcessInfo,
+    blocks,
+    hidden_process,
+    unattributed_notice,
+)
 
 __all__ = ["HostPorts", "PortHolder"]
 
@@ -59,7 +67,7 @@ class PortHolder:
         if self.process is not None:
             p = self.process
             return f"process {p.name} pid {p.pid} user {p.user} ({p.cmdline or 'command line not readable'})"
-        return f"a socket of user {self.user} (its process is not visible: run as root to see it)"
+        return f"a socket of user {self.user} ({hidden_process(f'sudo portctl who {self.port}')})"
 
     def next_step(self) -> str:
         """The command that frees the port from this holder."""
@@ -78,6 +86,8 @@ class PortHolder:
             unit = _systemd_unit(self.process.pid)
             kill = f"kill {self.process.pid}"
             return f"systemctl stop {unit} (or {kill})" if unit else kill
+        if os.geteuid() == 0:
+            return "stop it from where its process runs (another PID namespace, or hidden by /proc hidepid)"
         return f"find its process as root: sudo portctl who {self.port}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,7 +128,7 @@ class HostPorts:
     def notices(self) -> list[str]:
         found = [self.docker.notice] if self.docker.notice else []
         if not self.listeners.complete_attribution:
-            found.append("some sockets' processes are not visible to this user: run as root to name them")
+            found.append(unattributed_notice())
         return found
 
     def holders(self, port: int, protocol: str = "tcp", address: str = "0.0.0.0") -> list[PortHolder]:
