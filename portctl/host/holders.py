@@ -10,6 +10,7 @@ container whose bindings return on restart is a warning.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -164,13 +165,31 @@ class HostPorts:
 
     def _proxied(self, owner: ProcessInfo, port: int, protocol: str) -> Container | None:
         if owner.name not in PROXIES:
-            return None
+            return self._running_in(owner.pid)
         args = _proxy_args(owner.cmdline)
         container = self.docker.by_address(args.get("-container-ip", ""))
         if container is None:
             running = [c for c in self.docker.publishing(port, protocol) if c.running]
             container = running[0] if running else None
         return container
+
+    def _running_in(self, pid: int) -> Container | None:
+        """The container process ``pid`` runs in, by the container id in its cgroup: a container
+        on the host's network (``network_mode: host``) listens on the host itself, with no proxy."""
+        ids = _cgroup_ids(pid)
+        return next((c for c in self.docker.containers if c.id in ids), None) if ids else None
+
+
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def _cgroup_ids(pid: int) -> set[str]:
+    """The 64-hex ids in ``/proc/PID/cgroup`` (``0::/docker/<id>``, ``.../docker-<id>.scope``)."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+            return set(_CONTAINER_ID.findall(f.read()))
+    except OSError:
+        return set()
 
 
 def _merge_containers(holders: list[PortHolder]) -> list[PortHolder]:

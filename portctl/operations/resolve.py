@@ -408,27 +408,25 @@ class Resolver:
 
 def _doubt(sighting: Sighting) -> str:
     """Why it cannot be told that what holds the port is not the service itself ("" when it
-    can). Only Docker gives a holder an identity to compare: a service of a compose stack runs
-    in its container, so a host process, or another stack's container, is not it. A process
-    on the port of a service that is not a compose stack's may be the service, restarted (a
-    new pid): it is left alone, and so is a port held by Docker's proxy for a container Docker
-    did not name (Docker not reachable): then the stack's own container may be the one serving."""
+    can). Only Docker gives a holder an identity to compare, and only a compose service has one
+    to compare it with: it runs in its stack's container, so a host process, or another stack's
+    container, is not it. Anything on the port of a service that is not a compose stack's may
+    be the service (restarted with a new pid, or run in a container of its own): it is left
+    alone; so is a port held by Docker's proxy for a container Docker did not name (Docker not
+    reachable): the stack's own container may be the one it serves."""
     t = sighting.target
     compose = t.project is not None and t.compose_service is not None
     for h in sighting.holders:
         if h.process is not None and h.process.name in PROXIES and h.container is None:
             return (
-                f"{t.port} is held by Docker's proxy ({h.describe()}) for a container Docker "
-                "did not name (is Docker reachable?): it may be the service's own"
+                f"{t.port} is held by Docker's proxy ({h.describe()}) for a container Docker did not "
+                "name (is Docker reachable?): it may be the service's own"
             )
-        if h.container is not None and (compose or h.container.project is not None):
-            continue  # another stack's container (or any container, for a compose service)
-        if h.container is None and compose:
-            continue  # a host process: not the stack's container
-        return (
-            f"cannot tell whether {h.describe()} is {t.service} itself (restarted, with a "
-            f"new pid): free the port (portctl free {t.port}) or move {t.service} by hand"
-        )
+        if not compose:
+            return (
+                f"cannot tell whether {h.describe()} is {t.service} itself (restarted with a new pid, "
+                f"or run by hand): free the port (portctl free {t.port}) or move {t.service} by hand"
+            )
     return ""
 
 

@@ -133,3 +133,35 @@ def test_the_agent_moves_a_stopped_service_off_a_port_a_foreign_container_took(
     shown = portctl(stack, "events")
     assert f"{port} -> {new}" in shown.stdout
     assert "web (development)" in shown.stdout
+
+
+def test_a_running_service_on_the_hosts_network_is_its_own_container_not_a_foreign_process(
+    stack, docker, compose_bin
+):
+    """``network_mode: host``: the container's own process listens on the host, with no
+    docker-proxy; it is told as the stack's container (by its cgroup), and nothing moves."""
+    port = stack["port"]
+    stack["compose"].write_text(
+        f"name: {PROJECT}\nservices:\n  web:\n    image: {stack['image']}\n    network_mode: host\n"
+        f'    command: ["/bin/busybox", "httpd", "-f", "-p", "{port}"]\n'
+    )
+    assert (
+        portctl(stack, "allocate", "--service", "web", "--port", port, "--env", "development").returncode == 0
+    )
+    up = [*compose_bin, "-p", PROJECT, "-f", str(stack["compose"]), "up", "-d"]
+    subprocess.run(up, env=stack["env"], cwd=stack["dir"], check=True, capture_output=True)
+    for _ in range(100):
+        if not _free(port):
+            break
+        time.sleep(0.1)
+    who = portctl(stack, "who", port)
+    assert f"container {PROJECT}-web-1 (compose {PROJECT}/web" in who.stdout
+    # Allocated by hand, not from the compose file (which publishes no port): nothing says the
+    # container is not the service, so nothing moves, and resolve says why.
+    done = portctl(stack, "resolve", "-f", stack["compose"], "--env", "development")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        f"not moved: web (development) {port}: cannot tell whether container {PROJECT}-web-1" in done.stdout
+    )
+    assert moved_events(stack) == []
+    assert portctl(stack, "--json", "status", "--env", "development").stdout.count(f'"port": {port}') == 1
