@@ -417,6 +417,7 @@ def agent(
                         dry_run=dry_run,
                         redeploy=redeploy,
                         actor="portctl agent --resolve",
+                        again=not once,
                     )
                     for e in environments
                 ]

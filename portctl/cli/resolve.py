@@ -44,6 +44,7 @@ def make_resolver(
     dry_run: bool,
     redeploy: bool,
     actor: str,
+    again: bool = False,
 ) -> Resolver:
     """The resolver for the compose files ``files`` (their own override left out: it is
     rewritten, not read), or for the environment's allocations alone."""
@@ -72,6 +73,7 @@ def make_resolver(
         dry_run=dry_run,
         redeploy=redeploy,
         actor=actor,
+        again=again,
     )
 
 
@@ -143,7 +145,9 @@ def _left(report: ResolveReport) -> str:
         f"{m.service} would move {m.old_port} -> {m.new_port} (dry run)" for m in report.moves if not m.done
     ]
     reasons += [
-        f"{m.service}: {'; '.join(m.problems) or 'does not answer on its new port'}" for m in report.moves
+        f"{m.service}: {'; '.join(m.problems) or 'does not answer on its new port'}"
+        for m in report.moves
+        if m.done and (m.problems or m.answered is False)
     ]
     return f"{len(reasons)} left; first: {reasons[0]}" if reasons else ""
 

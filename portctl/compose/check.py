@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from portctl import _validate
 from portctl.errors import ServiceNotFound, StoreCorrupt
 from portctl.host.holders import HostPorts, PortHolder, own_holder
+from portctl.host.probe import is_loopback
 from portctl.ports.allocator import PortAllocator
 from portctl.registry.entries import Registry, ServiceEntry
 
@@ -246,18 +247,7 @@ def _answers_at(address: str, addresses: Sequence[str]) -> bool:
     """Whether a listener on ``addresses`` is where ``address`` points: the same address, or
     loopback for loopback (an instance registered at 127.0.0.1 that listens on ::1 is still that
     instance, reachable on this host; doctor says IPv4 clients are refused)."""
-    return address in addresses or (_loopback(address) and any(_loopback(a) for a in addresses))
-
-
-def _loopback(address: str) -> bool:
-    import ipaddress
-
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    return address in addresses or (is_loopback(address) and any(is_loopback(a) for a in addresses))
 
 
 def _wildcard(addresses: Sequence[str]) -> bool:

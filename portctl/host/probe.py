@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from portctl.host.containers import ProxyRoute, container_at, proxy_routes
 from portctl.host.listeners import Listener, ListenerScan, blocks
 
-__all__ = ["Answer", "is_local_address", "reason", "tcp_answer"]
+__all__ = ["Answer", "is_local_address", "is_loopback", "reason", "tcp_answer"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,20 @@ def _no_service(route: ProxyRoute, error: OSError, timeout: float) -> str:
         return f"docker-proxy accepted but {who} has nothing listening on {route.container_port}"
     why = reason(error, timeout)
     return f"docker-proxy accepted but {who} does not answer on {route.container_port}: {why}"
+
+
+def is_loopback(address: str) -> bool:
+    """``localhost``, ``127.x.x.x``, ``::1`` or ``::ffff:127.x.x.x`` (brackets allowed)."""
+    import ipaddress
+
+    if address == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def is_local_address(address: str) -> bool:

@@ -186,6 +186,7 @@ class Resolver:
         dry_run: bool = False,
         redeploy: bool = False,
         actor: str = "portctl resolve",
+        again: bool = False,
         scan: Callable[[], HostPorts] = HostPorts,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -199,6 +200,7 @@ class Resolver:
         self.dry_run = dry_run
         self.redeploy = redeploy
         self.actor = actor
+        self.again = again  # it runs pass after pass (an agent): a full range is tried again later
         self.scan = scan
         self.clock = clock
         self.events = EventLog(allocator.store, allocator.host)
@@ -293,6 +295,8 @@ class Resolver:
         return max(len(logged), len(self._moved_at))
 
     def _back_off(self, target: Target, now: float, error: RangeExhausted) -> str:
+        if not self.again:
+            return error.message
         key = (target.environment, target.service)
         previous = self._backoff.get(key)
         delay = min(MAX_BACKOFF, previous.delay * 2) if previous else FIRST_BACKOFF

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from portctl.errors import StoreUnavailable, VersionConflict
 from portctl.host.listeners import ListenerScan
-from portctl.host.probe import is_local_address
+from portctl.host.probe import is_local_address, is_loopback
 from portctl.registry.entries import (
     HealthRecord,
     Instance,
@@ -222,7 +222,11 @@ def zombie_signs(entry: ServiceEntry, listens: Callable[[int, str], bool]) -> tu
 
 def listens_in(scan: ListenerScan, port: int, address: str) -> bool:
     """Whether something in ``scan`` listens where a registration at ``address``:``port``
-    answers (a host name counts as any address)."""
+    answers (a host name counts as any address). For a loopback address, loopback of either
+    family counts: a service on ::1 only, registered at 127.0.0.1, is running (refused to IPv4
+    clients, which its check reports), not a zombie to remove."""
+    if is_loopback(address):
+        return any(scan.blocking(port, "tcp", a) for a in ("127.0.0.1", "::1"))
     return bool(scan.blocking(port, "tcp", address if _is_ip(address) else "*"))
 
 

@@ -112,6 +112,9 @@ def test_a_dry_run_changes_nothing(run: Run, intruder, tmp_path: Path) -> None:
     intruder(port)
     done = run("resolve", "--dry-run", "--env", "development")
     assert done.returncode == 1, done.stderr  # the conflict is still there
+    error = json.loads(run("--json", "resolve", "--dry-run", "--env", "development").stdout)["error"]
+    assert error["message"].startswith(f"1 left; first: api would move {port} -> ")
+    assert error["message"].endswith(" (dry run)")
     assert f"would move api (development) {port} -> " in done.stdout
     assert port_of(run, "api") == port
     assert run("events").stdout.strip() == "no events"

@@ -248,7 +248,8 @@ def test_the_cli_says_which_port_was_taken_and_where_it_went(squatted):
     [moved] = data["moved"]
     new = moved["new_port"]
     assert (moved["name"], moved["service"], moved["old_port"]) == ("app", "app", taken)
-    assert moved["holder"].startswith("by process busybox pid ")
+    # The squatter runs on the host's network: its own process holds the port, named as its container.
+    assert moved["holder"].startswith("by container race-squat-1-squatter-1 (compose race-squat-1/squatter")
     assert f"listen tcp4 0.0.0.0:{taken}: bind: address already in use" in moved["error"]
     assert f"note: {moved['notice']}" in result.stderr
     assert {a["service"]: a["port"] for a in data["allocations"]} == {"app": new}

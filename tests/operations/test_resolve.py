@@ -219,7 +219,7 @@ def test_a_full_range_moves_nothing_and_backs_off(tmp_path, store, listener):
     allocator.allocate("worker", environment=ENV, compose="app/worker")
     listener(port)
     now = [1000.0]
-    r = resolver(allocator, confirmations=1, clock=lambda: now[0])
+    r = resolver(allocator, confirmations=1, clock=lambda: now[0], again=True)
     (skipped,) = r.run_once().skipped
     assert "no free port" in skipped.reason
     assert "no free port" in skipped.reason
