@@ -266,8 +266,8 @@ def test_the_cli_table_shows_the_port_moved_at_start(squatted):
     assert row[:3] == ["app", "app", str(taken)]
     assert row[4] == f"moved ({taken} was taken at start)"
     assert (
-        f"note: app's port {taken} was taken between allocation and start (by process busybox"
-        in result.stderr
+        f"note: app's port {taken} was taken between allocation and start (by container "
+        "race-squat-1-squatter-1" in result.stderr
     )
     assert f"moved it to {row[3]} and ran compose up again" in result.stderr
 
