@@ -185,7 +185,7 @@ class FirewallView:
                 path, dropper = _dropper(rule, key, chains, port, protocol)
                 if dropper is None:
                     continue
-                accept = next((r for r in rules[:i] if r.lets_through(port, protocol)), None)
+                accept = next((r for r in rules[:i] if _accepts(r, key, chains, port, protocol)), None)
                 if (accept is not None) == shadowed:
                     out.append(Block(rule, tuple(path), dropper, accept))
         return out
@@ -246,6 +246,36 @@ def _dropper(
         if found is not None:
             return [target, *path], found
     return [], None
+
+
+def _accepts(
+    rule: FirewallRule,
+    key: _ChainKey,
+    chains: dict[_ChainKey, list[FirewallRule]],
+    port: int,
+    protocol: str,
+    seen: frozenset[_ChainKey] = frozenset(),
+) -> bool:
+    """Whether every packet to the port that reaches ``rule`` is accepted by it: a plain ACCEPT
+    of the port, or an unconditional jump to a chain that reaches one (ufw's ``ufw-user-input``,
+    where ``ufw allow PORT`` puts it) before anything else decides. A cycle, a RETURN or the
+    chain's end first: not accepted here."""
+    if rule.lets_through(port, protocol):
+        return True
+    target = rule.jumps_to
+    if target is None or rule.conditional or not rule.may_match(port, protocol):
+        return False
+    into = (key[0], target)
+    if into in seen or into == key:
+        return False
+    for inner in chains.get(into, []):
+        if not inner.may_match(port, protocol):
+            continue
+        if _accepts(inner, into, chains, port, protocol, seen | {key}):
+            return True
+        if not inner.conditional and (inner.blocks or inner.action == "RETURN"):
+            return False  # decided before any ACCEPT: dropped, or back to the caller
+    return False
 
 
 # --- iptables-save ----------------------------------------------------------------------------

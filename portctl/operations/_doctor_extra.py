@@ -104,12 +104,21 @@ def firewall_findings(view: FirewallView, ports: list[CheckedPort]) -> list[Verd
 def _let_through(view: FirewallView, p: CheckedPort, shadowed: list[Block]) -> Verdict:
     """OK: no rule drops the port, or only rules an earlier ACCEPT of the port keeps it from."""
     where = f"{p.port}/{p.protocol}"
-    finding = f"no {_tools(view)} rule drops or rejects {where}"
+    # Rules that drop every port, and chain policies, are not judged (they say nothing of
+    # this port in particular): the finding says so rather than "nothing drops it".
+    finding = (
+        f"no {_tools(view)} rule that names {where} drops or rejects it (rules for every port are not judged)"
+    )
     if shadowed and shadowed[0].accepted_by is not None:
         accept = shadowed[0].accepted_by
+        how = (
+            f"sends {where} to chain {accept.jumps_to}, which accepts it,"
+            if accept.jumps_to
+            else f"lets {where} through"
+        )
         finding = (
-            f"an ACCEPT rule in {accept.where} lets {where} through ahead of the "
-            f"{shadowed[0].dropper.action} rule that names it: {accept.text}"
+            f"a rule in {accept.where} {how} ahead of the {shadowed[0].dropper.action} rule that names it: "
+            f"{accept.text}"
         )
     return Verdict(
         "firewall",

@@ -206,7 +206,7 @@ def _in_use_of(finding: Finding) -> list[Verdict]:
 def _held(target: Target, holder: PortHolder, status: VerdictStatus) -> Verdict:
     whose = _whose(holder, target)
     verb = "held by" if holder.blocking else "claimed by"
-    fix = holder.next_step()
+    fix = _free_step(holder)
     if status == FAIL and target.files:
         fix += f"; or move {target.service}: portctl deploy " + " ".join(f"-f {f}" for f in target.files)
     elif status == FAIL:
@@ -221,6 +221,16 @@ def _held(target: Target, holder: PortHolder, status: VerdictStatus) -> Verdict:
         holder=holder.to_dict(),
         owner=_owner_kind(holder, target),
     )
+
+
+def _free_step(holder: PortHolder) -> str:
+    """How to free the port from ``holder``: for a process, ``portctl free``, which stops every
+    process sharing its socket (a pre-fork server's workers too) and proves the port free,
+    with the plain command beside it."""
+    step = holder.next_step()
+    if holder.container is None and holder.process is not None and step.startswith(("kill ", "systemctl ")):
+        return f"portctl free {holder.port} (it stops every process holding it; or {step})"
+    return step
 
 
 def _owner_kind(holder: PortHolder, target: Target) -> str:
@@ -259,7 +269,7 @@ def _in_use_of_port(ctx: DoctorContext, port: int) -> list[Verdict]:
                 port,
                 status,
                 f"{verb} {holder.describe()} (not allocated to any service in {ctx.environment})",
-                holder.next_step(),
+                _free_step(holder),
                 holder=holder.to_dict(),
             )
         )

@@ -372,7 +372,7 @@ def test_doctors_own_allow_fix_clears_the_drop(netns):
     [verdict] = after["verdicts"]
     assert verdict["status"] == "ok"
     assert verdict["finding"] == (
-        f"an ACCEPT rule in chain INPUT of table filter (iptables) lets {port}/tcp through ahead of the "
+        f"a rule in chain INPUT of table filter (iptables) lets {port}/tcp through ahead of the "
         f"DROP rule that names it: -A INPUT -p tcp -m tcp --dport {port} -j ACCEPT"
     )
     assert verdict["details"]["shadowed"][0]["rule"] == f"-A INPUT -p tcp -m tcp --dport {port} -j DROP"
@@ -486,3 +486,34 @@ def test_an_nft_accept_ahead_of_a_drop_clears_it(netns):
         "accept",
     )
     assert [v["status"] for v in doctor_in(netns, port)["verdicts"]] == ["fail"]
+
+
+@needs_root_and_tools
+def test_an_accept_in_a_chain_jumped_to_ahead_of_the_drop_clears_it(netns):
+    """ufw's shape: INPUT jumps to a chain holding `allow PORT` before a later DROP names it."""
+    port = 20000 + secrets.randbelow(20000)
+    in_netns(
+        netns,
+        "iptables",
+        "-A",
+        "INPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    )
+    in_netns(netns, "iptables", "-N", "DOCTORX-ALLOW")
+    in_netns(netns, "iptables", "-A", "DOCTORX-ALLOW", "-p", "tcp", "--dport", str(port), "-j", "ACCEPT")
+    in_netns(netns, "iptables", "-A", "INPUT", "-j", "DOCTORX-ALLOW")
+    in_netns(netns, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP")
+    found = doctor_in(netns, port)
+    assert found["connects"]
+    [verdict] = found["verdicts"]
+    assert verdict["status"] == "ok", verdict
+    # a jump only for some traffic (one interface) accepts nothing for sure: the DROP stands
+    in_netns(netns, "iptables", "-D", "INPUT", "-j", "DOCTORX-ALLOW")
+    in_netns(netns, "iptables", "-I", "INPUT", "2", "-i", "eth9", "-j", "DOCTORX-ALLOW")
+    [still] = doctor_in(netns, port)["verdicts"]
+    assert still["status"] == "fail"

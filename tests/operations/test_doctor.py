@@ -87,7 +87,9 @@ def test_a_foreign_process_on_an_allocated_port_is_named_with_the_command_that_f
     assert verdict.status.value == "fail"
     assert verdict.finding.startswith("held by another process: process python")
     assert f"pid {os.getpid()}" in verdict.finding
-    assert verdict.fix.startswith(f"kill {os.getpid()}")
+    assert verdict.fix.startswith(
+        f"portctl free {port} (it stops every process holding it; or kill {os.getpid()})"
+    )
     assert "portctl release --service api --env production && portctl allocate" in verdict.fix
     assert verdict.details["owner"] == "process"
     assert report.needs_fixing

@@ -294,4 +294,6 @@ def test_nothing_blocking_is_ok_per_port():
     view = FirewallView((), ("iptables", "nft"))
     [verdict] = firewall_findings(view, [CheckedPort(8080, "tcp", "api")])
     assert verdict.status == VerdictStatus.OK
-    assert verdict.finding == "no iptables or nft rule drops or rejects 8080/tcp"
+    assert verdict.finding == (
+        "no iptables or nft rule that names 8080/tcp drops or rejects it (rules for every port are not judged)"
+    )
