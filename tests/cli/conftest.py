@@ -232,3 +232,35 @@ def _read_until_closed(fd: int) -> str:
             break
         chunks.append(chunk)
     return b"".join(chunks).decode(errors="replace")
+
+
+Serve = Callable[[int], subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """``serve(port)``: ``python3 -m http.server PORT``, as a user would start one, listening."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def _serve(port: int) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(process)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                assert process.poll() is None, f"http.server could not listen on {port}"
+                time.sleep(0.05)
+            else:
+                return process
+        pytest.fail(f"http.server did not listen on {port}")
+
+    yield _serve
+    for process in started:
+        process.terminate()
+        process.wait(10)

@@ -14,38 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .conftest import Run, free_port, parse_env
-
-Serve = Callable[[int], subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def serve() -> Iterator[Serve]:
-    """``serve(port)``: ``python3 -m http.server PORT``, as a user would start one, listening."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def _serve(port: int) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        started.append(process)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            except OSError:
-                assert process.poll() is None, f"http.server could not listen on {port}"
-                time.sleep(0.05)
-            else:
-                return process
-        pytest.fail(f"http.server did not listen on {port}")
-
-    yield _serve
-    for process in started:
-        process.terminate()
-        process.wait(10)
+from .conftest import Run, Serve, free_port, parse_env
 
 
 def test_check_passes_after_the_readme_blue_green_flow(run: Run, serve: Serve) -> None:

@@ -6,44 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import Run, error_line, free_port, parse_env
-
-
-@pytest.fixture
-def intruder() -> Iterator:
-    """``intruder(port)``: a foreign process listening on ``port`` (http.server, as anyone's)."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def _start(port: int) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        started.append(process)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return process
-            except OSError:
-                assert process.poll() is None
-                time.sleep(0.05)
-        raise AssertionError(f"http.server did not listen on {port}")
-
-    yield _start
-    for p in started:
-        p.kill()
-        p.wait()
+from .conftest import Run, Serve, error_line, free_port, parse_env
 
 
 def allocated(run: Run, tmp_path: Path, service: str, port: int) -> Path:
@@ -62,11 +29,11 @@ def port_of(run: Run, service: str) -> int:
 
 
 def test_resolve_moves_a_service_whose_port_a_foreign_process_took(
-    run: Run, intruder, tmp_path: Path
+    run: Run, serve: Serve, tmp_path: Path
 ) -> None:
     port = free_port(range(7300, 7400))
     allocated(run, tmp_path, "api", port)
-    holder = intruder(port)
+    holder = serve(port)
     done = run("resolve", "--env", "development")
     assert done.returncode == 0, done.stderr
     new = port_of(run, "api")
@@ -85,12 +52,12 @@ def test_resolve_moves_a_service_whose_port_a_foreign_process_took(
     assert "portctl resolve" in table
 
 
-def test_resolve_rewrites_the_compose_projects_files(run: Run, intruder, tmp_path: Path) -> None:
+def test_resolve_rewrites_the_compose_projects_files(run: Run, serve: Serve, tmp_path: Path) -> None:
     port = free_port(range(7400, 7500))
     compose = tmp_path / "docker-compose.yml"
     compose.write_text(f'services:\n  api:\n    image: busybox\n    ports:\n      - "{port}:80"\n')
     allocated(run, tmp_path, "api", port)
-    intruder(port)
+    serve(port)
     done = run("resolve", "-f", compose, "--env", "development")
     assert done.returncode == 0, done.stderr
     new = port_of(run, "api")
@@ -106,10 +73,10 @@ def test_resolve_rewrites_the_compose_projects_files(run: Run, intruder, tmp_pat
     ]
 
 
-def test_a_dry_run_changes_nothing(run: Run, intruder, tmp_path: Path) -> None:
+def test_a_dry_run_changes_nothing(run: Run, serve: Serve, tmp_path: Path) -> None:
     port = free_port(range(7500, 7600))
     allocated(run, tmp_path, "api", port)
-    intruder(port)
+    serve(port)
     done = run("resolve", "--dry-run", "--env", "development")
     assert done.returncode == 1, done.stderr  # the conflict is still there
     error = json.loads(run("--json", "resolve", "--dry-run", "--env", "development").stdout)["error"]
@@ -120,23 +87,23 @@ def test_a_dry_run_changes_nothing(run: Run, intruder, tmp_path: Path) -> None:
     assert run("events").stdout.strip() == "no events"
 
 
-def test_a_full_range_is_reported_and_nothing_moves(run: Run, intruder, tmp_path: Path) -> None:
+def test_a_full_range_is_reported_and_nothing_moves(run: Run, serve: Serve, tmp_path: Path) -> None:
     port = free_port(range(7600, 7700))
     (tmp_path / "portctl.toml").write_text(
         f"[types.tiny]\nrange = [{port}, {port}]\n[services.worker]\ntype = 'tiny'\nport = {port}\n"
     )
     allocated(run, tmp_path, "worker", port)
-    intruder(port)
+    serve(port)
     done = run("resolve", "--env", "development")
     assert done.returncode == 1
     assert f"not moved: worker (development) {port}: no free port for 'worker'" in done.stdout
     assert port_of(run, "worker") == port
 
 
-def test_the_agent_resolves_once_with_once(run: Run, intruder, tmp_path: Path) -> None:
+def test_the_agent_resolves_once_with_once(run: Run, serve: Serve, tmp_path: Path) -> None:
     port = free_port(range(7700, 7800))
     allocated(run, tmp_path, "api", port)
-    intruder(port)
+    serve(port)
     done = run("agent", "--once", "--resolve", "--env", "development")
     assert done.returncode == 0, done.stderr
     assert f"moved api (development) {port} -> " in done.stdout
@@ -144,11 +111,11 @@ def test_the_agent_resolves_once_with_once(run: Run, intruder, tmp_path: Path) -
     assert event["actor"] == "portctl agent --resolve"
 
 
-def test_a_process_on_a_host_services_port_is_not_moved(run: Run, intruder, tmp_path: Path) -> None:
+def test_a_process_on_a_host_services_port_is_not_moved(run: Run, serve: Serve, tmp_path: Path) -> None:
     """No compose stack: the process may be the service itself, restarted: leave it, say so."""
     port = free_port(range(7350, 7400))
     assert run("allocate", "--service", "api", "--port", port, "--env", "development").returncode == 0
-    holder = intruder(port)
+    holder = serve(port)
     done = run("resolve", "--env", "development")
     assert done.returncode == 1
     assert f"not moved: api (development) {port}: cannot tell whether process " in done.stdout
@@ -173,7 +140,7 @@ def test_bad_input_is_one_line(run: Run, args: tuple[str, ...], expected: str) -
 
 
 def test_a_move_whose_files_cannot_be_written_is_still_recorded_and_exits_1(
-    run: Run, intruder, tmp_path: Path
+    run: Run, serve: Serve, tmp_path: Path
 ) -> None:
     port = free_port(range(7450, 7500))
     compose = tmp_path / "docker-compose.yml"
@@ -181,7 +148,7 @@ def test_a_move_whose_files_cannot_be_written_is_still_recorded_and_exits_1(
     theirs = tmp_path / "docker-compose.override.yml"
     theirs.write_text("services: {}\n")  # a person's own override: never overwritten
     allocated(run, tmp_path, "api", port)
-    intruder(port)
+    serve(port)
     done = run("resolve", "-f", compose, "--env", "development")
     assert done.returncode == 1, done.stdout + done.stderr
     new = port_of(run, "api")
@@ -193,10 +160,10 @@ def test_a_move_whose_files_cannot_be_written_is_still_recorded_and_exits_1(
     assert "files not rewritten" in event["detail"]
 
 
-def test_the_agent_resolves_every_environment_unless_told_one(run: Run, intruder, tmp_path: Path) -> None:
+def test_the_agent_resolves_every_environment_unless_told_one(run: Run, serve: Serve, tmp_path: Path) -> None:
     port = free_port(range(7800, 7900))
     allocated(run, tmp_path, "api", port)  # in development; the agent is given no --env
-    intruder(port)
+    serve(port)
     done = run("agent", "--once", "--resolve")
     assert done.returncode == 0, done.stderr
     assert f"moved api (development) {port} -> " in done.stdout
