@@ -1,7 +1,8 @@
-"""Helpers the benchmark scripts share: free ports to listen on, and percentiles."""
+"""Helpers the benchmark scripts share: free ports to listen on, percentiles, a count argument."""
 
 from __future__ import annotations
 
+import argparse
 import socket
 
 
@@ -24,3 +25,10 @@ def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values``, nearest rank."""
     ordered = sorted(values)
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+def positive(text: str) -> int:
+    """An argparse type: a count of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of at least 1")
+    return int(text)

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import free_ports, percentile
+from _common import free_ports, percentile, positive
 
 from portctl.errors import DockerUnavailable
 from portctl.host.containers import docker_endpoint, require_docker
@@ -230,12 +230,6 @@ def run(args: argparse.Namespace) -> int:
         for error in times.errors:
             print(f"error: {error}")
         return 1 if times.errors else 0
-
-
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count of at least 1")
-    return int(text)
 
 
 def main() -> int:

@@ -67,8 +67,10 @@ def restart_services(
     probe their ports until they answer or ``wait`` seconds have passed."""
     tool = require_compose()
     require_docker()
-    files = stack_files(allocator, project, environment, override_file)
-    allocations = _allocations(allocator, project, environment)
+    allocations = _allocations(allocator, project, environment)  # read once: files and probes
+    files = write_stack_files(
+        project, allocations, environment, allocator.host, tool, override_file=override_file
+    )
     ports = [sp for sp in stack_ports(project) if sp.name in services]
     variables = compose_environment(allocations)
     argv = compose_command(tool, project, files.compose_files(project), files.env_file, variables)

@@ -227,7 +227,7 @@ class Resolver:
 
     def observe(self, host: HostPorts) -> list[Sighting]:
         """This pass's conflicts: foreign holders on the ports of services not running on them."""
-        to_check = [t for t in targets(self.allocator, self.environment, self.project) if _allocated(t)]
+        to_check = targets(self.allocator, self.environment, self.project)
         return [
             Sighting(f.target, f.conflicts)
             for f in check_ports(to_check, host).findings
@@ -432,10 +432,6 @@ def _doubt(sighting: Sighting) -> str:
                 f"or run by hand): free the port (portctl free {t.port}) or move {t.service} by hand"
             )
     return ""
-
-
-def _allocated(target: Target) -> bool:
-    return target.source == "allocation" or target.project is not None
 
 
 def _foreign_only(finding: Finding) -> bool:
