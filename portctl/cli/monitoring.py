@@ -105,7 +105,10 @@ def serve(
             note(
                 f"portctl serve: {ctx.choice.url}, ports scanned every {interval:g}s; Ctrl-C or SIGTERM stops"
             )
-            stop.wait()
+            # In slices: the kernel may deliver SIGTERM to another thread, and Python runs the
+            # handler in the main thread only when it runs, which a wait with no timeout never does.
+            while not stop.wait(0.5):
+                pass
             server.stop()
             scanner.join(timeout=10)
             note("portctl serve: stopped")
