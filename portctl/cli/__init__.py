@@ -1,4 +1,8 @@
-"""The ``portctl`` command: a thin layer over the library, one sub-app per command group."""
+"""The ``portctl`` command: a thin layer over the library, one module per group of commands.
+
+Start-up is most of what a quick command costs, so a command line imports only its command's
+module, and an ordinary one runs without typer (:mod:`portctl.cli._fast`); typer is loaded for
+help, completion and usage errors."""
 
 from __future__ import annotations
 
@@ -6,11 +10,10 @@ import json
 import sys
 from typing import Annotated, Any
 
-import typer
-
 from portctl._version import __version__
 from portctl.cli._common import JsonOption, StoreOption
 from portctl.cli._output import GLOBAL
+from portctl.cli._params import Commands, Exit, Option, call, to_typer
 
 HELP = (
     "End port conflicts: see what holds each port, allocate conflict-free ports, and "
@@ -53,13 +56,15 @@ COMMANDS = {
 
 def _version(value: bool) -> None:
     if value:
+        import typer
+
         print(f"portctl {__version__}")
         raise typer.Exit
 
 
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool, Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
     as_json: JsonOption = False,
     store: StoreOption = None,
@@ -68,9 +73,18 @@ def _root(
     GLOBAL.as_json, GLOBAL.store = as_json, store
 
 
-def build(modules: tuple[str, ...] = MODULES) -> typer.Typer:
-    """The ``portctl`` app with the commands of ``modules`` (default: all of them)."""
+def commands_of(module: str) -> Commands:
+    """The commands module ``portctl.cli.<module>`` declares (importing it imports no typer)."""
     import importlib
+
+    commands: Commands = importlib.import_module(f"portctl.cli.{module}").app
+    return commands
+
+
+def _root_app(**settings: Any) -> Any:
+    import typer
+
+    from portctl.cli._params import _for_typer
 
     built = typer.Typer(
         name="portctl",
@@ -79,37 +93,102 @@ def build(modules: tuple[str, ...] = MODULES) -> typer.Typer:
         pretty_exceptions_enable=False,
         rich_markup_mode=None,  # click's help: plain text, paragraphs wrapped to the terminal
         context_settings={"max_content_width": 120},  # click's default stops at 80 columns
+        **settings,
     )
-    built.callback()(_root)
-    for name in modules:
-        module = importlib.import_module(f"portctl.cli.{name}")
-        group = next((g for g, m in GROUPS.items() if m == name), None)
-        built.add_typer(module.app, name=group) if group else built.add_typer(module.app)
+    built.callback()(_for_typer(_root, _root))
     return built
 
 
-def _command(argv: list[str]) -> str | None:
-    """The command ``argv`` names after the root options (``--json``, ``--store URL``), or None
-    (no command, or a root option such as ``--help`` or ``--version``)."""
-    words = iter(argv)
-    for word in words:
-        if word == "--json" or word.startswith("--store="):
-            continue
-        if word == "--store":
-            next(words, None)
-            continue
-        return None if word.startswith("-") else word
+def build(modules: tuple[str, ...] = MODULES) -> Any:
+    """The ``portctl`` typer app with the commands of ``modules`` (default: all of them)."""
+    built = _root_app()
+    for name in modules:
+        commands = commands_of(name)
+        sub = to_typer(commands)
+        built.add_typer(sub, name=commands.name) if commands.name else built.add_typer(sub)
+    return built
+
+
+def _lazy_root() -> Any:
+    """The whole app for root help and a misspelt command, building a command's click object
+    only when it is run: typer reading all 24 signatures costs more than the help it prints."""
+    import typer.core
+    import typer.main
+
+    class LazyGroup(typer.core.TyperGroup):
+        listing = False
+
+        def list_commands(self, ctx: Any) -> list[str]:
+            return [name for module in MODULES for name in _names(commands_of(module))]
+
+        def get_command(self, ctx: Any, cmd_name: str) -> Any:
+            module = COMMANDS.get(cmd_name) or GROUPS.get(cmd_name)
+            if module is None:
+                return None
+            if self.listing:  # only its short help is shown
+                return typer.core.TyperCommand(cmd_name, help=_help_of(commands_of(module), cmd_name))
+            group = typer.main.get_command(build((module,)))
+            return group.commands[cmd_name]  # type: ignore[attr-defined]
+
+        def format_commands(self, ctx: Any, formatter: Any) -> None:
+            self.listing = True
+            try:
+                super().format_commands(ctx, formatter)
+            finally:
+                self.listing = False
+
+    return _root_app(cls=LazyGroup)
+
+
+def _names(commands: Commands) -> list[str]:
+    return [commands.name] if commands.name else list(commands.commands)
+
+
+def _help_of(commands: Commands, name: str) -> str:
+    import inspect
+
+    if commands.name == name:
+        return commands.help
+    return inspect.getdoc(commands.commands[name].function) or ""
+
+
+def _split(argv: list[str]) -> tuple[dict[str, Any], int] | None:
+    """The root options before the command (``--json``, ``--store URL``) and the command's
+    index in ``argv``; None when a word there is any other option (``--help``, ``--version``)."""
+    options: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--json":
+            options["as_json"] = True
+        elif word.startswith("--store="):
+            options["store"] = word.removeprefix("--store=")
+        elif word == "--store" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            options["store"] = argv[i + 1]
+            i += 1
+        elif word.startswith("-"):
+            return None
+        else:
+            return options, i
+        i += 1
     return None
 
 
-def app_for(argv: list[str]) -> typer.Typer:
-    """The app to run ``argv`` with: one command's module when it names a known command, else
-    every command (root help, completion, a misspelt command: its error lists them all)."""
+def _command(argv: list[str]) -> str | None:
+    """The command ``argv`` names after the root options, or None (no command, or another root
+    option such as ``--help`` or ``--version``)."""
+    split = _split(argv)
+    return argv[split[1]] if split else None
+
+
+def app_for(argv: list[str]) -> Any:
+    """The typer app to run ``argv`` with: one command's module when it names a known command,
+    else the lazily built whole (root help, completion, a misspelt command)."""
     name = _command(argv)
     if name is None and "--version" in argv:
-        return build(())  # the version needs no command at all
+        return _root_app()  # the version needs no command at all
     module = COMMANDS.get(name or "") or GROUPS.get(name or "")
-    return build((module,)) if module else build()
+    return build((module,)) if module else _lazy_root()
 
 
 def __getattr__(name: str) -> Any:
@@ -119,9 +198,49 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+def _plain(argv: list[str]) -> int | None:
+    """Run a plain command line without typer; None when it is one for typer (help, a usage
+    error, a form :mod:`portctl.cli._fast` does not read)."""
+    if argv == ["--version"]:
+        print(f"portctl {__version__}")
+        return 0
+    split = _split(argv)
+    if split is None:
+        return None
+    options, at = split
+    module = COMMANDS.get(argv[at]) or GROUPS.get(argv[at])
+    if module is None:
+        return None
+    commands, rest = commands_of(module), argv[at + 1 :]
+    if commands.name:  # a group: its command is the next word
+        if not rest or rest[0] not in commands.commands:
+            return None
+        command, rest = commands.commands[rest[0]], rest[1:]
+    else:
+        command = commands.commands[argv[at]]
+    from portctl.cli._fast import parse
+
+    kwargs = parse(command.function, rest)
+    if kwargs is None:
+        return None
+    GLOBAL.as_json, GLOBAL.store = options.get("as_json", False), options.get("store")
+    result = call(command.function, command.function, kwargs)
+    return result if isinstance(result, int) else 0
+
+
 def run(argv: list[str]) -> int:
     """Run one command line; its exit code. A usage error is one line (a JSON envelope with
     ``--json``), exit 2, like every other refusal."""
+    try:
+        code = _plain(argv)
+        return code if code is not None else _typer_run(argv)
+    except Exit as e:
+        return e.code
+
+
+def _typer_run(argv: list[str]) -> int:
+    import typer
+
     from portctl.cli._click import UsageError, is_help_request
 
     try:

@@ -8,22 +8,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-import typer
-
-from portctl.backends import open_store
-from portctl.backends.base import Store
 from portctl.cli._output import GLOBAL, InputProblem, fail, note
-from portctl.config.settings import Settings, StoreChoice, load_settings, resolve_store
+from portctl.cli._params import Exit, Option
 from portctl.errors import InvalidInput, PortctlError
-from portctl.ports.allocator import PortAllocator
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the library is imported by the commands that run it
+    from portctl.backends.base import Store
     from portctl.compose.project import ComposeProject
+    from portctl.config.settings import Settings, StoreChoice
     from portctl.host.containers import DockerScan
+    from portctl.ports.allocator import PortAllocator
 
 StoreOption = Annotated[
     str | None,
-    typer.Option(
+    Option(
         "--store",
         metavar="URL",
         help="Store URL (file:///path.json or a path, etcd://..., consul://...). Default: "
@@ -33,12 +31,12 @@ StoreOption = Annotated[
 ]
 AddressOption = Annotated[
     str | None,
-    typer.Option("--address", metavar="A", help="Where it answers (default 127.0.0.1).", show_default=False),
+    Option("--address", metavar="A", help="Where it answers (default 127.0.0.1).", show_default=False),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON envelope for scripts.")]
+JsonOption = Annotated[bool, Option("--json", help="Print a JSON envelope for scripts.")]
 EnvOption = Annotated[
     str | None,
-    typer.Option(
+    Option(
         "--env",
         "-e",
         envvar="PORTCTL_ENV",
@@ -51,7 +49,7 @@ EnvOption = Annotated[
 
 ComposeFilesOption = Annotated[
     list[str] | None,
-    typer.Option(
+    Option(
         "--file",
         "-f",
         metavar="FILE",
@@ -92,6 +90,8 @@ class Opened:
                 checker.append(publisher(docker))
             return checker[0](port, protocol)
 
+        from portctl.ports.allocator import PortAllocator
+
         return PortAllocator(self.store, self.settings, published=published)
 
 
@@ -102,14 +102,16 @@ def confirm(yes: bool, question: str, declined: str = "nothing was changed") -> 
         return
     if not sys.stdin.isatty():
         raise InputProblem("--yes", None, "there is no terminal to confirm on: add --yes to go ahead")
+    import typer  # only to ask a person
+
     if not typer.confirm(question, default=False, err=True):
         note(f"not confirmed: {declined}")
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 @contextlib.contextmanager
 def handled(as_json: bool) -> Iterator[None]:
-    """Turn a PortctlError into its message and exit code; let typer's own exits through."""
+    """Turn a PortctlError into its message and exit code; let the command's own exits through."""
     try:
         yield
     except PortctlError as error:
@@ -123,6 +125,9 @@ def store_flag(flag: str | None) -> str | None:
 
 @contextlib.contextmanager
 def opened(flag: str | None) -> Iterator[Opened]:
+    from portctl.backends import open_store
+    from portctl.config.settings import load_settings, resolve_store
+
     settings = load_settings()
     choice = resolve_store(store_flag(flag), settings)
     store = open_store(choice.url)

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-import typer
-
+from portctl.cli._params import Exit
 from portctl.errors import (
     DockerUnavailable,
     InvalidInput,
@@ -173,21 +172,21 @@ def emit(
         if text:
             print(text)
     if code != ExitCode.OK:
-        raise typer.Exit(int(code))
+        raise Exit(int(code))
 
 
 def flag_of(name: str) -> str:
     """The flag of the running command's option whose Python name is ``name`` (``min_healthy``:
     ``--min-healthy``; ``type`` matches ``type_``, the name Python makes of ``--type``); ``name``
-    itself when the command has no such option. Read from click's own parameters, so every
-    command maps the library's parameter names to its flags without a table."""
-    from portctl.cli._click import current_context
+    itself when the command has no such option. Read from the command's own declarations, so
+    every command maps the library's parameter names to its flags without a table."""
+    from portctl.cli._params import declared, flags, running
 
-    ctx = current_context()
-    for param in ctx.command.params if ctx is not None else ():
-        if param.param_type_name == "option" and name in (param.name, (param.name or "").rstrip("_")):
-            flags: list[str] = list(param.opts)
-            return next((o for o in flags if o.startswith("--")), flags[0])
+    function = running()
+    for d in declared(function) if function is not None else ():
+        if d.param.kind == "option" and name in (d.name, d.name.rstrip("_")):
+            spelled = flags(d)[0]
+            return next((o for o in spelled if o.startswith("--")), spelled[0])
     return name
 
 
@@ -208,7 +207,7 @@ def fail(as_json: bool, error: PortctlError) -> NoReturn:
         print(json.dumps(envelope, indent=2, sort_keys=True))
     else:
         print(f"portctl: error: {message}", file=sys.stderr)
-    raise typer.Exit(int(code))
+    raise Exit(int(code))
 
 
 def note(message: str) -> None:

@@ -9,8 +9,6 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
 
-import typer
-
 from portctl.cli._common import (
     AddressOption,
     EnvOption,
@@ -21,6 +19,7 @@ from portctl.cli._common import (
     store_flag,
 )
 from portctl.cli._output import emit, note, table, window_progress
+from portctl.cli._params import Argument, Commands, Option
 
 if TYPE_CHECKING:
     from portctl.backends.base import Store
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from portctl.records import LivePointer
     from portctl.routing.bluegreen import BlueGreen, BlueGreenStatus, CutoverResult
 
-app = typer.Typer(
+app = Commands(
     name="bluegreen",
     help="Blue-green port switching: two colors of a service on two ports, one live pointer "
     "flipped with compare-and-set after a health-gated window.\n\n"
@@ -38,10 +37,10 @@ app = typer.Typer(
 )
 
 _UNCOLORED = "the uncolored instances"
-NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="The service name.")]
+NameArgument = Annotated[str, Argument(metavar="NAME", help="The service name.")]
 DrainOption = Annotated[
     str,
-    typer.Option(
+    Option(
         "--drain",
         metavar="30s",
         help="After the flip, wait this long before reporting done: the longest a client may "
@@ -137,10 +136,10 @@ def _environment(env: str | None) -> str:
 @app.command()
 def deploy(
     name: NameArgument,
-    color: Annotated[str, typer.Option("--color", metavar="COLOR", help="blue or green.")],
+    color: Annotated[str, Option("--color", metavar="COLOR", help="blue or green.")],
     port: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--port",
             "-p",
             metavar="N",
@@ -150,7 +149,7 @@ def deploy(
     ] = None,
     check: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--check",
             metavar="CHECK",
             help="tcp (default), http://HOST:{port}/PATH ({port} is the color's port), ttl:15s or none.",
@@ -208,7 +207,7 @@ def cutover(
     name: NameArgument,
     to: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--to",
             metavar="COLOR",
             help="The color to switch to (default: the other one).",
@@ -217,14 +216,14 @@ def cutover(
     ] = None,
     min_healthy: Annotated[
         str,
-        typer.Option(
+        Option(
             "--min-healthy",
             metavar="10s",
             help="The target must pass every check for this long, and once more right before the flip.",
         ),
     ] = "10s",
     drain: DrainOption = "30s",
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: Annotated[bool, Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     env: EnvOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
@@ -253,7 +252,7 @@ def cutover(
 def rollback(
     name: NameArgument,
     drain: DrainOption = "30s",
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: Annotated[bool, Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     env: EnvOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,

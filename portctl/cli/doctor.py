@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-import typer
-
 from portctl.cli._common import (
     ComposeFilesOption,
     EnvOption,
@@ -16,11 +14,12 @@ from portctl.cli._common import (
     opened,
 )
 from portctl.cli._output import ExitCode, emit, note, table
+from portctl.cli._params import Argument, Commands
 
 if TYPE_CHECKING:
     from portctl.operations.doctor import DoctorReport
 
-app = typer.Typer(rich_markup_mode=None)
+app = Commands(rich_markup_mode=None)
 
 # Worst first, so what needs fixing heads the table.
 _ORDER = {"fail": 0, "warn": 1, "unknown": 2, "ok": 3}
@@ -30,7 +29,7 @@ _ORDER = {"fail": 0, "warn": 1, "unknown": 2, "ok": 3}
 def doctor(
     names: Annotated[
         list[str] | None,
-        typer.Argument(
+        Argument(
             metavar="[PORT | SERVICE]...",
             help="Ports or services to examine (default: all).",
             show_default=False,

@@ -5,35 +5,32 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Annotated
 
-import typer
-
 from portctl import _validate
 from portctl.cli._common import JsonOption, Opened, StoreOption, confirm, handled, opened
 from portctl.cli._output import ExitCode, emit, note, wants_json
+from portctl.cli._params import Argument, Commands, Option
 
 if TYPE_CHECKING:
     from portctl.operations.free import FreePlan, FreeReport, Target
     from portctl.ports.allocator import Allocation, PortAllocator
 
-app = typer.Typer(rich_markup_mode=None)
+app = Commands(rich_markup_mode=None)
 
 
 @app.command()
 def free(
-    port: Annotated[str, typer.Argument(metavar="PORT", help="The port to free.")],
-    protocol: Annotated[str, typer.Option("--protocol", metavar="tcp|udp", help="Protocol.")] = "tcp",
+    port: Annotated[str, Argument(metavar="PORT", help="The port to free.")],
+    protocol: Annotated[str, Option("--protocol", metavar="tcp|udp", help="Protocol.")] = "tcp",
     yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="Stop without asking (needed without a terminal).")
+        bool, Option("--yes", "-y", help="Stop without asking (needed without a terminal).")
     ] = False,
     grace: Annotated[
-        str, typer.Option("--grace", metavar="DURATION", help="Time to exit after SIGTERM before SIGKILL.")
+        str, Option("--grace", metavar="DURATION", help="Time to exit after SIGTERM before SIGKILL.")
     ] = "10s",
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would be stopped; stop nothing.")
-    ] = False,
+    dry_run: Annotated[bool, Option("--dry-run", help="Show what would be stopped; stop nothing.")] = False,
     release: Annotated[
         bool,
-        typer.Option("--release", help="Also release portctl's allocation(s) of the port once it is free."),
+        Option("--release", help="Also release portctl's allocation(s) of the port once it is free."),
     ] = False,
     store: StoreOption = None,
     as_json: JsonOption = False,

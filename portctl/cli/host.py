@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import typer
-
 from portctl import _validate
 from portctl.cli._common import (
     ComposeFilesOption,
@@ -17,14 +15,15 @@ from portctl.cli._common import (
     opened,
 )
 from portctl.cli._output import ExitCode, InputProblem, emit, note, table
+from portctl.cli._params import Argument, Commands, Option
 
-app = typer.Typer(rich_markup_mode=None)
+app = Commands(rich_markup_mode=None)
 
 
 @app.command()
 def who(
-    port: Annotated[str, typer.Argument(metavar="PORT", help="The port to look up.")],
-    protocol: Annotated[str, typer.Option("--protocol", metavar="tcp|udp", help="Protocol.")] = "tcp",
+    port: Annotated[str, Argument(metavar="PORT", help="The port to look up.")],
+    protocol: Annotated[str, Option("--protocol", metavar="tcp|udp", help="Protocol.")] = "tcp",
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -88,7 +87,7 @@ def _nothing_to_check(env: str | None, services: list[str] | None, files: list[s
 def check(
     service: Annotated[
         list[str] | None,
-        typer.Option(
+        Option(
             "--service",
             "-s",
             metavar="NAME",

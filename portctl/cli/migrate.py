@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import typer
-
 from portctl.cli._common import JsonOption, StoreOption, handled, opened
 from portctl.cli._output import emit
+from portctl.cli._params import Commands, Option
 
-app = typer.Typer(rich_markup_mode=None)
+app = Commands(rich_markup_mode=None)
 
 
 @app.command()
 def migrate(
     to: Annotated[
         str,
-        typer.Option(
+        Option(
             "--to",
             metavar="URL",
             help="The empty store to copy into, e.g. etcd://h1:2379,h2:2379 or file:///srv/store.json.",

@@ -8,17 +8,16 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Annotated
 
-import typer
-
 from portctl.cli._common import EnvOption, JsonOption, StoreOption, handled, opened
 from portctl.cli._output import emit, note, wants_json
+from portctl.cli._params import Commands, Option
 from portctl.errors import InvalidInput
 
 if TYPE_CHECKING:
     from portctl.cli._common import Opened
     from portctl.monitoring.server import Listen
 
-app = typer.Typer(rich_markup_mode=None)
+app = Commands(rich_markup_mode=None)
 
 TOKEN_FORM = "a readable file holding the token on one line (e.g. made with: openssl rand -hex 32 > FILE)"  # noqa: S105 - advice, not a secret
 
@@ -27,7 +26,7 @@ TOKEN_FORM = "a readable file holding the token on one line (e.g. made with: ope
 def serve(
     listen: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--listen",
             metavar="ADDR",
             help="Where to listen: HOST:PORT, [IPv6]:PORT or PORT (on 127.0.0.1). Default: "
@@ -37,7 +36,7 @@ def serve(
     ] = None,
     token_file: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--token-file",
             metavar="FILE",
             help="Require 'Authorization: Bearer <token>' for /, /api/status and /metrics; the "
@@ -46,11 +45,11 @@ def serve(
         ),
     ] = None,
     refresh: Annotated[
-        str, typer.Option("--refresh", metavar="10s", help="How often the status page reloads itself.")
+        str, Option("--refresh", metavar="10s", help="How often the status page reloads itself.")
     ] = "10s",
     scan_interval: Annotated[
         str,
-        typer.Option(
+        Option(
             "--scan-interval",
             metavar="15s",
             help="How often the host's allocated ports and Docker's containers are scanned for conflicts.",
@@ -147,7 +146,7 @@ def _allocated(ctx: Opened, env: str | None) -> Listen:
 def metrics(
     textfile: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--textfile",
             metavar="FILE",
             help="Write the exposition to FILE atomically (for node_exporter's textfile collector: "
@@ -157,7 +156,7 @@ def metrics(
     ] = None,
     scan: Annotated[
         bool,
-        typer.Option("--scan/--no-scan", help="Scan this host's allocated ports for conflicts first."),
+        Option("--scan/--no-scan", help="Scan this host's allocated ports for conflicts first."),
     ] = True,
     store: StoreOption = None,
     as_json: JsonOption = False,

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Annotated, Any
 
 from portctl import __version__
 from portctl.cli._common import (
@@ -21,20 +19,21 @@ from portctl.cli._common import (
     require_project,
 )
 from portctl.cli._output import ExitCode, InputProblem, emit, exit_code_for, message_of, note, table
+from portctl.cli._params import Argument, Commands, Option
 from portctl.errors import InvalidInput, PortctlError
-from portctl.host.kernel import kernel_ports
-from portctl.ports.allocator import Allocation, AllocationResult
-from portctl.ports.documents import export_document, parse_export, render_env, write_atomically
 
-app = typer.Typer(rich_markup_mode=None)
+if TYPE_CHECKING:  # the library is imported by the commands that run it
+    from portctl.ports.allocator import Allocation, AllocationResult
+
+app = Commands(rich_markup_mode=None)
 
 NameArgument = Annotated[
     str | None,
-    typer.Argument(metavar="NAME", help="Service name (or --service NAME).", show_default=False),
+    Argument(metavar="NAME", help="Service name (or --service NAME).", show_default=False),
 ]
 ServiceOption = Annotated[
     str | None,
-    typer.Option(
+    Option(
         "--service",
         "-s",
         metavar="NAME",
@@ -44,7 +43,7 @@ ServiceOption = Annotated[
 ]
 OutputOption = Annotated[
     str | None,
-    typer.Option(
+    Option(
         "--output",
         "-o",
         metavar="FILE",
@@ -112,7 +111,7 @@ def _env_flag(env: str | None) -> str:
 @app.command()
 def status(
     env: EnvOption = None,
-    all_hosts: Annotated[bool, typer.Option("--all-hosts", help="Show every host in the store.")] = False,
+    all_hosts: Annotated[bool, Option("--all-hosts", help="Show every host in the store.")] = False,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -121,6 +120,8 @@ def status(
     Example: portctl status --env development
     """
     with handled(as_json), opened(store) as ctx:
+        from portctl.host.kernel import kernel_ports
+
         kernel = kernel_ports()
         allocations = ctx.allocator().allocations(env, all_hosts=all_hosts)
         data = {
@@ -184,7 +185,7 @@ def allocate(
     service: ServiceOption = None,
     port: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--port",
             "-p",
             metavar="N",
@@ -194,7 +195,7 @@ def allocate(
     ] = None,
     type_: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--type",
             "-t",
             metavar="TYPE",
@@ -207,7 +208,7 @@ def allocate(
     env: EnvOption = None,
     protocol: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--protocol",
             metavar="tcp|udp",
             help="Default: the service's protocol (tcp).",
@@ -216,7 +217,7 @@ def allocate(
     ] = None,
     all_: Annotated[
         bool,
-        typer.Option(
+        Option(
             "--all",
             help="Allocate every configured service, or with -f every published port of the compose files.",
         ),
@@ -355,11 +356,9 @@ def release(
     name: NameArgument = None,
     service: ServiceOption = None,
     all_: Annotated[
-        bool, typer.Option("--all", help="Release every allocation of the environment on this host.")
+        bool, Option("--all", help="Release every allocation of the environment on this host.")
     ] = False,
-    yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="With --all: do not ask for confirmation.")
-    ] = False,
+    yes: Annotated[bool, Option("--yes", "-y", help="With --all: do not ask for confirmation.")] = False,
     env: EnvOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
@@ -420,6 +419,8 @@ def env(
     with handled(as_json), opened(store) as ctx:
         environment = ctx.settings.policy.environment(env)
         allocations = ctx.allocator().allocations(environment)
+        from portctl.ports.documents import render_env
+
         text = render_env(allocations, environment, ctx.settings.host)
         if not allocations:
             note(_nothing_here(ctx, environment, all_hosts=False))
@@ -430,7 +431,7 @@ def env(
 def export_(
     output: OutputOption = None,
     env: EnvOption = None,
-    all_hosts: Annotated[bool, typer.Option("--all-hosts", help="Every host, not just this one.")] = False,
+    all_hosts: Annotated[bool, Option("--all-hosts", help="Every host, not just this one.")] = False,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -440,13 +441,15 @@ def export_(
     """
     with handled(as_json), opened(store) as ctx:
         allocations = ctx.allocator().allocations(env, all_hosts=all_hosts)
+        from portctl.ports.documents import export_document
+
         document = export_document(allocations)
         _write_or_print(output, json.dumps(document, indent=2) + "\n", as_json, document)
 
 
 @app.command("import")
 def import_(
-    file: Annotated[str, typer.Argument(metavar="FILE", help="A port_config.json, or - for stdin.")],
+    file: Annotated[str, Argument(metavar="FILE", help="A port_config.json, or - for stdin.")],
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -466,6 +469,8 @@ def import_(
 def _parse_document(text: str, source: str) -> list[Allocation]:
     """The allocations of a port_config.json, or an error that says what the file should be."""
     try:
+        from portctl.ports.documents import parse_export
+
         return parse_export(text, source)
     except InvalidInput as e:
         if e.field != source or not isinstance(e.value, str) or e.value not in _JSON_KINDS:
@@ -524,6 +529,8 @@ def _unreadable(file: str, why: str) -> InvalidInput:
 def _write_or_print(output: str | None, text: str, as_json: bool, data: object) -> None:
     if output:
         try:
+            from portctl.ports.documents import write_atomically
+
             write_atomically(output, text)
         except OSError as e:
             raise InvalidInput("--output", output, f"a writable path ({e.strerror})") from e

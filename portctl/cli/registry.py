@@ -8,8 +8,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
-import typer
-
 from portctl.cli._common import (
     AddressOption,
     ComposeFilesOption,
@@ -21,6 +19,7 @@ from portctl.cli._common import (
     opened,
 )
 from portctl.cli._output import ExitCode, InputProblem, emit, message_of, note, table
+from portctl.cli._params import Argument, Commands, Exit, Option
 from portctl.cli.resolve import ConfirmationsOption, DryRunOption, RedeployOption, make_resolver, report_lines
 from portctl.errors import InvalidInput
 
@@ -28,11 +27,9 @@ if TYPE_CHECKING:
     from portctl.operations.resolve import Resolver
     from portctl.registry.entries import Instance, Registry
 
-app = typer.Typer(rich_markup_mode=None)
+app = Commands(rich_markup_mode=None)
 
-IdArgument = Annotated[
-    str, typer.Argument(metavar="ID", help="The instance id, as `portctl services` shows it.")
-]
+IdArgument = Annotated[str, Argument(metavar="ID", help="The instance id, as `portctl services` shows it.")]
 
 
 def _registry(ctx: Opened) -> Registry:
@@ -64,10 +61,10 @@ def _instances_table(instances: list[Instance]) -> str:
 
 @app.command()
 def register(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="The service name.")],
+    name: Annotated[str, Argument(metavar="NAME", help="The service name.")],
     port: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--port",
             "-p",
             metavar="N",
@@ -78,7 +75,7 @@ def register(
     address: AddressOption = None,
     instance_id: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--id",
             metavar="ID",
             help="Instance id (default NAME-HOST-PORT); register several instances with different ids.",
@@ -86,11 +83,11 @@ def register(
         ),
     ] = None,
     tags: Annotated[
-        list[str] | None, typer.Option("--tag", metavar="T", help="A tag (repeatable).", show_default=False)
+        list[str] | None, Option("--tag", metavar="T", help="A tag (repeatable).", show_default=False)
     ] = None,
     meta: Annotated[
         list[str] | None,
-        typer.Option(
+        Option(
             "--meta",
             metavar="K=V",
             help="Metadata (repeatable); meta scheme=postgresql sets the URL scheme.",
@@ -99,7 +96,7 @@ def register(
     ] = None,
     check: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--check",
             metavar="CHECK",
             help="tcp (default), http://HOST:PORT/PATH, ttl:15s or none.",
@@ -108,14 +105,14 @@ def register(
     ] = None,
     interval: Annotated[
         str | None,
-        typer.Option("--interval", metavar="5s", help="How often the agent checks.", show_default=False),
+        Option("--interval", metavar="5s", help="How often the agent checks.", show_default=False),
     ] = None,
     timeout: Annotated[
-        str | None, typer.Option("--timeout", metavar="2s", help="Check timeout.", show_default=False)
+        str | None, Option("--timeout", metavar="2s", help="Check timeout.", show_default=False)
     ] = None,
     deregister_after: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--deregister-after",
             metavar="10m",
             help="Remove the entry after it has been critical this long.",
@@ -124,7 +121,7 @@ def register(
     ] = None,
     successes_before_passing: Annotated[
         str,
-        typer.Option(
+        Option(
             "--successes-before-passing",
             metavar="N",
             help="Flap damping: passing results in a row before it turns passing.",
@@ -132,7 +129,7 @@ def register(
     ] = "1",
     failures_before_critical: Annotated[
         str,
-        typer.Option(
+        Option(
             "--failures-before-critical",
             metavar="N",
             help="Flap damping: failures in a row before it turns critical.",
@@ -140,7 +137,7 @@ def register(
     ] = "1",
     lease: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--lease",
             metavar="30s",
             help="The entry vanishes unless kept alive within this time, by --keep-alive or "
@@ -150,7 +147,7 @@ def register(
     ] = None,
     keep_alive: Annotated[
         bool,
-        typer.Option(
+        Option(
             "--keep-alive",
             help="Stay in the foreground keeping the lease alive; Ctrl-C or SIGTERM deregisters.",
         ),
@@ -254,7 +251,7 @@ def deregister(
 @app.command()
 def services(
     env: EnvOption = None,
-    all_envs: Annotated[bool, typer.Option("--all-envs", help="Every environment.")] = False,
+    all_envs: Annotated[bool, Option("--all-envs", help="Every environment.")] = False,
     store: StoreOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -269,7 +266,7 @@ def services(
 
 @app.command()
 def health(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="The service name.")],
+    name: Annotated[str, Argument(metavar="NAME", help="The service name.")],
     env: EnvOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
@@ -298,9 +295,9 @@ def health(
 
 @app.command()
 def ttl(
-    state: Annotated[str, typer.Argument(metavar="pass|warn|fail", help="The new status.")],
+    state: Annotated[str, Argument(metavar="pass|warn|fail", help="The new status.")],
     instance_id: IdArgument,
-    output: Annotated[str, typer.Option("--note", metavar="TEXT", help="Output to record.")] = "",
+    output: Annotated[str, Option("--note", metavar="TEXT", help="Output to record.")] = "",
     env: EnvOption = None,
     store: StoreOption = None,
     as_json: JsonOption = False,
@@ -359,10 +356,10 @@ def verify(
 @app.command()
 def agent(
     env: EnvOption = None,
-    once: Annotated[bool, typer.Option("--once", help="Run one pass and exit.")] = False,
+    once: Annotated[bool, Option("--once", help="Run one pass and exit.")] = False,
     zombie_grace: Annotated[
         str,
-        typer.Option(
+        Option(
             "--zombie-grace",
             metavar="60s",
             help="How long an entry "
@@ -371,14 +368,14 @@ def agent(
     ] = "60s",
     resolve: Annotated[
         bool,
-        typer.Option(
+        Option(
             "--resolve",
             help="Also move services off ports foreign holders took while they were not running "
             "(as portctl resolve does, confirmed over --confirmations passes).",
         ),
     ] = False,
     resolve_every: Annotated[
-        str, typer.Option("--resolve-every", metavar="5s", help="With --resolve: how often to look.")
+        str, Option("--resolve-every", metavar="5s", help="With --resolve: how often to look.")
     ] = "5s",
     files: ComposeFilesOption = None,
     confirmations: ConfirmationsOption = 3,
@@ -458,7 +455,7 @@ def agent(
             except KeyboardInterrupt:
                 stop.set()
             if broken:
-                raise typer.Exit(1)
+                raise Exit(1)
 
 
 def _start_resolving(
@@ -493,10 +490,10 @@ def _start_resolving(
 
 @app.command()
 def url(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="The service name.")],
+    name: Annotated[str, Argument(metavar="NAME", help="The service name.")],
     scheme: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--scheme",
             metavar="SCHEME",
             help="URL scheme (default: the service's, e.g. postgresql, redis, http).",

@@ -7,13 +7,12 @@ import sys
 import threading
 from typing import Annotated
 
-import typer
-
 from portctl.cli._common import EnvOption, JsonOption, StoreOption, handled, opened
 from portctl.cli._output import InputProblem, emit, note
+from portctl.cli._params import Argument, Commands, Option
 from portctl.errors import InvalidInput
 
-app = typer.Typer(rich_markup_mode=None)
+app = Commands(rich_markup_mode=None)
 
 MONITORING = ("prometheus-rules", "grafana")
 
@@ -22,11 +21,11 @@ MONITORING = ("prometheus-rules", "grafana")
 def render(
     target: Annotated[
         str,
-        typer.Argument(metavar="TARGET", help="nginx, haproxy, prometheus, prometheus-rules or grafana."),
+        Argument(metavar="TARGET", help="nginx, haproxy, prometheus, prometheus-rules or grafana."),
     ],
     output: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--output",
             "-o",
             metavar="FILE",
@@ -35,11 +34,11 @@ def render(
         ),
     ] = None,
     watch: Annotated[
-        bool, typer.Option("--watch", help="Keep following the store and re-render on change.")
+        bool, Option("--watch", help="Keep following the store and re-render on change.")
     ] = False,
     reload: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--reload",
             metavar="CMD",
             help="Run after each change of the file (split like a shell would, run without one); "
@@ -49,7 +48,7 @@ def render(
     ] = None,
     quiet_period: Annotated[
         str,
-        typer.Option(
+        Option(
             "--quiet-period",
             metavar="1s",
             help="With --watch: render once the store has been quiet this long, so a burst of "
@@ -58,7 +57,7 @@ def render(
     ] = "1s",
     max_wait: Annotated[
         str,
-        typer.Option(
+        Option(
             "--max-wait",
             metavar="10s",
             help="With --watch: render at least this often while changes keep coming.",
@@ -66,7 +65,7 @@ def render(
     ] = "10s",
     critical_for: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--critical-for",
             metavar="5m",
             help="prometheus-rules: how long an instance is critical before its alert fires (default 5m).",
@@ -75,7 +74,7 @@ def render(
     ] = None,
     job: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--job",
             metavar="NAME",
             help="prometheus-rules: the scrape job of portctl serve (default portctl).",
@@ -84,7 +83,7 @@ def render(
     ] = None,
     provisioning: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--provisioning",
             metavar="DIR",
             help="grafana: also write DIR/portctl.yaml, the provider that loads the dashboard "

@@ -4,28 +4,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-import typer
-
 from portctl.cli._common import ComposeFilesOption, EnvOption, JsonOption, StoreOption, handled, opened
 from portctl.cli._output import ExitCode, emit, note, table
+from portctl.cli._params import Commands, Option
 
 if TYPE_CHECKING:
     from portctl.cli._common import Opened
     from portctl.operations.resolve import Resolver, ResolveReport
     from portctl.records import Event
 
-app = typer.Typer(rich_markup_mode=None)
+app = Commands(rich_markup_mode=None)
 
 RedeployOption = Annotated[
     bool,
-    typer.Option(
-        "--redeploy", help="Run `docker compose up -d` for the moved compose services and probe them."
-    ),
+    Option("--redeploy", help="Run `docker compose up -d` for the moved compose services and probe them."),
 ]
-DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Show what would move; change nothing.")]
+DryRunOption = Annotated[bool, Option("--dry-run", help="Show what would move; change nothing.")]
 ConfirmationsOption = Annotated[
     int,
-    typer.Option(
+    Option(
         "--confirmations",
         metavar="N",
         min=1,
@@ -155,12 +152,12 @@ def _left(report: ResolveReport) -> str:
 @app.command()
 def events(
     service: Annotated[
-        str | None, typer.Option("--service", metavar="NAME", help="Only this service's.", show_default=False)
+        str | None, Option("--service", metavar="NAME", help="Only this service's.", show_default=False)
     ] = None,
     env: EnvOption = None,
     since: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--since",
             metavar="1h",
             help="Only events this recent: 30s, 15m, 24h (at most 720h).",
@@ -168,7 +165,7 @@ def events(
         ),
     ] = None,
     all_hosts: Annotated[
-        bool, typer.Option("--all-hosts", help="Every host's events, not only this one's.")
+        bool, Option("--all-hosts", help="Every host's events, not only this one's.")
     ] = False,
     store: StoreOption = None,
     as_json: JsonOption = False,

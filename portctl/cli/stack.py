@@ -8,8 +8,6 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
-import typer
-
 from portctl.cli._common import (
     ComposeFilesOption,
     EnvOption,
@@ -20,17 +18,18 @@ from portctl.cli._common import (
     require_project,
 )
 from portctl.cli._output import ExitCode, emit, note, table
+from portctl.cli._params import Commands, Option
 from portctl.errors import InvalidInput
 
 if TYPE_CHECKING:
     from portctl.compose.deploy import DeployReport, DeployStep, MovedPort
     from portctl.compose.stack import StackPort
 
-app = typer.Typer(rich_markup_mode=None)
+app = Commands(rich_markup_mode=None)
 
 OutputFile = Annotated[
     str | None,
-    typer.Option(
+    Option(
         "--output",
         "-o",
         metavar="FILE",
@@ -126,7 +125,7 @@ def deploy(
     env: EnvOption = None,
     env_file: Annotated[
         str | None,
-        typer.Option(
+        Option(
             "--env-file",
             metavar="FILE",
             help="Where to write the ports (default: .env.ports beside the compose file).",
@@ -136,7 +135,7 @@ def deploy(
     output: OutputFile = None,
     wait: Annotated[
         str,
-        typer.Option(
+        Option(
             "--wait",
             metavar="DURATION",
             help="How long the ports may take to answer, e.g. 60s or 2m (0s: probe once).",
