@@ -13,9 +13,15 @@ __all__ = ["main"]
 
 def main() -> None:
     try:
-        from portctl.cli import run
+        if sys.argv[1:] == ["--version"]:  # the one answer that needs nothing else loaded
+            from portctl._version import __version__
 
-        code = run(sys.argv[1:])
+            print(f"portctl {__version__}")
+            code = 0
+        else:
+            from portctl.cli import run
+
+            code = run(sys.argv[1:])
     except KeyboardInterrupt:
         print("portctl: interrupted", file=sys.stderr)
         code = 130

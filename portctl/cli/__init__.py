@@ -201,9 +201,6 @@ def __getattr__(name: str) -> Any:
 def _plain(argv: list[str]) -> int | None:
     """Run a plain command line without typer; None when it is one for typer (help, a usage
     error, a form :mod:`portctl.cli._fast` does not read)."""
-    if argv == ["--version"]:
-        print(f"portctl {__version__}")
-        return 0
     split = _split(argv)
     if split is None:
         return None

@@ -70,8 +70,8 @@ def _spec(function: Callable[..., Any]) -> tuple[dict[str, tuple[Declared, bool]
             raise _Decline  # a callback, an eager option...: typer's to run
         element, repeatable = _base(d.annotation)
         if d.param.kind == "argument":
-            if repeatable:
-                raise _Decline
+            if arguments and _base(arguments[-1].annotation)[1]:
+                raise _Decline  # only the last argument may take many words
             arguments.append(d)
             continue
         on, off = flags(d)
@@ -97,18 +97,27 @@ def _parse(function: Callable[..., Any], args: Sequence[str]) -> dict[str, Any]:
             positional.append(word)
         else:
             _option(table, word, words, given)
-    if len(positional) > len(arguments):
-        raise _Decline
+    values = _arguments(arguments, positional)
+    for d in (d for d, _ in table.values() if d.name not in values):
+        values[d.name] = _option_value(d, given.get(d.name))
+    return values
+
+
+def _arguments(arguments: list[Declared], positional: list[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for d in arguments:
-        if positional:
-            values[d.name] = _convert(d, _base(d.annotation)[0], positional.pop(0))
+        element, repeatable = _base(d.annotation)
+        if repeatable and positional:
+            values[d.name] = [_convert(d, element, w) for w in positional]
+            positional = []
+        elif positional:
+            values[d.name] = _convert(d, element, positional.pop(0))
         elif d.default is _EMPTY:
             raise _Decline
         else:
             values[d.name] = d.default
-    for d in (d for d, _ in table.values() if d.name not in values):
-        values[d.name] = _option_value(d, given.get(d.name))
+    if positional:
+        raise _Decline  # more words than arguments
     return values
 
 
