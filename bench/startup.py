@@ -60,7 +60,9 @@ def loop_allocations(portctl: str, env: dict[str, str], scripts: int, loops: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=positive, default=15)
     parser.add_argument("--loops", type=positive, default=25, help="allocations per looping script")
     args = parser.parse_args()

@@ -512,7 +512,9 @@ def url(
 
     with handled(as_json), opened(store) as ctx:
         chosen = ctx.settings.policy.environment(env)  # refused as --env, before any lookup
-        with ServiceDiscovery(ctx.store, environment=chosen, settings=ctx.settings, watch=False) as discovery:
+        with ServiceDiscovery(
+            ctx.store, environment=chosen, settings=ctx.settings, watch=False, only=[name]
+        ) as discovery:
             found = discovery.get_service_url(name, scheme=scheme)
             stale = discovery.stale
         if stale is not None:

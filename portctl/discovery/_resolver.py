@@ -6,6 +6,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterable
 from types import TracebackType
 
 from portctl import _validate
@@ -81,6 +82,12 @@ class ServiceDiscovery:
     :class:`~portctl.errors.StoreUnavailable`. The thread recovers when the store comes back.
     A resolver that can neither read its store nor find a cache file raises StoreUnavailable
     when it is created.
+
+    ``only`` names the services a resolver answers (``portctl url NAME``: one); it then reads
+    just their keys - registrations, live pointer, allocation - in one request where the store
+    can (etcd), so a one-shot lookup costs the same in a registry of ten services or ten
+    thousand. Another name is refused (:class:`~portctl.errors.InvalidInput`); a "not found"
+    still names every known service, read for that message only.
     """
 
     def __init__(
@@ -94,6 +101,7 @@ class ServiceDiscovery:
         allocate_missing: bool = False,
         watch: bool = True,
         save_cache: bool | None = None,
+        only: Iterable[str] | None = None,
     ) -> None:
         self._settings = settings or load_settings()
         self._environment = self._settings.policy.environment(
@@ -108,7 +116,11 @@ class ServiceDiscovery:
             store = open_store(resolve_store(store, self._settings).url)
         self._store: Store = store
         url, env, host = self._store.url, self._environment, self._settings.host
-        self._prefixes = Context(env, host).prefixes
+        self._only = None if only is None else frozenset(_validate.service_name(n) for n in only)
+        context = Context(env, host)
+        self._prefixes = context.prefixes if self._only is None else context.prefixes_of(sorted(self._only))
+        self._under = tuple(p for p in self._prefixes if p.endswith("/"))
+        self._exact = frozenset(p for p in self._prefixes if not p.endswith("/"))  # not api-v2 for api
         self._identity = {"store": url, "environment": env, "host": host}
         self._cache_file = cache_file or _cache.default_path(url, env, host)
         self._saves = (watch or cache_file is not None) if save_cache is None else save_cache
@@ -157,7 +169,7 @@ class ServiceDiscovery:
     def _lookup(self, name: str, healthy_only: bool) -> Answer:
         view = self._view
         answer = (view.healthy if healthy_only else view.every).get(name)
-        if answer is None or _clock() >= view.deadline:
+        if answer is None or _clock() >= view.deadline:  # or, with ``only``, a name not read
             return self._answer(name, healthy_only)
         return answer
 
@@ -185,6 +197,7 @@ class ServiceDiscovery:
     def _answer(self, name: str, healthy_only: bool) -> Answer:
         """The slow path: names not in the snapshot, expired TTLs, a stale snapshot."""
         _validate.service_name(name)
+        self._check_only(name)
         override = override_answer(name, os.environ)
         if override is not None:
             return override
@@ -193,11 +206,27 @@ class ServiceDiscovery:
         if answer is not None:
             return answer
         if name in view.unhealthy and (healthy_only or name not in view.every):
-            raise ServiceNotFound(name, list(view.known), view.unhealthy[name])
+            raise ServiceNotFound(name, self._known(view), view.unhealthy[name])
         if self._allocate_missing and name not in view.every:
             return self._allocate(name)
         where = f"registered or allocated in {self._environment} on {self._settings.host}"
-        raise ServiceNotFound(name, list(view.known), where)
+        raise ServiceNotFound(name, self._known(view), where)
+
+    def _check_only(self, name: str) -> None:
+        if self._only is not None and name not in self._only:
+            names = ", ".join(sorted(self._only))
+            raise InvalidInput("name", name, f"one of the names this resolver was made for ({names})")
+
+    def _known(self, view: View) -> list[str]:
+        """The services known in the environment, to name in a 'not found': a resolver made
+        for some names only reads the rest now (only on this path), else its view has them."""
+        if self._only is None:
+            return list(view.known)
+        try:
+            entries = self._store.list_many(Context(self._environment, self._settings.host).prefixes)
+            return list(build_view(entries, self._context(), _clock()).known)
+        except StoreError:
+            return list(view.known)
 
     def _color_answer(self, name: str, color: str, healthy_only: bool) -> Answer:
         """One color of a blue-green service. ``PORTCTL_<NAME>_URL`` does not apply: it names
@@ -208,14 +237,15 @@ class ServiceDiscovery:
         if answer is not None and _clock() < view.deadline:
             return answer
         _validate.service_name(name)
+        self._check_only(name)
         check_color(color, Kind("color"))
         view = self._usable_view()
         answer = (view.colors_healthy if healthy_only else view.colors_every).get(key)
         if answer is not None:
             return answer
         if key in view.colors_unhealthy:
-            raise ServiceNotFound(name, list(view.known), view.colors_unhealthy[key])
-        raise ServiceNotFound(name, list(view.known), f"deployed in color {color} in {self._environment}")
+            raise ServiceNotFound(name, self._known(view), view.colors_unhealthy[key])
+        raise ServiceNotFound(name, self._known(view), f"deployed in color {color} in {self._environment}")
 
     def _usable_view(self) -> View:
         view = self._view
@@ -308,7 +338,7 @@ class ServiceDiscovery:
         watching = Capability.WATCH in self._store.capabilities
         # One read where the store can (etcd): every prefix and the position, at one revision.
         found, position = self._store.snapshot_many(self._prefixes)
-        entries = {e.key: e for e in found}
+        entries = {e.key: e for e in found if self._keeps(e.key)}
         position = position if watching else ""
         now = _clock()
         self._entries, self._confirmed_at = entries, now
@@ -345,7 +375,7 @@ class ServiceDiscovery:
         return Context.of(self._environment, self._settings.host, os.environ)
 
     def _keeps(self, key: str) -> bool:
-        return key.startswith(self._prefixes)
+        return key in self._exact or key.startswith(self._under)
 
     # Following changes ------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from portctl import _validate
 from portctl.backends.base import Entry
 from portctl.errors import InvalidInput, Kind, StoreCorrupt
-from portctl.keys import allocations_prefix, pointer_prefix, registry_prefix
+from portctl.keys import allocation_key, allocations_prefix, pointer_key, pointer_prefix, registry_prefix
 from portctl.ports.allocator import Allocation
 from portctl.records import COLORS, LivePointer
 from portctl.registry.entries import Instance, Status, instances_from
@@ -136,6 +136,15 @@ class Context:
     def of(cls, environment: str, host: str, environ: Mapping[str, str]) -> Context:
         overrides = {k: v for k, v in environ.items() if _OVERRIDE.match(k)}
         return cls(environment, host, service_host(environ), overrides)
+
+    def prefixes_of(self, names: Iterable[str]) -> tuple[str, ...]:
+        """The store keys the answers for ``names`` come from, and no others: each one's
+        registry, live pointer and allocation on this host."""
+        env, found = self.environment, []
+        for name in names:
+            found += [registry_prefix(env, name), allocation_key(self.host, env, name)]
+            found.append(pointer_key(env, name))
+        return tuple(found)
 
     @property
     def prefixes(self) -> tuple[str, str, str]:

@@ -80,7 +80,10 @@ def test_version_loads_no_command(store_env):
 def test_a_quick_command_loads_only_what_it_runs(store_env, argv):
     modules = loaded(argv, store_env)
     command = next(word for word in argv if not word.startswith("-"))
-    assert f"portctl.cli.{'registry' if command == 'url' else 'host' if command == 'who' else 'ports'}" in modules
+    assert (
+        f"portctl.cli.{'registry' if command == 'url' else 'host' if command == 'who' else 'ports'}"
+        in modules
+    )
     assert _found(modules, NEVER + NOT_FOR[command]) == []
 
 

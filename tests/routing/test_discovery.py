@@ -162,3 +162,71 @@ def test_a_resolver_started_before_the_first_deploy_sees_the_color_go_live(color
                 time.sleep(0.01)
         else:
             pytest.fail("the resolver did not follow the first deploy")
+
+
+def _counting(store):
+    """The real store, its reads recorded: the keys each snapshot_many call returned."""
+    calls: list[list[str]] = []
+    real = store.snapshot_many
+
+    def snapshot_many(prefixes):
+        found, position = real(prefixes)
+        calls.append([e.key for e in found])
+        return found, position
+
+    store.snapshot_many = snapshot_many
+    return calls
+
+
+def test_a_resolver_for_one_name_reads_only_that_names_keys(store_url, colors, tmp_path):
+    with open_store(store_url) as store:
+        registry = Registry(store, SETTINGS)
+        for n in range(30):  # other services, one of them a prefix's neighbour of api
+            registry.register(f"svc-{n}", address="127.0.0.1", port=20000 + n, check=CheckSpec("none"))
+        registry.register("api-v2", address="127.0.0.1", port=21000, check=CheckSpec("none"))
+        _deploy(store, colors)
+        BlueGreen(store, SETTINGS).cutover("api", to="green", min_healthy=0, drain=0)
+        calls = _counting(store)
+        with ServiceDiscovery(
+            store, settings=SETTINGS, cache_file=str(tmp_path / "c.json"), watch=False, only=["api"]
+        ) as d:
+            assert d.get_service_url("api") == f"http://127.0.0.1:{colors['green'].port}"
+            assert d.get_service_url("api", color="blue") == f"http://127.0.0.1:{colors['blue'].port}"
+            with pytest.raises(InvalidInput, match="svc-1"):
+                d.get_service_url("svc-1")
+        assert len(calls) == 1, "one read, in one request where the store can"
+        assert calls[0], "it read api's keys"
+        read = calls[0]
+        assert not [k for k in read if "svc-" in k], "no other service's keys"
+        assert not [k for k in read if k.startswith("registry/production/api-v2/")]
+        assert {k for k in read if k.startswith("registry/")} == {
+            k for k in (e.key for e in store.list("registry/production/api/"))
+        }
+
+
+def test_a_resolver_for_one_name_still_names_the_known_ones_when_it_is_missing(store_url, tmp_path):
+    with open_store(store_url) as store:
+        Registry(store, SETTINGS).register("redis", address="127.0.0.1", port=20001, check=CheckSpec("none"))
+        with ServiceDiscovery(
+            store, settings=SETTINGS, cache_file=str(tmp_path / "c.json"), watch=False, only=["cache"]
+        ) as d:
+            with pytest.raises(ServiceNotFound, match="redis"):
+                d.get_service_url("cache")
+
+
+def test_a_resolver_for_one_name_gives_what_a_whole_resolver_gives(store_url, colors, tmp_path, monkeypatch):
+    with open_store(store_url) as store:
+        registry = Registry(store, SETTINGS)
+        registry.register(
+            "web", address="0.0.0.0", port=20002, check=CheckSpec("none"), meta={"scheme": "https"}
+        )
+        _deploy(store, colors)
+        monkeypatch.setenv("PORTCTL_DB_URL", "postgresql://db.internal:6432")
+        with ServiceDiscovery(
+            store, settings=SETTINGS, cache_file=str(tmp_path / "w.json"), watch=False
+        ) as whole:
+            for name in ("web", "api", "db"):
+                with ServiceDiscovery(
+                    store, settings=SETTINGS, cache_file=str(tmp_path / "o.json"), watch=False, only=[name]
+                ) as one:
+                    assert one.get_service_url(name) == whole.get_service_url(name)
