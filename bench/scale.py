@@ -364,7 +364,7 @@ def verdict_lines(runs: list[StoreRun], sizes: list[int]) -> list[str]:
         ratio = run.cells["allocate", high].median / run.cells["allocate", low].median
         verdict = "met" if ratio <= target else "MISSED"
         label = f"allocate, {run.name}: median at {high} entries / at {low}"
-        lines.append(f"{label:<58}{ratio:>8.2f}x  target <= {target:g}x  {verdict}")
+        lines.append(f"{label:<58}{ratio:>19.2f}x  target <= {target:g}x  {verdict}")
     for run in runs:
         for op in OPERATIONS[1:]:
             steps = growth(run, op, sizes)
@@ -375,7 +375,9 @@ def verdict_lines(runs: list[StoreRun], sizes: list[int]) -> list[str]:
             ]
             shown = " ".join(f"{g:.2f}x" for g in steps)
             verdict = "met" if not worse else f"MISSED ({', '.join(worse)})"
-            lines.append(f"{f'{op}, {run.name}: growth per step':<58}{shown:>8}  linear or better  {verdict}")
+            lines.append(
+                f"{f'{op}, {run.name}: growth per step':<58}{shown:>20}  linear or better  {verdict}"
+            )
     return lines
 
 
