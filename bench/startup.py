@@ -26,7 +26,7 @@ import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import positive  # noqa: E402
+from _common import positive
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "portctl"
 

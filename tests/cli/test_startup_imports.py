@@ -28,7 +28,7 @@ NEVER = (
     "portctl.operations",
 )
 NOT_FOR = {
-    "url": ("psutil", "portctl.host", "portctl.ports.allocator", "portctl.routing.bluegreen"),
+    "url": ("psutil", "portctl.host.holders", "portctl.host.containers", "portctl.routing.bluegreen"),
     "env": ("psutil", "portctl.discovery", "portctl.registry", "portctl.routing"),
     "status": ("psutil", "portctl.discovery", "portctl.registry", "portctl.routing"),
     "who": ("portctl.discovery", "portctl.registry", "portctl.routing"),
@@ -48,7 +48,12 @@ print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 
 def loaded(argv: list[str], env: dict[str, str]) -> list[str]:
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(argv)], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-c", PROBE, json.dumps(argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
     return json.loads(done.stderr.strip().splitlines()[-1])
 

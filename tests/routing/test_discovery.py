@@ -200,18 +200,20 @@ def test_a_resolver_for_one_name_reads_only_that_names_keys(store_url, colors, t
         assert not [k for k in read if "svc-" in k], "no other service's keys"
         assert not [k for k in read if k.startswith("registry/production/api-v2/")]
         assert {k for k in read if k.startswith("registry/")} == {
-            k for k in (e.key for e in store.list("registry/production/api/"))
+            e.key for e in store.list("registry/production/api/")
         }
 
 
 def test_a_resolver_for_one_name_still_names_the_known_ones_when_it_is_missing(store_url, tmp_path):
     with open_store(store_url) as store:
         Registry(store, SETTINGS).register("redis", address="127.0.0.1", port=20001, check=CheckSpec("none"))
-        with ServiceDiscovery(
-            store, settings=SETTINGS, cache_file=str(tmp_path / "c.json"), watch=False, only=["cache"]
-        ) as d:
-            with pytest.raises(ServiceNotFound, match="redis"):
-                d.get_service_url("cache")
+        with (
+            ServiceDiscovery(
+                store, settings=SETTINGS, cache_file=str(tmp_path / "c.json"), watch=False, only=["cache"]
+            ) as d,
+            pytest.raises(ServiceNotFound, match="redis"),
+        ):
+            d.get_service_url("cache")
 
 
 def test_a_resolver_for_one_name_gives_what_a_whole_resolver_gives(store_url, colors, tmp_path, monkeypatch):
