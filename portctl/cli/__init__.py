@@ -6,6 +6,7 @@ help, completion and usage errors."""
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from typing import Annotated, Any
@@ -130,6 +131,12 @@ def _lazy_root() -> Any:
             group = typer.main.get_command(build((module,)))
             return group.commands[cmd_name]  # type: ignore[attr-defined]
 
+        def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+            if args and not (COMMANDS.get(args[0]) or GROUPS.get(args[0])):
+                # typer suggests a misspelt command's neighbours from self.commands
+                self.commands = dict.fromkeys(self.list_commands(ctx))  # type: ignore[assignment]
+            return super().resolve_command(ctx, args)
+
         def format_commands(self, ctx: Any, formatter: Any) -> None:
             self.listing = True
             try:
@@ -221,7 +228,11 @@ def _plain(argv: list[str]) -> int | None:
     if kwargs is None:
         return None
     GLOBAL.as_json, GLOBAL.store = options.get("as_json", False), options.get("store")
-    result = call(command.function, command.function, kwargs)
+    try:
+        result = call(command.function, command.function, kwargs)
+    finally:
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a closed pipe is found here, where run() answers for it
     return result if isinstance(result, int) else 0
 
 
@@ -233,6 +244,53 @@ def run(argv: list[str]) -> int:
         return code if code is not None else _typer_run(argv)
     except Exit as e:
         return e.code
+    # What typer's main does for the command lines it runs, done for the plain ones too.
+    except EOFError:
+        print(file=sys.stderr)
+        return _aborted()
+    except OSError as e:
+        if e.errno != errno.EPIPE:
+            raise
+        return _broken_pipe()
+    except Exception as e:
+        if not _is_abort(e):
+            raise
+        return _aborted()
+
+
+def _is_abort(error: Exception) -> bool:
+    """A question not answered (Ctrl-D at a confirmation): ``typer.Abort``, which only a command
+    that asked (and so imported typer) raises."""
+    typer = sys.modules.get("typer")
+    return typer is not None and isinstance(error, typer.Abort)
+
+
+def _aborted() -> int:
+    print("portctl: aborted; nothing was changed", file=sys.stderr)
+    return 1
+
+
+class _Quiet:
+    """A stream whose flush ignores a closed pipe, for the flush at exit after one broke."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+
+    def flush(self) -> None:
+        try:
+            self.wrapped.flush()
+        except OSError as e:
+            if e.errno != errno.EPIPE:
+                raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
+def _broken_pipe() -> int:
+    """The reader went away (``portctl status | head -1``): exit 1 without a word, as typer does."""
+    sys.stdout, sys.stderr = _Quiet(sys.stdout), _Quiet(sys.stderr)
+    return 1
 
 
 def _typer_run(argv: list[str]) -> int:
@@ -248,8 +306,7 @@ def _typer_run(argv: list[str]) -> int:
             return int(e.exit_code)
         return _usage_error(e, as_json="--json" in argv)
     except typer.Abort:
-        print("portctl: aborted; nothing was changed", file=sys.stderr)
-        return 1
+        return _aborted()
     return result if isinstance(result, int) else 0
 
 
