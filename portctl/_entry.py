@@ -16,8 +16,13 @@ def main() -> None:
         if sys.argv[1:] == ["--version"]:  # the one answer that needs nothing else loaded
             from portctl._version import __version__
 
-            print(f"portctl {__version__}")
-            code = 0
+            try:
+                print(f"portctl {__version__}", flush=True)
+                code = 0
+            except BrokenPipeError:
+                from portctl._streams import reader_gone
+
+                code = reader_gone()
         else:
             from portctl.cli import run
 

@@ -251,7 +251,9 @@ def run(argv: list[str]) -> int:
     except OSError as e:
         if e.errno != errno.EPIPE:
             raise
-        return _broken_pipe()
+        from portctl._streams import reader_gone
+
+        return reader_gone()
     except Exception as e:
         if not _is_abort(e):
             raise
@@ -267,29 +269,6 @@ def _is_abort(error: Exception) -> bool:
 
 def _aborted() -> int:
     print("portctl: aborted; nothing was changed", file=sys.stderr)
-    return 1
-
-
-class _Quiet:
-    """A stream whose flush ignores a closed pipe, for the flush at exit after one broke."""
-
-    def __init__(self, wrapped: Any) -> None:
-        self.wrapped = wrapped
-
-    def flush(self) -> None:
-        try:
-            self.wrapped.flush()
-        except OSError as e:
-            if e.errno != errno.EPIPE:
-                raise
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.wrapped, name)
-
-
-def _broken_pipe() -> int:
-    """The reader went away (``portctl status | head -1``): exit 1 without a word, as typer does."""
-    sys.stdout, sys.stderr = _Quiet(sys.stdout), _Quiet(sys.stderr)
     return 1
 
 

@@ -52,9 +52,6 @@ def test_a_reader_that_went_away_ends_the_command_quietly(argv, seeded_store, tm
     assert result.returncode == 1
 
 
-@pytest.mark.xfail(
-    strict=True, reason="portctl/_entry.py prints the version outside the guard for a closed pipe"
-)
 def test_the_version_into_a_closed_pipe_is_quiet_too(tmp_path, cli_env):
     result = _into_closed_pipe(tmp_path, cli_env, "--version")
     assert result.stderr == ""
